@@ -1,0 +1,96 @@
+"""The `wmpo` command.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line), ``configure(parser)``
+and ``main(args) -> int``. Modules are imported only when their command runs, so
+`wmpo --help` stays fast and `wmpo episodes` never imports torch. Commands that need
+ROS 2 (`up`, `record`) are contributed by the wmpo_ros package through the
+``wmpo.commands`` entry-point group, which keeps this package free of rclpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+
+# name -> (module, one-line help). The help is duplicated here so --help needs no imports.
+BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "episodes": ("wmpo_core.data.commands", "list recorded episodes; --repair recovers crashed bags"),
+    "demo": ("wmpo_core.demo", "run the whole loop on the simulated robot and write a report"),
+    "eval": ("wmpo_core.policy.commands_eval", "evaluate a policy closed loop in the simulator"),
+    "train-policy": ("wmpo_core.policy.commands_train", "behavior cloning from recorded episodes"),
+    "predict": ("wmpo_core.policy.commands_predict", "print the action chunk a policy outputs for one image"),
+    "train-vae": ("wmpo_core.world_model.commands", "train the frame autoencoder on recorded frames"),
+    "train-world-model": ("wmpo_core.world_model.commands", "train / align the video world model"),
+    "eval-world-model": ("wmpo_core.world_model.commands", "world-model fidelity against reference predictors"),
+    "imagine": ("wmpo_core.world_model.commands", "real vs imagined video for one episode"),
+    "train-reward": ("wmpo_core.reward.commands", "train the video success classifier"),
+    "eval-reward": ("wmpo_core.reward.commands", "precision / recall / F1 of the reward model"),
+    "grpo": ("wmpo_core.rl.commands", "GRPO in imagination"),
+    "grpo-sim": ("wmpo_core.rl.commands", "baseline: online GRPO in the simulator"),
+    "dpo": ("wmpo_core.rl.commands", "baseline: offline DPO on success/failure pairs"),
+    "compare": ("wmpo_core.rl.commands", "results table: base, DPO, online GRPO, WMPO"),
+    "loop": ("wmpo_core.loop", "lifelong learning: collect, align, improve, gate, push"),
+    "keygen": ("wmpo_core.registry.commands", "make an Ed25519 signing key pair"),
+    "export": ("wmpo_core.registry.commands", "package and sign a policy"),
+    "verify": ("wmpo_core.registry.commands", "verify a policy package offline"),
+    "push": ("wmpo_core.registry.commands", "copy a package to a robot and ask its policy node to load it"),
+}
+
+
+def _plugin_commands() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group="wmpo.commands")}
+
+
+def _available() -> dict[str, tuple[str, str | None]]:
+    found: dict[str, tuple[str, str | None]] = {}
+    for name, (module, help_) in BUILTIN_COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_)
+    for name, module in _plugin_commands().items():
+        found.setdefault(name, (module, None))
+    return found
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wmpo",
+        description="WMPO robot stack: record episodes, train world and reward models, "
+        "improve the policy in imagination, push it back to the robot.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_) in sorted(_available().items()):
+        if name == selected:
+            module = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=getattr(module, "HELP", help_), description=getattr(module, "HELP", help_))
+            configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
+            configure(p)
+            run = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
+            p.set_defaults(_run=run)
+        else:
+            sub.add_parser(name, help=help_ or "(ROS 2 command)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    available = _available()
+    if selected is not None and selected not in available:
+        print(f"wmpo: unknown command {selected!r}; see `wmpo --help`", file=sys.stderr)
+        return 2
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("wmpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

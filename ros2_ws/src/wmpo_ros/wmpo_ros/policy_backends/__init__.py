@@ -1,0 +1,40 @@
+"""Policy backends: what the policy node runs to turn an observation into an action chunk.
+
+Looked up by name; a backend's module is imported only when selected (a scripted demo
+never imports torch). Add one (e.g. a learned `vla` backend loading a policy package)
+by writing a `PolicyBackend` subclass and listing it in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from wmpo_ros.policy_backends.base import PolicyBackend, PolicyError
+
+# name -> "module:Class"
+BACKENDS: dict[str, str] = {
+    "scripted": "wmpo_ros.policy_backends.scripted:ScriptedPolicyBackend",
+    "vla": "wmpo_ros.policy_backends.vla:VLAPolicyBackend",
+}
+
+
+def policy_backend_class(name: str) -> type[PolicyBackend]:
+    """The class of backend `name` (ValueError naming the choices if unknown or not installed)."""
+    if name not in BACKENDS:
+        raise ValueError(f"parameter 'backend': unknown policy backend {name!r}; expected one of {sorted(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"parameter 'backend': policy backend {name!r} is not available here ({exc})") from exc
+    return getattr(module, cls_name)
+
+
+def make_policy_backend(name: str, options: Mapping[str, Any]) -> PolicyBackend:
+    """Build backend `name` from its options (as returned by its `declare_parameters`)."""
+    return policy_backend_class(name)(options)
+
+
+__all__ = ["BACKENDS", "PolicyBackend", "PolicyError", "make_policy_backend", "policy_backend_class"]

@@ -24,7 +24,7 @@ import rclpy  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from ros_helpers import RosProbe  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from wmpo_ros.camera_backends.base import CameraConfig  # noqa: E402
 from wmpo_ros.camera_backends.realsense import (  # noqa: E402
     ClockOffsetEstimator,
@@ -141,7 +141,7 @@ def test_camera_node_recovers_from_unplug_without_restart() -> None:
     domain = 75
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
-    device = SoftwareRealSense("SWNODE", W, H, FPS)
+    device = SoftwareRealSense("SWNODE", W, H, FPS, fx=210.0, fy=211.0)
     device.plug()
     node = CameraNode(context=ctx, parameter_overrides=[
         Parameter("backend", value="realsense"), Parameter("name", value="front"), Parameter("source", value="SWNODE"),
@@ -157,8 +157,13 @@ def test_camera_node_recovers_from_unplug_without_restart() -> None:
     probe = RosProbe(domain, name="realsense_probe")
     try:
         images = probe.subscribe(Image, "camera/front/image_raw", IMAGE_QOS)
+        infos = probe.subscribe(CameraInfo, "camera/front/camera_info", IMAGE_QOS)
         feeder.start()
         probe.wait_for(lambda: len(images) >= 15, 20, "images from the software RealSense")
+        probe.wait_for(lambda: len(infos) >= 1, 5, "camera_info from the software RealSense")
+        info = infos.last()
+        # The device's own intrinsics, not the uncalibrated pinhole fallback.
+        assert (info.k[0], info.k[4]) == (210.0, 211.0) and (info.width, info.height) == (W, H)
         first = image_to_numpy(images.last())
         assert first.shape == (H, W, 3) and first[0, W - 1, 1] == W - 1
 

@@ -132,8 +132,7 @@ class CameraNode(Node):
             self._reopen_later(f"backend returned a bad frame: {exc}")
             return
         self.image_pub.publish(msg)
-        self.info_pub.publish(make_camera_info(msg.width, msg.height, stamp=stamp, frame_id=self.frame_id,
-                                               fov_y_deg=self.fov_y_deg))
+        self.info_pub.publish(self._camera_info(frame, msg.width, msg.height, stamp))
         if frame.depth is not None:
             if self.depth_pub is None:
                 self.depth_pub = self.create_publisher(Image, f"camera/{self.config.name}/depth/image_raw", IMAGE_QOS)
@@ -145,6 +144,22 @@ class CameraNode(Node):
         if self.diag.level != OK:
             self.diag.set_status(OK, "streaming")
         self.diag.update({"frames": self._frames, "fps": fps, **self.backend.info()})
+
+    def _camera_info(self, frame: Any, width: int, height: int, stamp: Any) -> CameraInfo:
+        """The backend's calibrated intrinsics when it has them (RealSense), else a pinhole from fov_y_deg."""
+        calib = (getattr(frame, "extra", None) or {}).get("camera_info")
+        if not calib:
+            return make_camera_info(width, height, stamp=stamp, frame_id=self.frame_id, fov_y_deg=self.fov_y_deg)
+        msg = CameraInfo()
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.frame_id
+        msg.width, msg.height = int(calib.get("width", width)), int(calib.get("height", height))
+        msg.distortion_model = str(calib.get("distortion_model", "plumb_bob"))
+        msg.d = [float(v) for v in calib.get("d", [0.0] * 5)]
+        msg.k = [float(v) for v in calib["k"]]
+        msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        msg.p = [float(v) for v in calib["p"]]
+        return msg
 
     def close(self) -> None:
         """Release the camera."""

@@ -1,0 +1,100 @@
+"""`wmpo compare`: disjoint seed ranges, and the JSON rows of a real (tiny) comparison in the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wmpo_core.rl.config import (
+    DEMONSTRATION_SEEDS,
+    EVALUATION_SEEDS,
+    POLICY_ROLLOUT_SEEDS,
+    SEED_RANGES,
+    SeedRange,
+    assert_disjoint,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; the machine's cores are shared with other test processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_seed_ranges_are_disjoint_and_checked():
+    assert_disjoint()
+    for i, a in enumerate(SEED_RANGES):
+        for b in SEED_RANGES[i + 1 :]:
+            assert not set(range(a.start, a.stop)) & set(range(b.start, b.stop)), (a, b)
+    with pytest.raises(ValueError, match="overlap"):
+        assert_disjoint((DEMONSTRATION_SEEDS, SeedRange("clash", 99_999, 100_001)))
+    from wmpo_core.rl.compare import evaluation_seeds
+
+    seeds = evaluation_seeds(100)
+    assert seeds == list(range(EVALUATION_SEEDS.start, EVALUATION_SEEDS.start + 100))
+    assert not any(s in POLICY_ROLLOUT_SEEDS or s in DEMONSTRATION_SEEDS for s in seeds)
+    with pytest.raises(ValueError, match="cannot give"):
+        evaluation_seeds(len(EVALUATION_SEEDS) + 1)
+
+
+def test_package_trained_on_evaluation_seeds_is_refused(tmp_path):
+    from test_rl_trainers_imagination import tiny_policy
+
+    from wmpo_core.registry.package import save_package, summarize_training_data
+    from wmpo_core.rl.compare import check_budget, check_training_seeds, evaluation_seeds
+
+    leaky = save_package(tiny_policy(), tmp_path / "leaky", parent="base-0", data=summarize_training_data(
+        [], budget=8, seed_range=["evaluation", EVALUATION_SEEDS.start + 5, EVALUATION_SEEDS.start + 6]))
+    with pytest.raises(ValueError, match="meet the evaluation seeds"):
+        check_training_seeds(leaky, evaluation_seeds(10))
+    check_training_seeds(leaky, evaluation_seeds(5))  # seeds 0..4 of the range stay untouched
+    with pytest.raises(ValueError, match="budget of 8"):
+        check_budget(leaky, 16)
+
+
+@pytest.mark.sim
+def test_compare_json_rows(tmp_path, capsys):
+    """Base from a package, DPO and online GRPO trained here with P = 8, WMPO trained here in imagination."""
+    import numpy as np
+    from test_rl_trainers_imagination import SIZE, tiny_policy, tiny_world_model
+
+    from wmpo_core.cli import main
+    from wmpo_core.registry.package import save_package
+    from wmpo_core.reward.model import RewardModel, RewardSettings
+    from wmpo_core.world_model.synthetic import moving_square_episode, write_episode_bag
+
+    # 64 px: the smallest frame the simulator renders, which `wmpo eval` feeds the policy unresized.
+    base = save_package(tiny_policy(image_size=64), tmp_path / "base", data=["demo"])
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    torch.manual_seed(0)
+    RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, tau=0.5)).save_pretrained(tmp_path / "reward")
+    for i in range(2):
+        write_episode_bag(tmp_path / "demos", moving_square_episode(4, seed=i, image_size=SIZE, success=True))
+    (tmp_path / "wmpo.json").write_text(json.dumps({
+        "iterations": 1, "groups_per_batch": 1, "starts_per_round": 2, "max_sampling_rounds": 1, "horizon": 4,
+        "grpo": {"group_size": 2, "minibatch_size": 4}}))
+    code = main(["compare", "--task", "lift", "--budget", "8", "--episodes", "2", "--max-steps", "8", "--json",
+                 "--base", str(base), "--world-model", str(tmp_path / "wm"), "--reward", str(tmp_path / "reward"),
+                 "--demos", str(tmp_path / "demos"), "--wmpo-config", str(tmp_path / "wmpo.json"),
+                 "--work", str(tmp_path / "work")])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err[-2000:]
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["method"] for r in rows] == ["base", "dpo", "grpo-sim", "wmpo"]
+    for r in rows:
+        assert {"method", "success_rate", "ci95", "mean_success_length"} <= set(r)
+        assert r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0
+        lo, hi = r["ci95"]
+        assert 0.0 <= lo <= r["success_rate"] <= hi <= 1.0 and hi > lo
+        assert (r["mean_success_length"] is None) == (r["successes"] == 0)
+    for method in ("dpo", "grpo-sim", "wmpo"):
+        manifest = json.loads((tmp_path / "work" / method / "policy" / "manifest.json").read_text())
+        assert manifest["parent"] == rows[0]["version"], method
+        assert manifest["training_data"]["budget"] == 8, method
+    assert np.isfinite([r["success_rate"] for r in rows]).all()

@@ -1,0 +1,232 @@
+"""`wmpo grpo`, `wmpo grpo-sim`, `wmpo dpo`, `wmpo compare`: improve a policy package and compare the results.
+
+Every trainer writes ``<out>/policy``, a package whose parent is the base policy; pass
+``--sign KEY`` to sign it (or sign it later with `wmpo export`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "policy improvement: GRPO in imagination, online GRPO and DPO baselines, results table"
+
+
+def _error(command: str, message: str) -> int:
+    print(f"wmpo {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="base policy package directory")
+    parser.add_argument("--out", required=True, type=Path, help="run directory (the package goes to <out>/policy)")
+    parser.add_argument("--config", help="JSON trainer config (fields of the command's config dataclass)")
+    parser.add_argument("--sign", type=Path, help="Ed25519 private key: sign the resulting package")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _finish(command: str, result: dict[str, Any], sign: Path | None) -> int:
+    package = result.get("package")
+    if package and sign is not None:
+        from wmpo_core.registry.signing import sign_package
+
+        sign_package(package, sign)
+        print(f"signed {package}", file=sys.stderr)
+    if package:
+        print(f"wmpo {command}: wrote {package} (version {result.get('version')}, parent {result.get('base_version')})")
+    return 0
+
+
+# ================================================================================ grpo (imagination)
+def configure_grpo(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo grpo`."""
+    _add_common(parser)
+    parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
+    parser.add_argument("--reward", required=True, help="reward-model directory (reward.json)")
+    parser.add_argument("--episodes", required=True, help="folder of recorded episodes: their first frames start imagination")
+    parser.add_argument("--iterations", type=int, help="override config.iterations")
+    parser.add_argument("--budget", type=int, help="real trajectories behind the world and reward models (recorded in the manifest)")
+
+
+def main_grpo(args: argparse.Namespace) -> int:
+    """GRPO in imagination; an --out with checkpoints resumes.
+
+    Data parallel: ``accelerate launch --multi_gpu --num_processes N -m wmpo_core.cli grpo ...``
+    (on CPU-only machines too: each rank imagines its share of the start states, DDP over gloo).
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from wmpo_core.registry.package import load_package
+    from wmpo_core.registry.verify import PackageError
+    from wmpo_core.reward.model import RewardModel
+    from wmpo_core.rl.config import WMPOConfig, load_config
+    from wmpo_core.rl.rollouts import VideoReward, load_start_states
+    from wmpo_core.rl.trainer_imagination import train_wmpo
+    from wmpo_core.world_model.model import WorldModel
+
+    _setup_logging()
+    try:
+        config = load_config(WMPOConfig, args.config)
+        if args.iterations:
+            config.iterations = args.iterations
+        config.validate()
+        # Without cpu=True accelerate ignores a multi-process launch on a machine without CUDA.
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        policy = load_package(args.policy).to(accelerator.device)
+        world_model = WorldModel.from_pretrained(args.world_model, device=accelerator.device)
+        reward = VideoReward(RewardModel.from_pretrained(args.reward, device=accelerator.device))
+        starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size)
+    except (OSError, ValueError, PackageError) as exc:
+        return _error("grpo", str(exc))
+    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward)}
+    if args.budget is not None:
+        extra["budget"] = args.budget
+    try:
+        result = train_wmpo(policy, world_model, reward, starts, args.out, config, accelerator=accelerator,
+                            progress=not args.quiet, data_summary=extra)
+    except (FileExistsError, ValueError) as exc:
+        return _error("grpo", str(exc))
+    return _finish("grpo", result, args.sign) if accelerator.is_main_process else 0
+
+
+# ================================================================================ grpo-sim
+def configure_grpo_sim(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo grpo-sim`."""
+    _add_common(parser)
+    parser.add_argument("--task", required=True, help="simulated task: lift, stack, square")
+    parser.add_argument("--budget", type=int, required=True, help="P: real trajectories in total")
+    parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
+
+
+def main_grpo_sim(args: argparse.Namespace) -> int:
+    """Online GRPO in the simulator until the budget is spent."""
+    from wmpo_core.registry.package import load_package
+    from wmpo_core.registry.verify import PackageError
+    from wmpo_core.rl.config import SimGRPOConfig, load_config
+    from wmpo_core.rl.trainer_sim import train_grpo_sim
+
+    _setup_logging()
+    try:
+        config = load_config(SimGRPOConfig, args.config)
+        config.budget = args.budget
+        if args.max_steps is not None:
+            config.max_steps = args.max_steps
+        config.validate()
+        policy = load_package(args.policy)
+        result = train_grpo_sim(policy, args.task, args.out, config, progress=not args.quiet)
+    except (OSError, ValueError, PackageError) as exc:
+        return _error("grpo-sim", str(exc))
+    return _finish("grpo-sim", result, args.sign)
+
+
+# ================================================================================ dpo
+def configure_dpo(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo dpo`."""
+    _add_common(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--episodes", help="folder of recorded, labeled rollouts of the base policy")
+    source.add_argument("--task", help="collect the rollouts in the simulator for this task instead")
+    parser.add_argument("--budget", type=int, required=True, help="P: rollouts used (the first P episodes, or P collected)")
+    parser.add_argument("--max-steps", type=int, help="episode horizon in the simulator (default: the task's)")
+
+
+def main_dpo(args: argparse.Namespace) -> int:
+    """Offline DPO against the frozen base policy."""
+    from wmpo_core.registry.package import load_package
+    from wmpo_core.registry.verify import PackageError
+    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS, DPOTrainConfig, load_config
+    from wmpo_core.rl.trainer_dpo import collect_base_rollouts, train_dpo
+
+    _setup_logging()
+    try:
+        config = load_config(DPOTrainConfig, args.config)
+        config.budget = args.budget
+        if args.max_steps is not None:
+            config.max_steps = args.max_steps
+        policy = load_package(args.policy)
+        ids: list[str] = []
+        if args.episodes:
+            from wmpo_core.data.bag import episode_dirs
+            from wmpo_core.rl.rollouts import trajectories_from_episodes
+
+            if args.budget < 2:
+                raise ValueError(f"--budget: expected >= 2 episodes, got {args.budget}")
+            if not Path(args.episodes).is_dir():
+                raise FileNotFoundError(f"{args.episodes}: episodes directory does not exist")
+            trajectories, ids = trajectories_from_episodes(episode_dirs(args.episodes), policy, limit=args.budget)
+            if len(ids) < args.budget:
+                logging.getLogger(__name__).warning("%s: only %d usable episodes for a budget of %d",
+                                                    args.episodes, len(ids), args.budget)
+            extra: dict[str, Any] = {"episodes_dir": str(args.episodes)}
+        else:
+            config.validate()
+            rollouts = collect_base_rollouts(policy, args.task, config, progress=not args.quiet)
+            trajectories = rollouts.batch
+            extra = {"task": args.task,
+                     "seed_range": [POLICY_ROLLOUT_SEEDS.name, min(rollouts.seeds), max(rollouts.seeds) + 1]}
+        result = train_dpo(policy, trajectories, args.out, config, data_summary=extra, episode_ids=ids,
+                           progress=not args.quiet)
+    except (OSError, ValueError, PackageError) as exc:
+        return _error("dpo", str(exc))
+    return _finish("dpo", result, args.sign)
+
+
+# ================================================================================ compare
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo compare`."""
+    parser.add_argument("--task", required=True, help="simulated task: lift, stack, square")
+    parser.add_argument("--budget", type=int, required=True, help="P: real trajectories each trained method may use")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out evaluation episodes per method (default 100)")
+    parser.add_argument("--json", action="store_true", help="print one JSON row per method")
+    parser.add_argument("--base", required=True, help="base policy package")
+    parser.add_argument("--dpo", help="DPO package (default: train one from --base with the budget)")
+    parser.add_argument("--grpo-sim", help="online-GRPO package (default: train one from --base with the budget)")
+    parser.add_argument("--wmpo", help="WMPO package (default: train one when --world-model, --reward, --demos are given)")
+    parser.add_argument("--world-model", help="world-model run for training WMPO")
+    parser.add_argument("--reward", help="reward-model directory for training WMPO")
+    parser.add_argument("--demos", help="recorded episodes whose first frames start imagination")
+    parser.add_argument("--work", type=Path, help="where trained methods go (default: compare-<task>-P<budget>)")
+    parser.add_argument("--max-steps", type=int, help="episode horizon for training and evaluation (default: the task's)")
+    parser.add_argument("--wmpo-config", help="JSON WMPOConfig for a WMPO trained here")
+    parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget and horizon from the flags)")
+    parser.add_argument("--grpo-sim-config", help="JSON SimGRPOConfig for an online GRPO trained here")
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    """Train what is missing, evaluate every method on the same held-out seeds, print the table."""
+    from wmpo_core.registry.verify import PackageError
+    from wmpo_core.rl.compare import SimulatorPool, compare, format_table, results_json, train_missing
+    from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig, load_config
+
+    _setup_logging()
+    if args.episodes < 1:
+        return _error("compare", f"--episodes: expected a positive number, got {args.episodes}")
+    work = args.work or Path(f"compare-{args.task}-P{args.budget}")
+    pool = SimulatorPool(args.task)
+    try:
+        configs: dict[str, Any] = {}
+        for method, cls, path in (("wmpo", WMPOConfig, args.wmpo_config), ("dpo", DPOTrainConfig, args.dpo_config),
+                                  ("grpo-sim", SimGRPOConfig, args.grpo_sim_config)):
+            if path:
+                configs[method] = load_config(cls, path)
+        packages = train_missing(
+            args.task, args.budget, args.base, work,
+            {"dpo": args.dpo, "grpo-sim": args.grpo_sim, "wmpo": args.wmpo},
+            max_steps=args.max_steps, world_model=args.world_model, reward=args.reward, episodes=args.demos,
+            configs=configs, pool=pool, progress=not args.json,
+        )
+        results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool)
+    except (OSError, ValueError, PackageError) as exc:
+        return _error("compare", str(exc))
+    finally:
+        pool.close()
+    print(results_json(results) if args.json else format_table(args.task, args.budget, results))
+    return 0

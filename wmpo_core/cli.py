@@ -63,7 +63,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_) in sorted(_available().items()):
         if name == selected:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=getattr(module, "HELP", help_), description=getattr(module, "HELP", help_))
+            text = getattr(module, f"HELP_{name.replace('-', '_')}", None) or help_ or getattr(module, "HELP", None)
+            p = sub.add_parser(name, help=text, description=text)
             configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
             configure(p)
             run = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main

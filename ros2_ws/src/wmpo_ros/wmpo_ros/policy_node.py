@@ -13,7 +13,9 @@ never stops the node: it is logged and reported, and nothing is published for th
 observation (the arm's watchdog then holds).
 
 The backend sits behind one reference swapped atomically (`swap_backend`), so loading a
-new policy package at run time replaces it between two inferences.
+new policy package at run time replaces it between two inferences: `~/load_policy` and
+`~/rollback` (std_srvs/Trigger, parameters `policy_path`, `trusted_keys`, `load_timeout_s`)
+come from `wmpo_ros.policy_swap`, which verifies, loads and warms up in the background.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from wmpo_ros.policy_backends import (
     make_policy_backend,
     policy_backend_class,
 )
+from wmpo_ros.policy_swap import attach_policy_swap
 
 
 @dataclass
@@ -129,6 +132,7 @@ class PolicyNode(Node):
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="inference", daemon=True)
         self._worker.start()
+        self.policy_swap = attach_policy_swap(self)
         self.get_logger().info(f"policy node ready: {self._backend.version}, cameras {self.camera_names}, "
                                f"chunk {self._backend.chunk_size}, replan every {self._replan_steps()} steps")
 
@@ -304,6 +308,7 @@ class PolicyNode(Node):
         with self._cond:
             self._cond.notify_all()
         self._worker.join(timeout=5.0)
+        self.policy_swap.close()
         self.backend.close()
 
 

@@ -1,0 +1,476 @@
+"""Hot swap of the learned policy over real DDS: a policy_node process serving a signed VLA
+package at the control rate, packages pushed with wmpo_core.registry.push (copy + SetParameters
++ ~/load_policy), refused packages, rollback, and 20 pushes in a row under load.
+
+A camera process publishes one of five fixed frames every control period on a nominal
+stamp grid (frame = stamp // period mod 5), so every chunk names, by its header stamp, the
+frame it was computed from, and each package's exact output for each frame is known in
+advance: a chunk proves which fully loaded version produced it. The camera logs how late
+it published each frame, so a gap the camera caused (an overloaded machine) is told apart
+from a gap the node caused.
+
+`SwapRig` is also what bench/bench_swap.py runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from ros_helpers import NodeProcess, RosProbe, ros_env, start_node  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from test_ros_policy_vla import (  # noqa: E402
+    BAD_KINDS,
+    BAD_REASONS,
+    INSTRUCTION,
+    build_package,
+    camera_frames,
+    expected_chunks,
+    make_bad_package,
+    make_keys,
+)
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+from wmpo_ros.common import (  # noqa: E402
+    ACTION_CHUNK_TOPIC,
+    COMMAND_QOS,
+    INSTRUCTION_TOPIC,
+    LATCHED_QOS,
+    POLICY_VERSION_TOPIC,
+    stamp_to_ns,
+    trajectory_to_chunk,
+)
+
+from wmpo_core.registry.push import PolicyLoadError, push_local, push_package, request_policy_load  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+NODE_MODULE = "wmpo_ros.policy_node"
+NODE = "/policy_node"
+RATE_HZ = 20.0
+REPLAN = 4  # a chunk every 4 control periods (0.2 s)
+N_GOOD = 4
+DOMAIN_ID = 102
+
+
+# The camera: frames from an .npy file, one per period on the stamp grid, each line of output
+# "<stamp ns> <ms late>". A separate process, as a real camera node is, so that the test
+# process's own work (hashing, copying, DDS discovery of each push) never delays a frame.
+CAMERA_SCRIPT = r"""
+import sys, time
+import numpy as np, rclpy
+from sensor_msgs.msg import Image
+from wmpo_ros.common import IMAGE_QOS, image_topic, ns_to_stamp, numpy_to_image
+frames, period_ns = np.load(sys.argv[1]), int(sys.argv[2])
+rclpy.init()
+node = rclpy.create_node("swap_rig_camera")
+pub = node.create_publisher(Image, image_topic("agentview"), IMAGE_QOS)
+grid = period_ns * len(frames)
+stamp0 = (time.time_ns() // grid + 2) * grid  # frame = (stamp // period) % len(frames)
+i = 0
+try:
+    while rclpy.ok():
+        stamp = stamp0 + i * period_ns
+        delay = (stamp - time.time_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        pub.publish(numpy_to_image(frames[i % len(frames)], ns_to_stamp(stamp), "agentview"))
+        print(stamp, round((time.time_ns() - stamp) / 1e6, 2), flush=True)
+        i += 1
+except KeyboardInterrupt:
+    pass
+"""
+
+
+_LOG_LINE = re.compile(r"^\[\w+\] \[(\d+\.\d+)\] \[policy_node\]: (.*)$")
+_LOAD_START = re.compile(r"^(load|rollback) requested")
+_LOAD_END = re.compile(r"^(loaded |refused |version \S+ is already active|rolled back |no previous version|load failed|rollback failed)")
+
+# The arm's view: when each chunk arrives in a process that does nothing else, "<stamp ns> <arrival ns>".
+ARM_SCRIPT = r"""
+import time
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from trajectory_msgs.msg import JointTrajectory
+from wmpo_ros.common import ACTION_CHUNK_TOPIC, COMMAND_QOS, stamp_to_ns
+rclpy.init()
+node = rclpy.create_node("swap_rig_arm")
+node.create_subscription(JointTrajectory, ACTION_CHUNK_TOPIC,
+                         lambda m: print(stamp_to_ns(m.header.stamp), time.time_ns(), flush=True), COMMAND_QOS)
+try:
+    rclpy.spin(node)
+except (KeyboardInterrupt, ExternalShutdownException):
+    pass
+"""
+
+
+def good_version(i: int) -> str:
+    """Version id of good package i."""
+    return f"vla-swap-{i}"
+
+
+class SwapPackages:
+    """Keys, N good signed packages (with, once `compute_expected` ran, their exact outputs on
+    the rig's frames) and one bad package per kind. `config` overrides the small test model."""
+
+    def __init__(self, root: Path, n_good: int = N_GOOD, **config) -> None:
+        self.root = root
+        self.trusted, self.untrusted = make_keys(root / "keys")
+        self.good = [build_package(root / "built" / f"good{i}", i, good_version(i), self.trusted, **config)
+                     for i in range(n_good)]
+        self.bad = {kind: make_bad_package(kind, self.good[0], root / "built" / f"bad-{kind}", self.trusted,
+                                           self.untrusted) for kind in BAD_KINDS}
+        self.frames = camera_frames(5)  # 5 frames, chunks every 4 periods: chunks see every frame
+        self.expected: dict[str, list[np.ndarray]] = {}
+
+    def compute_expected(self) -> None:
+        """Each good package's output for each frame (run while the node starts)."""
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # the node runs one thread too; also far faster on a busy machine
+        try:
+            self.expected = {good_version(i): expected_chunks(p, self.frames) for i, p in enumerate(self.good)}
+        finally:
+            torch.set_num_threads(before)
+        for f in range(len(self.frames)):  # every version is told apart by every frame
+            outs = [self.expected[v][f] for v in self.expected]
+            assert all(not np.array_equal(a, b) for i, a in enumerate(outs) for b in outs[i + 1:]), f"frame {f}"
+
+    def versions_matching(self, chunk: np.ndarray, frame: int) -> list[str]:
+        """The good versions whose exact output for `frame` is `chunk`."""
+        return [v for v, out in self.expected.items() if np.allclose(chunk, out[frame], rtol=0, atol=1e-9)]
+
+
+class SwapRig:
+    """A policy_node process serving packages.good[0], fed frames at the control rate by this process."""
+
+    def __init__(self, packages: SwapPackages, workdir: Path, domain_id: int, rate_hz: float = RATE_HZ,
+                 replan: int = REPLAN, load_timeout_s: float = 20.0) -> None:
+        self.packages = packages
+        self.period_ns = int(round(1e9 / rate_hz))
+        self.replan = replan
+        self.robot_dir = workdir / "robot_policies"
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)  # request_policy_load joins the rig's domain
+        first = push_package(packages.good[0], str(self.robot_dir), packages.trusted.public_key, node=None)
+        self.probe = RosProbe(domain_id, name="swap_rig")
+        self.chunks = self.probe.subscribe(JointTrajectory, ACTION_CHUNK_TOPIC, COMMAND_QOS)
+        self.versions = self.probe.subscribe(String, POLICY_VERSION_TOPIC, LATCHED_QOS)
+        self.instruction_pub = self.probe.publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
+        params = {
+            "backend": "vla", "policy_path": first.policy_path, "trusted_keys": str(packages.trusted.public_key),
+            "cameras": ["agentview"], "control_rate_hz": rate_hz, "replan_every": replan, "vla.num_threads": 1,
+            "load_timeout_s": load_timeout_s,
+        }
+        self.proc = start_node(NODE_MODULE, params, domain_id, workdir)
+        np.save(workdir / "frames.npy", np.stack(packages.frames))
+        self.camera = NodeProcess([sys.executable, "-c", CAMERA_SCRIPT, str(workdir / "frames.npy"), str(self.period_ns)],
+                                  ros_env(domain_id), workdir / "camera.log")
+        self.arm = NodeProcess([sys.executable, "-c", ARM_SCRIPT], ros_env(domain_id), workdir / "arm.log")
+        try:
+            packages.compute_expected()
+            self.probe.wait_for_node_ready("policy_node", 60, self.proc)
+            self.instruction_pub.publish(String(data=INSTRUCTION))
+            self.wait_chunks(3, 60)
+        except BaseException:
+            self.close()
+            raise
+
+    def frame_of(self, stamp_ns: int) -> int:
+        """The frame the camera published with this stamp."""
+        return (stamp_ns // self.period_ns) % len(self.packages.frames)
+
+    @staticmethod
+    def _read_pairs(proc: NodeProcess) -> dict[int, float]:
+        out = {}
+        for line in proc.output().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit():
+                out[int(parts[0])] = float(parts[1])
+        return out
+
+    def camera_lateness_ms(self) -> dict[int, float]:
+        """stamp -> how late the camera published that frame (ms)."""
+        return self._read_pairs(self.camera)
+
+    def arrival_gaps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Gaps between consecutive chunks as they arrive at the arm process, in control periods."""
+        self.probe.wait_for(lambda: self._arrivals_cover(start, stop), 10, "the arm process to log every chunk", self.arm)
+        arrived = self._read_pairs(self.arm)
+        times = np.array([arrived[stamp_to_ns(m.header.stamp)] for m in list(self.chunks)[start:stop]])
+        return np.diff(times) / self.period_ns
+
+    def _arrivals_cover(self, start: int, stop: int | None) -> bool:
+        arrived = self._read_pairs(self.arm)
+        return all(stamp_to_ns(m.header.stamp) in arrived for m in list(self.chunks)[start:stop])
+
+    # -- observing ----------------------------------------------------------------------
+
+    def wait_chunks(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until `n` more chunks arrived."""
+        target = len(self.chunks) + n
+        self.probe.wait_for(lambda: len(self.chunks) >= target, timeout, f"{n} more action chunks", self.proc)
+
+    def wait_version(self, version: str, timeout: float = 30.0) -> None:
+        """Wait until the latched version topic says `version`."""
+        self.probe.wait_for(lambda: bool(self.versions) and self.versions.last().data == version, timeout,
+                            f"{POLICY_VERSION_TOPIC} = {version}", self.proc)
+
+    def chunk_versions(self, start: int = 0, stop: int | None = None) -> list[tuple[int, list[str]]]:
+        """(frame, matching good versions) of each received chunk in [start, stop)."""
+        out = []
+        for msg in list(self.chunks)[start:stop]:
+            frame = self.frame_of(stamp_to_ns(msg.header.stamp))
+            out.append((frame, self.packages.versions_matching(trajectory_to_chunk(msg), frame)))
+        return out
+
+    def stamp_gaps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Observation-stamp gaps between consecutive chunks, in control periods."""
+        stamps = np.array([stamp_to_ns(m.header.stamp) for m in list(self.chunks)[start:stop]], dtype=np.int64)
+        return np.diff(stamps) / self.period_ns
+
+    def load_windows(self) -> list[tuple[int, int]]:
+        """(start, end) wall-clock ns of every load / rollback the node ran, from its log."""
+        starts, ends = [], []
+        for line in self.proc.output().splitlines():
+            match = _LOG_LINE.match(line)
+            if match is None:
+                continue
+            t = int(round(float(match.group(1)) * 1e9))
+            if _LOAD_START.match(match.group(2)):
+                starts.append(t)
+            elif _LOAD_END.match(match.group(2)):
+                ends.append(t)
+        return list(zip(starts, ends, strict=False))
+
+    def long_gaps(self, start: int = 0, stop: int | None = None) -> dict[str, list[tuple[int, float]]]:
+        """Stamp gaps longer than replan + 1 periods as (stamp, periods), by cause.
+
+        "swap": the node was loading or swapping (from a request until one replan interval
+        after its outcome, which covers the first inference of a new policy); "camera": a
+        frame the node should have planned from (the due one or the next) was published more
+        than half a period late; "background": neither (the machine stalled the node).
+        """
+        lateness = self.camera_lateness_ms()
+        windows = self.load_windows()
+        after = (self.replan + 1) * self.period_ns
+        stamps = [stamp_to_ns(m.header.stamp) for m in list(self.chunks)[start:stop]]
+        out: dict[str, list[tuple[int, float]]] = {"swap": [], "camera": [], "background": []}
+        for a, b in itertools.pairwise(stamps):
+            gap = (b - a) / self.period_ns
+            if gap <= self.replan + 1:
+                continue
+            due = [a + k * self.period_ns for k in (self.replan, self.replan + 1)]
+            if any(s0 <= b and due[0] <= s1 + after for s0, s1 in windows):
+                out["swap"].append((a, gap))
+            elif any(lateness.get(s, 0.0) > self.period_ns / 2e6 for s in due):
+                out["camera"].append((a, gap))
+            else:
+                out["background"].append((a, gap))
+        return out
+
+    def policy_path(self) -> str:
+        """The node's `policy_path` parameter now."""
+        request = GetParameters.Request(names=["policy_path"])
+        return self.probe.call(GetParameters, f"{NODE}/get_parameters", request).values[0].string_value
+
+    # -- acting -------------------------------------------------------------------------
+
+    def push_good(self, pkg: Path, timeout: float = 30.0, connected: bool = False) -> str:
+        """Push a good package; returns the node's answer.
+
+        Default: the `wmpo push` path (verify here, copy atomically into the robot folder,
+        then a new ROS context sets policy_path and calls ~/load_policy). `connected`: the
+        same copy and the same two calls from the rig's own, already discovered, participant.
+        """
+        if not connected:
+            result = push_package(pkg, str(self.robot_dir), self.packages.trusted.public_key, node=NODE,
+                                  timeout_s=timeout)
+            return result.load_message or ""
+        final, _ = push_local(pkg, self.robot_dir)
+        ok, message = self.load(final, timeout)
+        assert ok, f"{pkg.name}: refused: {message}"
+        return message
+
+    def push_bad(self, pkg: Path, timeout: float = 30.0, connected: bool = False) -> str:
+        """A bad package that reached the robot folder anyway; returns the node's refusal (fails if accepted)."""
+        dest = self.robot_dir / f"{pkg.name}-{time.monotonic_ns()}"
+        shutil.copytree(pkg, dest)
+        if connected:
+            ok, message = self.load(dest, timeout)
+        else:
+            try:
+                ok, message = True, request_policy_load(NODE, str(dest), timeout_s=timeout)
+            except PolicyLoadError as exc:
+                ok, message = False, str(exc)
+        assert not ok, f"{pkg.name}: the node accepted a bad package: {message}"
+        return message
+
+    def load(self, path: Path, timeout: float = 30.0) -> tuple[bool, str]:
+        """Set the node's policy_path and call ~/load_policy from the rig's participant: (success, message)."""
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
+        request = SetParameters.Request(parameters=[Parameter(name="policy_path", value=value)])
+        result = self.probe.call(SetParameters, f"{NODE}/set_parameters", request, timeout).results[0]
+        assert result.successful, result.reason
+        response = self.probe.call(Trigger, f"{NODE}/load_policy", timeout=timeout)
+        return response.success, response.message
+
+    def rollback(self) -> Trigger.Response:
+        """Call ~/rollback."""
+        return self.probe.call(Trigger, f"{NODE}/rollback", timeout=30)
+
+    def close(self) -> None:
+        """Stop the camera, the arm and the node, close the probe."""
+        self.camera.stop()
+        self.arm.stop()
+        self.proc.stop()
+        self.probe.close()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    packages = SwapPackages(tmp_path_factory.mktemp("swap_pkgs"))
+    workdir = tmp_path_factory.mktemp("swap_rig")
+    old_domain = os.environ.get("ROS_DOMAIN_ID")
+    rig = SwapRig(packages, workdir, DOMAIN_ID)
+    yield rig
+    rig.close()
+    if old_domain is None:
+        os.environ.pop("ROS_DOMAIN_ID", None)
+    else:
+        os.environ["ROS_DOMAIN_ID"] = old_domain
+
+
+def _assert_no_gap(rig: SwapRig, start: int, stop: int | None = None) -> None:
+    gaps = rig.stamp_gaps(start, stop)
+    assert len(gaps) > 0 and gaps.min() >= rig.replan - 0.5, gaps.tolist()
+    assert len(rig.load_windows()) > 0
+    # a chunk every `replan` periods; loading and swapping may cost at most one extra period
+    long = rig.long_gaps(start, stop)
+    assert not long["swap"], f"gaps (stamp, periods) longer than {rig.replan + 1} periods during a load: {long}"
+    if long["camera"] or long["background"]:
+        print(f"long gaps away from any load (an overloaded machine, not the swap): {long}")
+
+
+def test_push_refuse_and_rollback(rig):
+    pk = rig.packages
+    v0, v1 = good_version(0), good_version(1)
+    rig.wait_version(v0)
+    start = len(rig.chunks)
+    rig.wait_chunks(2 * len(pk.frames))
+    before = rig.chunk_versions(start)
+    assert all(match == [v0] for _, match in before), before
+    n_versions = len(rig.versions)
+    active_path = rig.policy_path()
+    assert active_path == str(rig.robot_dir / v0)
+
+    for kind in BAD_KINDS:
+        reason = rig.push_bad(pk.bad[kind])
+        assert BAD_REASONS[kind] in reason, (kind, reason)
+        assert rig.policy_path() == active_path, f"{kind}: policy_path not restored"
+    after_start = len(rig.chunks)
+    rig.wait_chunks(2 * len(pk.frames))
+    # a refused package changes nothing: same frames in, the very same chunks out, no new version
+    after = rig.chunk_versions(after_start)
+    assert all(match == [v0] for _, match in after), after
+    assert {f for f, _ in after} == set(range(len(pk.frames))) == {f for f, _ in before}
+    assert len(rig.versions) == n_versions and rig.versions.last().data == v0
+
+    message = rig.push_good(pk.good[1])
+    assert message.startswith(f"loaded {v1}") and f"previous {v0} kept for rollback" in message, message
+    rig.wait_version(v1)
+    rig.wait_chunks(2 * len(pk.frames))
+    response = rig.rollback()
+    assert response.success and response.message == f"rolled back from {v1} to {v0}", response.message
+    rig.wait_version(v0)
+    rig.wait_chunks(2 * len(pk.frames))
+    assert rig.policy_path() == active_path
+    again = rig.rollback()
+    assert not again.success and "no previous version" in again.message
+
+    # every chunk from one fully loaded version, in the order v0 .. v1 .. v0, without a gap
+    sequence = [match for _, match in rig.chunk_versions(start)]
+    assert all(len(m) == 1 for m in sequence), sequence
+    runs = [m[0] for i, m in enumerate(sequence) if i == 0 or m != sequence[i - 1]]
+    assert runs == [v0, v1, v0], runs
+    _assert_no_gap(rig, start)
+    assert [m.data for m in rig.versions][-3:] == [v0, v1, v0]
+    assert rig.proc.alive()
+
+
+def test_long_load_answers_loading_then_reports(rig):
+    """With load_timeout_s = 0 the service answers "loading" at once; the swap is then seen on the version topic."""
+    pk = rig.packages
+    serving = rig.versions.last().data
+    target = next(i for i in range(N_GOOD) if good_version(i) != serving)
+    value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.0)
+    request = SetParameters.Request(parameters=[Parameter(name="load_timeout_s", value=value)])
+    assert rig.probe.call(SetParameters, f"{NODE}/set_parameters", request).results[0].successful
+    try:
+        final, _ = push_local(pk.good[target], rig.robot_dir)
+        ok, message = rig.load(final)
+        assert ok and message.startswith(f"loading {final}: not finished after 0 s"), message
+        rig.wait_version(good_version(target))
+        ok, message = rig.load(rig.robot_dir / "no-such-package")
+        assert ok and message.startswith("loading"), message  # the refusal follows in /diagnostics and the log
+        rig.probe.wait_for(lambda: "no-such-package: not a package directory" in rig.proc.output(), 20,
+                           "the refusal in the node log", rig.proc)
+        assert rig.versions.last().data == good_version(target)
+    finally:
+        request.parameters[0].value.double_value = 20.0
+        rig.probe.call(SetParameters, f"{NODE}/set_parameters", request)
+
+
+def test_twenty_pushes_under_load(rig):
+    """20 pushes back to back (copy into the robot folder, policy_path, ~/load_policy), from the rig's
+    own participant: each `wmpo push` process is a new DDS participant, and on a loaded 2-core
+    machine its discovery alone can delay the node by a few periods (bench/bench_swap.py shows
+    both); here every gap is the node's own doing while it loads and swaps."""
+    pk = rig.packages
+    goods = [2, 3, 1, 0] * 3
+    pushes: list[tuple[str, object]] = []
+    for i in range(10):  # 20 pushes: good and bad alternating, every bad kind twice
+        pushes.append(("good", goods[i]))
+        pushes.append(("bad", BAD_KINDS[i % len(BAD_KINDS)]))
+    start = len(rig.chunks)
+    first_version = len(rig.versions)
+    t0 = time.monotonic()
+    for what, which in pushes:
+        if what == "good":
+            message = rig.push_good(pk.good[which], connected=True)
+            assert message.startswith(f"loaded {good_version(which)}"), message
+        else:
+            assert BAD_REASONS[which] in rig.push_bad(pk.bad[which], connected=True)
+    seconds = time.monotonic() - t0
+    rig.wait_version(good_version(goods[9]))
+    rig.wait_chunks(4)
+
+    swapped_to = [good_version(goods[i]) for i in range(10)]
+    assert [m.data for m in list(rig.versions)[first_version:]] == swapped_to
+    matches = rig.chunk_versions(start)
+    bad = [(i, f, m) for i, (f, m) in enumerate(matches) if len(m) != 1]
+    assert not bad, f"chunks from no (or several) fully loaded versions: {bad[:5]}"
+    sequence = [m[0] for _, m in matches]
+    runs = [v for i, v in enumerate(sequence) if i == 0 or v != sequence[i - 1]]
+    # versions serve in the order they were swapped in (one may serve no chunk if the next swap came
+    # within a replan interval), ending with the last one pushed
+    remaining = iter(swapped_to)
+    assert all(v in remaining for v in runs[1:]) and runs[-1] == swapped_to[-1], (runs, swapped_to)
+    _assert_no_gap(rig, start)
+    arrival = rig.arrival_gaps(start)
+    print(f"20 pushes in {seconds:.1f} s; {len(matches)} chunks; stamp gap max {rig.stamp_gaps(start).max():.2f} "
+          f"periods; arrival gap at the arm max {arrival.max():.2f}, p99 {np.percentile(arrival, 99):.2f} periods")
+    assert rig.proc.alive()

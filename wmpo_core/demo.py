@@ -1,121 +1,534 @@
-"""`wmpo demo`: the whole loop on the simulated robot, one stage after another.
+"""`wmpo demo`: the whole WMPO loop on the simulated robot, one stage after another.
 
-Each stage writes its outputs under ``--out`` and a ``<stage>/stage.json`` marker when
-it finishes; re-running the demo reuses every finished stage (``--fresh`` starts over).
-Stages that need ROS 2 run the `wmpo` ROS commands as subprocesses, so this module
-itself imports no rclpy.
+1. record scripted demonstrations through the ROS 2 graph (`wmpo record --sim`)
+2. behavior cloning: the base policy (`wmpo train-policy`), signed (`wmpo export`)
+3. record base-policy rollouts through the ROS 2 graph (`wmpo record --policy BASE`)
+4. world model: pretrain on the demonstrations, align on the rollouts (`wmpo train-world-model [--init]`)
+5. reward model on demonstrations + rollouts (`wmpo train-reward`)
+6. GRPO in imagination (`wmpo grpo`), signed with the base as parent (`wmpo export`)
+7. evaluate the base policy through the ROS 2 graph on held-out start states
+8. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
+9. evaluate the pushed policy through the ROS 2 graph on the same start states
+10. report: before/after table, DIR/report.html and DIR/report.json (wmpo_core.report)
+
+Each stage writes its outputs under ``--out`` and ``<stage>/stage.json`` when it finishes;
+a re-run reuses every finished stage (``--fresh`` starts over). The stage plan with time
+estimates is printed first; estimates scale with the chosen sizes and are replaced by the
+measured time of each stage as it finishes. ``--direct`` runs the learned-policy episodes
+(stages 3, 7, 9) straight in the simulator instead of through ROS. This module imports no
+rclpy: ROS stages run `wmpo` commands as subprocesses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-HELP = "run the loop on the simulated robot (record through ROS 2, list episodes) and write a report"
+from wmpo_core.loop import (
+    MARKER,
+    StageError,
+    last_json_line,
+    link_episodes,
+    list_complete_episodes,
+    read_json,
+    record_in_sim,
+    record_through_ros,
+    run_stage,
+    run_wmpo,
+    wmpo_command,
+)
+
+HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
+
+# Time model of the stages (seconds on an otherwise idle 2-core CPU): fixed + per unit x size.
+# Per-step costs were measured as process CPU time (both torch threads summed) on the shared
+# 2-core build machine at the default model sizes, then divided by ~1.7 for two cores:
+# BC 3.1 CPU-s/step, VAE 6.1, world model 6.1, reward 1.7 (batch sizes of their configs).
+# Episode costs: a scripted lift episode through the graph ~48 steps, an unimproved policy
+# runs to the step limit (120 for lift). Each finished stage's real time replaces its estimate.
+GRAPH_START_S = 45.0  # `wmpo record` / `wmpo up`: start 4 node processes, import robosuite, first reset
+ROS_STEP_S = 0.12  # one lockstep control tick through the graph (10 Hz target, 64 px, two cameras)
+DIRECT_STEP_S = 0.06  # one simulator step with a camera plus the policy, no ROS
+COMMAND_START_S = 12.0  # a `wmpo` training command: python + torch import, data loading
+BC_STEP_S = 1.8  # tiny VLA, batch 16
+VAE_STEP_S = 3.6  # tiny VAE, batch 16 at 64 px
+WM_STEP_S = 3.6  # tiny world model, batch 8
+REWARD_STEP_S = 1.0  # tiny VideoMAE, batch 16 clips of 8 frames
+GRPO_ITER_S = 180.0  # one GRPO iteration with DEMO_GRPO: up to 2 rounds of 2 starts x G = 8 imagined trajectories
+# Imagination dominates GRPO: one iteration at the WMPOConfig defaults (4 starts x 8 trajectories x 64 frames,
+# up to 4 sampling rounds) used over 4 CPU-minutes here without finishing, so the demo samples less per iteration.
+DEMO_GRPO = {"starts_per_round": 2, "max_sampling_rounds": 2}
+DEMO_VAE_STEPS = 60  # the world-model config's default (600) alone would take over half an hour here
+LIFT_SUCCESS_STEPS = 48  # a scripted lift succeeds in about this many steps through the graph
 
 
 @dataclass
 class Stage:
-    """One step of the demo: a name, a rough duration on a 2-core CPU and what it runs."""
+    """One step of the demo: a name, a time estimate for the chosen sizes and what it runs."""
 
     name: str
     title: str
-    estimate_s: float
+    estimate: Callable[[argparse.Namespace], float]
     run: Callable[[argparse.Namespace, Path], dict]
 
 
-def _wmpo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "wmpo_core.cli", *args]
+# ============================================================================ helpers
+def _log(out: Path, stage: str) -> Path:
+    return out / stage / "commands.log"
 
 
-def _run(cmd: list[str]) -> None:
-    print("  $ " + " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd), flush=True)
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
+def _task_steps(args: argparse.Namespace) -> int:
+    from wmpo_core.sim.tasks import get_task
+
+    return args.max_steps or get_task(args.task).max_steps
+
+
+def _package_of(run: Path) -> Path:
+    """Newest package a training run wrote (``package*`` or ``policy``)."""
+    found = sorted(p for p in run.glob("package*") if (p / "manifest.json").is_file())
+    if (run / "policy" / "manifest.json").is_file():
+        found.append(run / "policy")
+    if not found:
+        raise StageError(f"{run}: no policy package was written")
+    return found[-1]
+
+
+def _manifest(pkg: Path) -> dict[str, Any]:
+    from wmpo_core.registry.package import read_package_manifest
+
+    return read_package_manifest(pkg)
+
+
+def _episodes_summary(folder: Path) -> dict[str, Any]:
+    rows = list_complete_episodes(folder)
+    successes = sum(1 for r in rows if r.get("success"))
+    return {"episodes_dir": str(folder), "episodes": len(rows), "successes": successes,
+            "success_rate": successes / len(rows) if rows else 0.0}
+
+
+def _record(args: argparse.Namespace, out: Path, stage: str, policy: str, count: int, seed: int,
+            noise: float | None = None) -> dict[str, Any]:
+    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct."""
+    episodes = out / stage / "episodes"
+    if episodes.exists():
+        shutil.rmtree(episodes)  # a half-finished earlier attempt: record the stage afresh
+    if args.direct and policy != "scripted":
+        print(f"    {count} episodes directly in the simulator (--direct: no ROS graph)", flush=True)
+        rows = record_in_sim(policy, args.task, count, seed, episodes, max_steps=args.max_steps)
+        via = "simulator (direct)"
+    else:
+        rows = record_through_ros(policy, args.task, count, seed, episodes, max_steps=args.max_steps,
+                                  log=_log(out, stage), public_key=_public_key(out), noise=noise)
+        via = "ROS 2 graph"
+    if not rows:
+        raise StageError(f"{episodes}: no complete episode was recorded")
+    summary = _episodes_summary(episodes)
+    summary.update({"evaluated_via": via, "policy": policy, "first_seed": seed,
+                    "seeds": list(range(seed, seed + count))})
+    return summary
+
+
+def _public_key(out: Path) -> Path:
+    """The demo's public key: the policy node loads only packages signed by it."""
+    return out / "keys" / "wmpo_policy_signing.pub.pem"
+
+
+def _sized(cmd: list[str], flag: str, value: Any) -> list[str]:
+    return cmd + [flag, str(value)] if value is not None else cmd
+
+
+# ============================================================================ stages
+def _stage_keys(args: argparse.Namespace, out: Path) -> dict:
+    keys = out / "keys"
+    if not (keys / "wmpo_policy_signing.pem").is_file():
+        if keys.exists():
+            shutil.rmtree(keys)
+        run_wmpo("keygen", "--out", str(keys), log=_log(out, "keys"))
+    return {"private_key": str(keys / "wmpo_policy_signing.pem"), "public_key": str(keys / "wmpo_policy_signing.pub.pem")}
 
 
 def _stage_record_demos(args: argparse.Namespace, out: Path) -> dict:
-    episodes = out / "episodes" / "demos"
-    if episodes.exists():
-        # A half-finished earlier attempt: start this stage over rather than mixing runs.
-        shutil.rmtree(episodes)
-    _run(
-        _wmpo(
-            "record", "--sim", "--task", args.task, "--episodes", str(args.episodes),
-            "--out", str(episodes), "--seed", str(args.seed), "--noise", str(args.noise),
-        )
-    )
-    return {"episodes_dir": str(episodes)}
+    from wmpo_core.rl.config import DEMONSTRATION_SEEDS
+
+    seed = DEMONSTRATION_SEEDS.seeds(args.demos, offset=args.seed)[0]
+    return _record(args, out, "record_demos", "scripted", args.demos, seed, noise=args.noise)
 
 
-def _stage_list(args: argparse.Namespace, out: Path) -> dict:
-    episodes = out / "episodes" / "demos"
-    proc = subprocess.run(_wmpo("episodes", str(episodes), "--json"), capture_output=True, text=True)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"listing {episodes} failed: {proc.stderr.strip()}")
-    rows = json.loads(proc.stdout)
-    subprocess.run(_wmpo("episodes", str(episodes)))
-    ok = [r for r in rows if "error" not in r]
-    successes = sum(1 for r in ok if r.get("success"))
-    return {"episodes": len(ok), "successes": successes, "rows": rows}
+def _stage_train_bc(args: argparse.Namespace, out: Path) -> dict:
+    demos = read_json(out / "record_demos" / MARKER)["episodes_dir"]
+    run = out / "train_bc" / "run"
+    cmd = ["train-policy", "--episodes", demos, "--out", str(run), "--no-progress"]
+    cmd = _sized(cmd, "--steps", args.bc_steps)
+    cmd = _sized(cmd, "--train-config", args.bc_config)
+    if (run / "checkpoints").is_dir():
+        cmd.append("--resume")
+    run_wmpo(*cmd, log=_log(out, "train_bc"))
+    pkg = out / "train_bc" / "package"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    run_wmpo("export", str(_package_of(run)), "--out", str(pkg), "--key", str(out / "keys" / "wmpo_policy_signing.pem"),
+             log=_log(out, "train_bc"))
+    m = _manifest(pkg)
+    return {"run": str(run), "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
+            "tensorboard": str(run / "tensorboard")}
+
+
+def _base(out: Path) -> dict:
+    return read_json(out / "train_bc" / MARKER)
+
+
+def _stage_record_rollouts(args: argparse.Namespace, out: Path) -> dict:
+    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
+
+    seed = POLICY_ROLLOUT_SEEDS.seeds(args.rollouts, offset=args.seed)[0]
+    return _record(args, out, "record_rollouts", _base(out)["package"], args.rollouts, seed)
+
+
+def _wm_config(args: argparse.Namespace, out: Path) -> Path:
+    """--wm-config with the demo's VAE step count applied (train-world-model has no flag for it)."""
+    data = read_json(Path(args.wm_config)) if args.wm_config else {}
+    if args.vae_steps is not None or "vae_steps" not in data:
+        data["vae_steps"] = _vae_steps(args)
+    path = out / "world_model" / "config.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _vae_steps(args: argparse.Namespace) -> int:
+    """--vae-steps, else the --wm-config value, else the demo's default (60)."""
+    if args.vae_steps is not None:
+        return args.vae_steps
+    if args.wm_config:
+        return int(read_json(Path(args.wm_config)).get("vae_steps", DEMO_VAE_STEPS))
+    return DEMO_VAE_STEPS
+
+
+def _stage_world_model(args: argparse.Namespace, out: Path) -> dict:
+    demos = read_json(out / "record_demos" / MARKER)["episodes_dir"]
+    rollouts = read_json(out / "record_rollouts" / MARKER)["episodes_dir"]
+    log = _log(out, "world_model")
+    pre = out / "world_model" / "pretrain"
+    config = str(_wm_config(args, out))
+    cmd = ["train-world-model", "--episodes", demos, "--out", str(pre)]
+    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.wm_steps)
+    pre_summary = last_json_line(run_wmpo(*cmd, log=log, capture=True).stdout, "wmpo train-world-model")
+    aligned = out / "world_model" / "aligned"
+    cmd = ["train-world-model", "--episodes", rollouts, "--out", str(aligned), "--init", str(pre)]
+    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.align_steps)
+    align_summary = last_json_line(run_wmpo(*cmd, log=log, capture=True).stdout, "wmpo train-world-model --init")
+    return {"pretrain": str(pre), "aligned": str(aligned), "pretrain_final_loss": pre_summary.get("final_loss"),
+            "aligned_final_loss": align_summary.get("final_loss")}
+
+
+def _all_episodes(out: Path, stage: str) -> Path:
+    sources = [Path(read_json(out / s / MARKER)["episodes_dir"]) for s in ("record_demos", "record_rollouts")]
+    data = out / stage / "data"
+    link_episodes(sources, data)
+    return data
+
+
+def _stage_reward(args: argparse.Namespace, out: Path) -> dict:
+    data = _all_episodes(out, "reward")
+    run = out / "reward" / "run"
+    if run.exists():
+        shutil.rmtree(run)  # train-reward has no resume: retrain
+    cmd = ["train-reward", "--episodes", str(data), "--out", str(run)]
+    cmd = _sized(_sized(cmd, "--config", args.reward_config), "--steps", args.reward_steps)
+    summary = last_json_line(run_wmpo(*cmd, log=_log(out, "reward"), capture=True).stdout, "wmpo train-reward")
+    return {"run": str(run), **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
+
+
+def _grpo_config(args: argparse.Namespace, out: Path) -> Path:
+    """--grpo-config, else the demo's lighter sampling (WMPOConfig defaults for everything else)."""
+    if args.grpo_config:
+        return Path(args.grpo_config)
+    path = out / "grpo" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(DEMO_GRPO, indent=2) + "\n")
+    return path
+
+
+def _stage_grpo(args: argparse.Namespace, out: Path) -> dict:
+    base = _base(out)
+    wm = read_json(out / "world_model" / MARKER)["aligned"]
+    reward = read_json(out / "reward" / MARKER)["run"]
+    data = _all_episodes(out, "grpo")
+    run = out / "grpo" / "run"
+    budget = read_json(out / "record_rollouts" / MARKER)["episodes"] + read_json(out / "record_demos" / MARKER)["episodes"]
+    cmd = ["grpo", "--policy", base["package"], "--world-model", wm, "--reward", reward, "--episodes", str(data),
+           "--out", str(run), "--budget", str(budget), "--quiet"]
+    cmd = _sized(_sized(cmd, "--config", str(_grpo_config(args, out))), "--iterations", args.grpo_iterations)
+    log = _log(out, "grpo")
+    if not (run / "policy" / "manifest.json").is_file():  # else: trained, only the marker was missing
+        run_wmpo(*cmd, log=log)
+    pkg = out / "grpo" / "package"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    run_wmpo("export", str(run / "policy"), "--out", str(pkg), "--key", str(out / "keys" / "wmpo_policy_signing.pem"),
+             "--parent", base["version"], log=log)
+    m = _manifest(pkg)
+    return {"run": str(run), "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
+            "log": str(run / "log.jsonl")}
+
+
+def _eval_seed(args: argparse.Namespace) -> int:
+    from wmpo_core.rl.config import EVALUATION_SEEDS
+
+    return EVALUATION_SEEDS.seeds(args.eval_episodes, offset=args.seed)[0]
+
+
+def _stage_eval_before(args: argparse.Namespace, out: Path) -> dict:
+    base = _base(out)
+    result = _record(args, out, "eval_before", base["package"], args.eval_episodes, _eval_seed(args))
+    return {**result, "version": base["version"], "parent": base.get("parent")}
+
+
+def _wait_for(pred: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if proc.poll() is not None:
+            raise StageError(f"{what}: `wmpo up` exited with code {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise StageError(f"{what}: not within {timeout:.0f} s; see {log}")
+        time.sleep(0.5)
+
+
+def _stage_push(args: argparse.Namespace, out: Path) -> dict:
+    """Start the graph with the base policy, push the improved one to its policy node, stop the graph."""
+    base, new = _base(out), read_json(out / "grpo" / MARKER)
+    robot_dir = out / "robot" / "policies"
+    public = _public_key(out)
+    log = _log(out, "push")
+    if args.direct:
+        proc = run_wmpo("push", new["package"], "--to", str(robot_dir), "--public-key", str(public), "--no-load",
+                        log=log, capture=True)
+        return {"version": new["version"], "installed": str(robot_dir / new["version"]), "loaded_by_node": False,
+                "output": proc.stdout.strip(), "note": "--direct: copied only, no running policy node"}
+    up_log = out / "push" / "up.log"
+    up_log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(up_log, "w") as sink:
+        up = subprocess.Popen(wmpo_command("up", "--sim", "--task", args.task, "--policy", base["package"],
+                                           "--public-key", str(_public_key(out)),
+                                           "--output-dir", str(out / "push" / "episodes")),
+                              stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    try:
+        _wait_for(lambda: f"simulated {args.task} ready" in up_log.read_text(), 300, "graph start", up, up_log)
+        proc = run_wmpo("push", new["package"], "--to", str(robot_dir), "--public-key", str(public), "--node", "/policy",
+                        "--timeout", "120", log=log, capture=True)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)  # `wmpo up` stops its nodes in order on SIGINT
+            try:
+                up.wait(90)
+            except subprocess.TimeoutExpired:
+                up.kill()
+    return {"version": new["version"], "installed": str(robot_dir / new["version"]), "loaded_by_node": True,
+            "output": proc.stdout.strip()}
+
+
+def _stage_eval_after(args: argparse.Namespace, out: Path) -> dict:
+    pushed = read_json(out / "push" / MARKER)
+    new = read_json(out / "grpo" / MARKER)
+    result = _record(args, out, "eval_after", pushed["installed"], args.eval_episodes, _eval_seed(args))
+    return {**result, "version": new["version"], "parent": new.get("parent")}
+
+
+def _curves(out: Path) -> dict[str, dict[str, Any]]:
+    from wmpo_core.report import read_jsonl_series, read_tensorboard_scalars
+
+    def losses(logdir: Path) -> dict[str, Any]:
+        scalars = read_tensorboard_scalars(logdir)
+        return {k: v for k, v in scalars.items() if "loss" in k.lower()}
+
+    curves = {
+        "behavior cloning": losses(out / "train_bc" / "run" / "tensorboard"),
+        "world model (pretrain)": losses(out / "world_model" / "pretrain" / "tb"),
+        "world model (aligned)": losses(out / "world_model" / "aligned" / "tb"),
+        "reward model": losses(out / "reward" / "run" / "tb"),
+        "GRPO in imagination": read_jsonl_series(out / "grpo" / "run" / "log.jsonl", "iteration",
+                                                 ("imagination_success_rate", "kept_fraction", "loss")),
+    }
+    return {k: v for k, v in curves.items() if v}
+
+
+def _stage_report(args: argparse.Namespace, out: Path) -> dict:
+    from wmpo_core.report import version_row, write_report
+
+    notes = []
+    videos = []
+    rollouts = read_json(out / "record_rollouts" / MARKER)["episodes_dir"]
+    episode = next(iter(list_complete_episodes(Path(rollouts))), None)
+    if episode is not None:
+        video = out / "report_media" / "real_vs_imagined.mp4"
+        try:
+            run_wmpo("imagine", "--model", read_json(out / "world_model" / MARKER)["aligned"], "--episode",
+                     episode["path"], "--out", str(video), "--replay-actions", "--scale", "2", log=_log(out, "report"),
+                     capture=True)
+            videos.append({"title": f"real vs imagined (recorded actions replayed), episode {episode['episode_id']}",
+                           "path": str(video.with_suffix(".gif").relative_to(out))})
+        except StageError as exc:
+            notes.append(f"video not made: {exc}")
+    rows = []
+    demos = read_json(out / "record_demos" / MARKER)
+    rows.append(version_row("scripted demonstrator", "scripted", demos["successes"], demos["episodes"],
+                            seeds=demos["seeds"], evaluated_via=f"{demos['evaluated_via']}, demonstration seeds"))
+    for label, stage in (("before (BC base)", "eval_before"), ("after (WMPO)", "eval_after")):
+        r = read_json(out / stage / MARKER)
+        rows.append(version_row(label, r["version"], r["successes"], r["episodes"], parent=r.get("parent"),
+                                seeds=r["seeds"], evaluated_via=f"{r['evaluated_via']}, held-out seeds"))
+    stages = []
+    for s in STAGES:
+        marker = out / s.name / MARKER
+        measured = read_json(marker).get("seconds") if marker.is_file() else None
+        stages.append({"name": s.name, "title": s.title, "estimate_s": round(s.estimate(args)),
+                       "seconds": measured})
+    html_path, json_path = write_report(out, title="WMPO demo: simulated robot through ROS 2", task=args.task,
+                                        versions=rows, stages=stages, curves=_curves(out), videos=videos,
+                                        notes=notes)
+    print_table(rows)
+    return {"report_html": str(html_path), "report_json": str(json_path)}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The before/after table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="success rate on held-out start states")
+    for col in ("policy", "version", "success", "95% CI", "episodes", "via"):
+        table.add_column(col)
+    for r in rows:
+        lo, hi = r["ci95"]
+        table.add_row(r["label"], str(r["version"]), f"{100 * r['success_rate']:.0f}%",
+                      f"{100 * lo:.0f}-{100 * hi:.0f}%", str(r["episodes"]), r["evaluated_via"])
+    Console().print(table)
+
+
+# ============================================================================ plan
+def _ros_episodes(count: int, steps: int) -> float:
+    return GRAPH_START_S + count * steps * ROS_STEP_S
+
+
+def _policy_episodes(args: argparse.Namespace, count: int) -> float:
+    steps = _task_steps(args)  # an unimproved policy mostly runs to the step limit
+    return (COMMAND_START_S + count * steps * DIRECT_STEP_S) if args.direct else _ros_episodes(count, steps)
+
+
+def _steps(value: int | None, default: int) -> int:
+    return value if value is not None else default
 
 
 STAGES: list[Stage] = [
-    Stage("record_demos", "Record scripted episodes through the ROS 2 graph", 90.0, _stage_record_demos),
-    Stage("list_episodes", "List the recorded episodes", 5.0, _stage_list),
+    Stage("keys", "Make a signing key pair", lambda a: 3.0, _stage_keys),
+    Stage("record_demos", "Record scripted demonstrations through the ROS 2 graph",
+          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + 3), _stage_record_demos),
+    Stage("train_bc", "Behavior cloning: the base policy (signed)",
+          lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 2000) * BC_STEP_S, _stage_train_bc),
+    Stage("record_rollouts", "Record base-policy rollouts through the ROS 2 graph",
+          lambda a: _policy_episodes(a, a.rollouts), _stage_record_rollouts),
+    Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
+          lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
+          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 1500)) * WM_STEP_S, _stage_world_model),
+    Stage("reward", "Reward model on demonstrations and rollouts",
+          lambda a: COMMAND_START_S + _steps(a.reward_steps, 300) * REWARD_STEP_S, _stage_reward),
+    Stage("grpo", "GRPO in imagination (signed, parent = base)",
+          lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S, _stage_grpo),
+    Stage("eval_before", "Evaluate the base policy through the ROS 2 graph",
+          lambda a: _policy_episodes(a, a.eval_episodes), _stage_eval_before),
+    Stage("push", "Push the improved policy to the running policy node",
+          lambda a: COMMAND_START_S if a.direct else GRAPH_START_S + 30.0, _stage_push),
+    Stage("eval_after", "Evaluate the pushed policy through the ROS 2 graph",
+          lambda a: _policy_episodes(a, a.eval_episodes), _stage_eval_after),
+    Stage("report", "Report: before/after table, report.html, report.json",
+          lambda a: COMMAND_START_S + 10.0, _stage_report),
 ]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo demo`; the defaults fit in about 45 minutes on a 2-core CPU."""
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
-    parser.add_argument("--episodes", type=int, default=4, help="episodes to record (default: 4)")
-    parser.add_argument("--seed", type=int, default=1000, help="first episode seed (default: 1000)")
-    parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default: 0)")
+    parser.add_argument("--demos", type=int, default=16, help="scripted demonstrations (default 16)")
+    parser.add_argument("--rollouts", type=int, default=8, help="base-policy rollouts (default 8)")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="held-out evaluation episodes per policy (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="offset of every seed range (default 0)")
+    parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default 0)")
+    parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's)")
+    parser.add_argument("--bc-steps", type=int, default=250, help="behavior-cloning steps (default 250)")
+    parser.add_argument("--vae-steps", type=int, help=f"frame autoencoder steps (default: the --wm-config value, "
+                        f"else {DEMO_VAE_STEPS})")
+    parser.add_argument("--wm-steps", type=int, default=120, help="world-model pretraining steps (default 120)")
+    parser.add_argument("--align-steps", type=int, default=40, help="world-model alignment steps (default 40)")
+    parser.add_argument("--reward-steps", type=int, default=100, help="reward-model steps (default 100)")
+    parser.add_argument("--grpo-iterations", type=int, default=2, help="GRPO iterations (default 2)")
+    parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
+    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig")
+    parser.add_argument("--grpo-config", help=f"JSON WMPOConfig (default: the defaults with {DEMO_GRPO})")
+    parser.add_argument("--direct", action="store_true",
+                        help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
     parser.add_argument("--fresh", action="store_true", help="ignore finished stages and start over")
 
 
-def _write_report(out: Path, results: dict[str, dict]) -> None:
-    (out / "report.json").write_text(json.dumps(results, indent=2))
+def _check(args: argparse.Namespace) -> str | None:
+    for name in ("demos", "rollouts", "eval_episodes"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1"
+    for name in ("bc_config", "wm_config", "reward_config", "grpo_config"):
+        value = getattr(args, name)
+        if value and not Path(value).is_file():
+            return f"--{name.replace('_', '-')} {value}: no such file"
+        if value:
+            setattr(args, name, str(Path(value).resolve()))
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    """Run the stages not finished yet, then print the before/after table."""
+    if (problem := _check(args)) is not None:
+        print(f"wmpo demo: {problem}", file=sys.stderr)
+        return 2
+    out: Path = args.out.resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    total = sum(s.estimate_s for s in STAGES)
-    print(f"wmpo demo: {len(STAGES)} stages, about {total / 60:.0f} min on a 2-core CPU; output in {out}/")
-    for i, stage in enumerate(STAGES, 1):
-        done = (out / stage.name / "stage.json").exists()
-        print(f"  {i}. {stage.title} (~{stage.estimate_s:.0f} s){'  [done, reused]' if done else ''}")
-    results: dict[str, dict] = {}
-    for i, stage in enumerate(STAGES, 1):
-        marker = out / stage.name / "stage.json"
-        if marker.exists():
-            results[stage.name] = json.loads(marker.read_text())
-            continue
-        print(f"\n[{i}/{len(STAGES)}] {stage.title}", flush=True)
-        t0 = time.monotonic()
+    plan = [(s, (out / s.name / MARKER).is_file(), s.estimate(args)) for s in STAGES]
+    todo = sum(est for _, done, est in plan if not done)
+    print(f"wmpo demo: {len(STAGES)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")
+    for i, (s, done, est) in enumerate(plan, 1):
+        took = f"done in {read_json(out / s.name / MARKER).get('seconds', 0):.0f} s, reused" if done else f"~{est:.0f} s"
+        print(f"  {i:2d}. {s.title} ({took})")
+    t_start = time.monotonic()
+    for i, (stage, _, est) in enumerate(plan, 1):
+        elapsed = time.monotonic() - t_start
+        header = f"\n[{i}/{len(STAGES)}] {stage.title}  (estimate ~{est:.0f} s; {elapsed / 60:.1f} min elapsed)"
         try:
-            result = stage.run(args, out)
-        except (RuntimeError, OSError, ValueError) as exc:
-            print(f"wmpo demo: stage '{stage.name}' failed: {exc}", file=sys.stderr)
-            _write_report(out, results)
+            run_stage(out / stage.name, stage.name, lambda d, s=stage: s.run(args, out),
+                      say=lambda text, h=header: print(h if text.endswith("...") else text, flush=True))
+        except (StageError, OSError, ValueError) as exc:
+            print(f"wmpo demo: stage '{stage.name}' failed: {exc}\n(re-run the same command to continue from this "
+                  "stage)", file=sys.stderr)
             return 1
-        result["seconds"] = round(time.monotonic() - t0, 1)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(result, indent=2))
-        results[stage.name] = result
-        print(f"    done in {result['seconds']:.0f} s", flush=True)
-    _write_report(out, results)
-    print(f"\nwmpo demo: finished; report in {out / 'report.json'}")
+    report = read_json(out / "report" / MARKER)
+    if all(done for _, done, _ in plan):
+        print_table(read_json(Path(report["report_json"]))["versions"])  # the table of the finished run
+    print(f"\nwmpo demo: finished in {(time.monotonic() - t_start) / 60:.1f} min; report in {report['report_html']} "
+          f"and {report['report_json']}")
     return 0
+
+
+def stage_results(out: Path) -> dict[str, Any]:
+    """Markers of the finished stages of a demo folder, by stage name."""
+    return {s.name: read_json(out / s.name / MARKER) for s in STAGES if (out / s.name / MARKER).is_file()}

@@ -1,0 +1,727 @@
+"""`wmpo loop`: lifelong learning on one robot: collect -> align -> improve -> gate -> push, repeated.
+
+Iteration ``i`` of a run directory ``RUN``:
+
+1. **collect**: ``M`` episodes with the current policy version. On the simulated robot they
+   go through the ROS 2 graph (`wmpo record --sim --policy PKG`), or, with
+   ``--collect-direct``, straight from the simulator into the same bag format (no ROS,
+   several times faster). On the real robot (``--robot ros``) an operator records them
+   with the running graph; the loop waits until ``M`` new complete episodes of the current
+   version appear in ``--episodes-from``.
+2. **world_model**: behavior alignment: `wmpo train-world-model --init` the previous
+   iteration's world model (the first iteration starts from ``--world-model`` or pretrains
+   from scratch) on all episodes so far.
+3. **reward**: `wmpo train-reward` on all episodes so far.
+4. **grpo**: `wmpo grpo` in imagination from the current policy: the candidate package.
+5. **gate**: `wmpo eval` of current and candidate on the same held-out start states
+   (:data:`~wmpo_core.rl.config.EVALUATION_SEEDS`, never used for collection), then the
+   gate rule (:func:`gate_decision`).
+6. **publish**: when the gate accepts, `wmpo export` (sign, parent = current version) and
+   `wmpo push` (copy to the robot's policy folder, ask its policy node to load it if
+   ``--load-node`` is given); the pushed copy becomes the current version.
+
+Gate rule (paired, one-sided): both policies run the same ``E`` seeded start states. Let
+``b`` be the states only the candidate solves and ``c`` those only the current policy
+solves. The candidate is pushed when ``b > c`` and the exact one-sided sign test
+(McNemar) on the ``b + c`` discordant states gives ``p = P(X >= b | X ~ Bin(b + c, 1/2))
+<= alpha`` (``--gate-alpha``, default 0.05). ``--gate-alpha 1`` pushes whenever the
+candidate solves strictly more states. A refused candidate changes nothing: the version
+chain and the robot keep the current version.
+
+Layout: ``RUN/loop.json`` (settings, checked on resume), ``RUN/versions.json`` (the version
+chain: every pushed version with its parent), ``RUN/keys/`` (signing key pair unless
+``--key``), ``RUN/robot/policies/`` (default push target), ``RUN/iter_<i>/<stage>/``
+with each stage's outputs and ``stage.json`` marker, ``RUN/iter_<i>/metrics.json``.
+A stage with a marker is never run again, so an interrupted loop resumes at the first
+unfinished stage; a half-finished stage is redone (recording) or resumed by its command
+(training runs resume from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+HELP = "lifelong learning: collect, align world and reward models, GRPO in imagination, gate, push"
+MARKER = "stage.json"
+ITERATION_STAGES = ("collect", "world_model", "reward", "grpo", "gate", "publish")
+# Offsets inside the shared seed ranges (wmpo_core.rl.config) that keep the loop's start states
+# apart from `wmpo demo`'s, which start at offset 0 of each range.
+COLLECT_SEED_OFFSET = 50_000
+GATE_SEED_OFFSET = 50_000
+
+
+class StageError(RuntimeError):
+    """A stage could not finish; the message names the command or file."""
+
+
+# ============================================================================ stage runner
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; a StageError naming the file when it is unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path}: cannot read JSON: {exc}") from exc
+
+
+def stage_done(stage_dir: Path) -> bool:
+    """True when the stage in ``stage_dir`` finished (its marker exists)."""
+    return (stage_dir / MARKER).is_file()
+
+
+def run_stage(stage_dir: Path, title: str, fn: Callable[[Path], dict[str, Any]],
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``fn(stage_dir)`` unless its marker exists; the marker holds its result and duration.
+
+    The marker is written last and atomically: a stage killed half-way has none and runs again.
+    """
+    marker = stage_dir / MARKER
+    if marker.is_file():
+        result = read_json(marker)
+        say(f"  {title}: done before ({result.get('seconds', 0):.0f} s), reused")
+        return result
+    say(f"  {title} ...")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    result = fn(stage_dir)
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(marker, result)
+    say(f"  {title}: done in {result['seconds']:.0f} s")
+    return result
+
+
+# ============================================================================ commands
+def wmpo_command(*args: str) -> list[str]:
+    """The `wmpo` command line for ``args``, run with this interpreter."""
+    return [sys.executable, "-m", "wmpo_core.cli", *args]
+
+
+def run_wmpo(*args: str, log: Path | None = None, capture: bool = False, ok_codes: tuple[int, ...] = (0,),
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a `wmpo` subcommand; its output goes to ``log`` (appended) or the terminal.
+
+    ``capture`` returns stdout as text (stderr still goes to ``log``). A StageError quoting
+    the end of the log when the exit code is not in ``ok_codes``.
+    """
+    cmd = wmpo_command(*args)
+    print("    $ wmpo " + " ".join(args), flush=True)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(log, "a") if log is not None else None  # noqa: SIM115 - closed below
+    try:
+        if sink is not None:
+            sink.write(f"$ wmpo {' '.join(args)}\n")
+            sink.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else sink, stderr=sink, text=True,
+                              env=env, stdin=subprocess.DEVNULL)
+    finally:
+        if sink is not None:
+            sink.close()
+    if proc.returncode not in ok_codes:
+        tail = log.read_text()[-2000:] if log is not None and log.is_file() else ""
+        raise StageError(f"`wmpo {' '.join(args)}` failed with exit code {proc.returncode}"
+                         + (f"; end of {log}:\n{tail}" if tail else ""))
+    return proc
+
+
+def last_json_line(text: str, what: str) -> dict[str, Any]:
+    """The last line of ``text`` that parses as a JSON object (commands print logs before it)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    try:
+        return json.loads(text)  # an indented multi-line JSON document
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{what}: no JSON in its output") from exc
+
+
+# ============================================================================ collection
+def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path, *,
+                  max_steps: int | None = None, noise: float = 0.0) -> list[dict[str, Any]]:
+    """Episodes of ``policy`` (package dir or ``scripted``) straight from the simulator, one bag each.
+
+    The bags follow the recorder's schema (wmpo_core.data.sim_bags), without ROS in the loop.
+    Seeds ``first_seed .. first_seed + count - 1``. Returns one row per episode.
+    """
+    from wmpo_core.data.bag import read_metadata
+    from wmpo_core.data.sim_bags import collect_sim_episodes
+
+    paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps)
+    rows = []
+    for path in paths:
+        meta = read_metadata(path)
+        rows.append({"episode_id": meta.episode_id, "path": str(path), "seed": meta.seed,
+                     "success": bool(meta.success), "policy_version": meta.policy_version})
+    return rows
+
+
+def list_complete_episodes(folder: Path) -> list[dict[str, Any]]:
+    """Readable, finished episodes of ``folder`` as dicts (id, success, policy_version, steps, path)."""
+    from wmpo_core.data.episodes import list_episodes
+
+    if not folder.is_dir():
+        return []
+    return [{"episode_id": e.episode_id, "success": e.success, "policy_version": e.policy_version,
+             "steps": e.steps, "path": str(e.path)}
+            for e in list_episodes(folder) if not isinstance(e, Exception) and e.status == "complete"]
+
+
+def record_through_ros(policy: str, task: str, count: int, first_seed: int, out: Path, *,
+                       max_steps: int | None = None, log: Path | None = None,
+                       public_key: Path | None = None, noise: float | None = None) -> list[dict[str, Any]]:
+    """`wmpo record --sim --policy POLICY`: the simulated robot through the ROS 2 graph.
+
+    The policy node loads only packages signed by a key it trusts: ``public_key``.
+    """
+    if out.exists():
+        shutil.rmtree(out)  # a half-recorded earlier attempt: record the stage afresh
+    args = ["record", "--sim", "--task", task, "--policy", policy, "--episodes", str(count),
+            "--seed", str(first_seed), "--out", str(out)]
+    if public_key is not None:
+        args += ["--public-key", str(public_key)]
+    if noise is not None:
+        args += ["--noise", str(noise)]
+    if max_steps:
+        args += ["--max-steps", str(max_steps)]
+    run_wmpo(*args, log=log)
+    return list_complete_episodes(out)
+
+
+def link_episodes(sources: list[Path], out: Path) -> int:
+    """Make ``out`` a folder of links to every episode of ``sources`` (all data so far); returns the count."""
+    from wmpo_core.data.bag import episode_dirs
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    n = 0
+    for src in sources:
+        if not src.is_dir():
+            raise StageError(f"{src}: episodes folder does not exist")
+        for ep in episode_dirs(src):
+            link = out / ep.name
+            if link.exists():
+                raise StageError(f"{ep}: episode id {ep.name} appears twice in the loop's data")
+            link.symlink_to(ep.resolve(), target_is_directory=True)
+            n += 1
+    return n
+
+
+# ============================================================================ gate
+@dataclass
+class GateDecision:
+    """Outcome of the gate: paired counts on the shared start states, the p-value and the verdict."""
+
+    accept: bool
+    reason: str
+    current_successes: int
+    candidate_successes: int
+    episodes: int
+    candidate_only: int  # b: start states only the candidate solved
+    current_only: int  # c: start states only the current policy solved
+    p_value: float
+    alpha: float
+
+
+def sign_test_p_value(b: int, c: int) -> float:
+    """One-sided exact sign test: P(X >= b) for X ~ Binomial(b + c, 1/2) (1.0 when nothing is discordant)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    # Exact binomial tail in integers; no stats library is in the stack and this is three lines.
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
+
+
+def gate_decision(current: list[dict[str, Any]], candidate: list[dict[str, Any]], alpha: float) -> GateDecision:
+    """Apply the gate rule to per-episode results (``seed``, ``success``) of the two policies."""
+    cur = {int(r["seed"]): bool(r["success"]) for r in current}
+    cand = {int(r["seed"]): bool(r["success"]) for r in candidate}
+    if set(cur) != set(cand) or not cur:
+        raise StageError(f"gate: the two evaluations must cover the same start states; got seeds "
+                         f"{sorted(cur)} and {sorted(cand)}")
+    b = sum(1 for s in cur if cand[s] and not cur[s])
+    c = sum(1 for s in cur if cur[s] and not cand[s])
+    p = sign_test_p_value(b, c)
+    accept = b > c and p <= alpha
+    if accept:
+        reason = f"candidate better: solves {b} start state(s) the current policy fails, loses {c}; p = {p:.3g} <= {alpha}"
+    elif b <= c:
+        reason = f"candidate not better: wins {b}, loses {c} of {len(cur)} shared start states"
+    else:
+        reason = f"improvement not significant: wins {b}, loses {c}; p = {p:.3g} > alpha {alpha}"
+    return GateDecision(accept, reason, sum(cur.values()), sum(cand.values()), len(cur), b, c, p, alpha)
+
+
+def evaluate(policy: str, task: str, episodes: int, first_seed: int, *, max_steps: int | None = None,
+             log: Path | None = None) -> dict[str, Any]:
+    """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..``; its JSON report."""
+    args = ["eval", "--policy", policy, "--task", task, "--episodes", str(episodes), "--seed", str(first_seed),
+            "--json"]
+    if max_steps:
+        args += ["--max-steps", str(max_steps)]
+    proc = run_wmpo(*args, log=log, capture=True)
+    return last_json_line(proc.stdout, f"wmpo eval --policy {policy}")
+
+
+# ============================================================================ version chain
+class VersionChain:
+    """``RUN/versions.json``: every version the robot ran, in order, each with its parent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[dict[str, Any]] = read_json(path)["versions"] if path.is_file() else []
+
+    @property
+    def current(self) -> dict[str, Any]:
+        """The newest version (the one the robot runs)."""
+        if not self.entries:
+            raise StageError(f"{self.path}: empty version chain")
+        return self.entries[-1]
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Add a version whose parent must be the current one; saved at once."""
+        if self.entries and entry.get("parent") != self.current["version"]:
+            raise StageError(f"{self.path}: version {entry.get('version')} has parent {entry.get('parent')}, "
+                             f"expected the current version {self.current['version']}")
+        if any(e["version"] == entry["version"] for e in self.entries):
+            return  # the same push replayed after an interruption
+        self.entries.append(entry)
+        self.save()
+
+    def save(self) -> None:
+        """Write the chain atomically."""
+        write_json_atomic(self.path, {"versions": self.entries})
+
+
+# ============================================================================ the loop
+@dataclass
+class LoopConfig:
+    """Settings of one loop run (stored in ``RUN/loop.json``)."""
+
+    out: str
+    policy: str
+    task: str = "lift"
+    robot: str = "sim"  # "sim": simulated robot; "ros": real robot, episodes recorded by an operator
+    episodes_per_iter: int = 8
+    collect_direct: bool = False  # sim only: straight from the simulator instead of through ROS
+    episodes_from: str | None = None  # ros only: folder where the robot's recorder writes episodes
+    demos: str | None = None  # extra episodes in every training set (e.g. the base policy's demonstrations)
+    world_model: str | None = None  # world-model run the first iteration aligns from
+    max_steps: int | None = None
+    wm_config: str | None = None
+    reward_config: str | None = None
+    grpo_config: str | None = None
+    wm_steps: int | None = None
+    reward_steps: int | None = None
+    grpo_iterations: int | None = None
+    gate_episodes: int = 20
+    gate_alpha: float = 0.05
+    key: str | None = None
+    push_to: str | None = None
+    load_node: str | None = None
+    collect_timeout_s: float = 3600.0
+    # Settings that may differ between a run and its resumption.
+    RESUMABLE: tuple[str, ...] = field(default=("out", "collect_timeout_s", "load_node"), repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """The stored settings (everything but the RESUMABLE list itself)."""
+        data = asdict(self)
+        data.pop("RESUMABLE")
+        return data
+
+
+class Loop:
+    """One lifelong-learning run in ``config.out``; :meth:`run` performs iterations until ``iterations``."""
+
+    def __init__(self, config: LoopConfig) -> None:
+        self.config = config
+        self.run_dir = Path(config.out)
+        self.versions = VersionChain(self.run_dir / "versions.json")
+
+    # -- setup ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create or check ``RUN/loop.json``, the key pair and the first version of the chain."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        stored_path = self.run_dir / "loop.json"
+        if stored_path.is_file():
+            stored = read_json(stored_path)
+            diff = sorted(k for k, v in cfg.settings().items()
+                          if k not in cfg.RESUMABLE and k in stored and stored[k] != v)
+            if diff:
+                raise StageError(f"{stored_path}: this run was started with other settings ("
+                                 + ", ".join(f"{k}: {stored[k]!r} now {getattr(cfg, k)!r}" for k in diff)
+                                 + "); use the same settings or another --out")
+        else:
+            self._check_inputs()
+            write_json_atomic(stored_path, cfg.settings())
+        if cfg.key is None:
+            keys = self.run_dir / "keys"
+            if not (keys / "wmpo_policy_signing.pem").is_file():
+                run_wmpo("keygen", "--out", str(keys))
+        if not self.versions.entries:
+            # The robot's policy node loads only packages signed by a key it trusts: sign a copy of the first one.
+            from wmpo_core.registry.package import read_package_manifest
+
+            pkg = self.run_dir / "initial" / "package"
+            if pkg.exists():
+                shutil.rmtree(pkg)  # an export cut short by an interruption
+            log = self.run_dir / "initial" / "commands.log"
+            run_wmpo("export", cfg.policy, "--out", str(pkg), "--key", str(self.private_key), log=log)
+            manifest = read_package_manifest(pkg)
+            installed = self._push(pkg, manifest["version"], load=False, log=log)[0]
+            self.versions.append({"version": manifest["version"], "parent": manifest.get("parent"),
+                                  "package": str(pkg), "installed": installed, "iteration": None,
+                                  "source": f"initial policy {cfg.policy}"})
+
+    def _check_inputs(self) -> None:
+        cfg = self.config
+        if cfg.robot not in ("sim", "ros"):
+            raise StageError(f"--robot: expected sim or ros, got {cfg.robot!r}")
+        if cfg.robot == "ros" and not cfg.episodes_from:
+            raise StageError("--robot ros: give --episodes-from, the folder the robot's recorder writes to")
+        if cfg.episodes_per_iter < 1 or cfg.gate_episodes < 1:
+            raise StageError("--episodes-per-iter and --gate-episodes must be positive")
+        if not 0 < cfg.gate_alpha <= 1:
+            raise StageError(f"--gate-alpha: expected a value in (0, 1], got {cfg.gate_alpha}")
+        for name in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key"):
+            value = getattr(cfg, name)
+            if value and not Path(value).exists():
+                raise StageError(f"--{name.replace('_', '-')} {value}: does not exist")
+
+    @property
+    def private_key(self) -> Path:
+        """Signing key of the run."""
+        return Path(self.config.key) if self.config.key else self.run_dir / "keys" / "wmpo_policy_signing.pem"
+
+    @property
+    def public_key(self) -> Path:
+        """Public key the pushed packages are verified with."""
+        key = self.private_key
+        return key.with_name(key.name.removesuffix(".pem") + ".pub.pem")
+
+    @property
+    def push_target(self) -> str:
+        """Policy folder on the robot (local path or host:path)."""
+        return self.config.push_to or str(self.run_dir / "robot" / "policies")
+
+    def iter_dir(self, i: int) -> Path:
+        """Folder of iteration ``i``."""
+        return self.run_dir / f"iter_{i:03d}"
+
+    def completed_iterations(self) -> int:
+        """Iterations whose last stage finished."""
+        i = 0
+        while stage_done(self.iter_dir(i) / ITERATION_STAGES[-1]):
+            i += 1
+        return i
+
+    @staticmethod
+    def local_package(entry: dict[str, Any]) -> str:
+        """The package a version runs from on this machine: its copy in the robot's folder when local."""
+        installed = entry.get("installed")
+        if installed and ":" not in installed and Path(installed).is_dir():
+            return installed
+        return entry["package"]
+
+    # -- stages --------------------------------------------------------------------------
+    def stage_collect(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:
+        """Collect ``episodes_per_iter`` episodes with the current version into ``d/episodes``."""
+        from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
+
+        cfg = self.config
+        out = d / "episodes"
+        m = cfg.episodes_per_iter
+        if cfg.robot == "ros":
+            rows = self._wait_for_robot_episodes(current["version"], out, d)
+            mode = f"real robot, episodes from {cfg.episodes_from}"
+        else:
+            first = POLICY_ROLLOUT_SEEDS.seeds(m, offset=COLLECT_SEED_OFFSET + i * m)[0]
+            if cfg.collect_direct:
+                print(f"    collecting {m} episodes directly in the simulator (no ROS graph)", flush=True)
+                if out.exists():
+                    shutil.rmtree(out)
+                rows = record_in_sim(self.local_package(current), cfg.task, m, first, out, max_steps=cfg.max_steps)
+                mode = "simulator, direct (no ROS graph)"
+            else:
+                print(f"    collecting {m} episodes through the ROS 2 graph (wmpo record --sim)", flush=True)
+                rows = record_through_ros(self.local_package(current), cfg.task, m, first, out, max_steps=cfg.max_steps,
+                                          log=d / "commands.log", public_key=self.public_key)
+                mode = "simulated robot through the ROS 2 graph"
+        if not rows:
+            raise StageError(f"{out}: no complete episode was collected")
+        successes = sum(1 for r in rows if r.get("success"))
+        return {"mode": mode, "policy_version": current["version"], "episodes_dir": str(out),
+                "episodes": len(rows), "successes": successes, "success_rate": successes / len(rows),
+                "seeds": [r.get("seed") for r in rows]}
+
+    def _wait_for_robot_episodes(self, version: str, out: Path, d: Path) -> list[dict[str, Any]]:
+        """Link the first ``M`` complete episodes of ``version`` that appear in --episodes-from."""
+        cfg = self.config
+        source = Path(cfg.episodes_from)
+        used: set[str] = set()  # episodes an earlier iteration already took
+        for j in range(self.completed_iterations() + 1):
+            prev = self.iter_dir(j) / "collect" / "episodes"
+            if prev.is_dir() and prev != out:
+                used.update(p.name for p in prev.iterdir())
+        deadline = time.monotonic() + cfg.collect_timeout_s
+        print(f"    waiting for {cfg.episodes_per_iter} complete episodes of {version} in {source} "
+              f"(record them with the robot's recorder)", flush=True)
+        while True:
+            rows = [r for r in list_complete_episodes(source)
+                    if r["policy_version"] == version and r["episode_id"] not in used]
+            if len(rows) >= cfg.episodes_per_iter:
+                break
+            if time.monotonic() > deadline:
+                raise StageError(f"{source}: only {len(rows)} of {cfg.episodes_per_iter} episodes of {version} "
+                                 f"after {cfg.collect_timeout_s:.0f} s")
+            time.sleep(5.0)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for r in rows[: cfg.episodes_per_iter]:
+            (out / r["episode_id"]).symlink_to(Path(r["path"]).resolve(), target_is_directory=True)
+        return rows[: cfg.episodes_per_iter]
+
+    def _all_data(self, i: int, d: Path) -> tuple[Path, int]:
+        sources = [Path(self.config.demos)] if self.config.demos else []
+        sources += [self.iter_dir(j) / "collect" / "episodes" for j in range(i + 1)]
+        data = d / "data"
+        return data, link_episodes(sources, data)
+
+    def stage_world_model(self, i: int, d: Path) -> dict[str, Any]:
+        """Align the world model (``--init`` the previous one) on all episodes so far."""
+        cfg = self.config
+        data, n = self._all_data(i, d)
+        run = d / "run"
+        init = (self.iter_dir(i - 1) / "world_model" / "run") if i > 0 else (
+            Path(cfg.world_model) if cfg.world_model else None)
+        args = ["train-world-model", "--episodes", str(data), "--out", str(run)]
+        if init is not None:
+            args += ["--init", str(init)]
+        if cfg.wm_config:
+            args += ["--config", cfg.wm_config]
+        if cfg.wm_steps:
+            args += ["--steps", str(cfg.wm_steps)]
+        proc = run_wmpo(*args, log=d / "commands.log", capture=True)
+        summary = last_json_line(proc.stdout, "wmpo train-world-model")
+        return {"run": str(run), "init": str(init) if init else None, "episodes": n,
+                "final_loss": summary.get("final_loss")}
+
+    def stage_reward(self, i: int, d: Path) -> dict[str, Any]:
+        """Train the reward model on all episodes so far."""
+        cfg = self.config
+        data, n = self._all_data(i, d)
+        run = d / "run"
+        if run.exists():
+            shutil.rmtree(run)  # train-reward has no resume: a half-trained model is retrained
+        args = ["train-reward", "--episodes", str(data), "--out", str(run)]
+        if cfg.reward_config:
+            args += ["--config", cfg.reward_config]
+        if cfg.reward_steps:
+            args += ["--steps", str(cfg.reward_steps)]
+        proc = run_wmpo(*args, log=d / "commands.log", capture=True)
+        summary = last_json_line(proc.stdout, "wmpo train-reward")
+        return {"run": str(run), "episodes": n,
+                **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
+
+    def stage_grpo(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:
+        """GRPO in imagination from the current policy; the candidate is ``d/run/policy``."""
+        cfg = self.config
+        it = self.iter_dir(i)
+        run = d / "run"
+        data, n = self._all_data(i, d)
+        args = ["grpo", "--policy", current["package"], "--world-model", str(it / "world_model" / "run"),
+                "--reward", str(it / "reward" / "run"), "--episodes", str(data), "--out", str(run),
+                "--budget", str(n), "--quiet"]
+        if cfg.grpo_config:
+            args += ["--config", cfg.grpo_config]
+        if cfg.grpo_iterations:
+            args += ["--iterations", str(cfg.grpo_iterations)]
+        candidate = run / "policy"
+        if not (candidate / "manifest.json").is_file():  # else: trained, only the marker was missing
+            run_wmpo(*args, log=d / "commands.log")
+        from wmpo_core.registry.package import read_package_manifest
+
+        manifest = read_package_manifest(candidate)
+        return {"candidate": str(candidate), "version": manifest.get("version"), "parent": current["version"],
+                "log": str(run / "log.jsonl")}
+
+    def stage_gate(self, i: int, current: dict[str, Any], candidate: str, d: Path) -> dict[str, Any]:
+        """Evaluate current and candidate on the same held-out start states; apply the gate rule."""
+        from wmpo_core.rl.config import EVALUATION_SEEDS
+
+        cfg = self.config
+        e = cfg.gate_episodes
+        first = EVALUATION_SEEDS.seeds(e, offset=GATE_SEED_OFFSET + i * e)[0]
+        log = d / "commands.log"
+        cur = evaluate(current["package"], cfg.task, e, first, max_steps=cfg.max_steps, log=log)
+        cand = evaluate(candidate, cfg.task, e, first, max_steps=cfg.max_steps, log=log)
+        decision = gate_decision(cur["per_episode"], cand["per_episode"], cfg.gate_alpha)
+        print(f"    gate: {decision.reason}", flush=True)
+        slim = ("policy", "success_rate", "ci95", "episodes", "successes", "seeds")
+        return {"decision": asdict(decision), "current": {k: cur.get(k) for k in slim},
+                "candidate": {k: cand.get(k) for k in slim}}
+
+    def stage_publish(self, i: int, current: dict[str, Any], candidate: str, gate: dict[str, Any],
+                      d: Path) -> dict[str, Any]:
+        """Sign and push an accepted candidate and extend the version chain; a refused one changes nothing."""
+        if not gate["decision"]["accept"]:
+            return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
+        pkg = d / "package"
+        log = d / "commands.log"
+        if pkg.exists() and not (pkg / "signature.json").is_file():
+            shutil.rmtree(pkg)  # an export cut short: do it again
+        if not pkg.exists():
+            run_wmpo("export", candidate, "--out", str(pkg), "--key", str(self.private_key),
+                     "--parent", current["version"], log=log)
+        from wmpo_core.registry.package import read_package_manifest
+
+        version = read_package_manifest(pkg)["version"]
+        installed, output = self._push(pkg, version, load=bool(self.config.load_node), log=log)
+        self.versions.append({"version": version, "parent": current["version"], "package": str(pkg),
+                              "installed": installed, "iteration": i, "gate": gate["decision"]["reason"],
+                              "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return {"pushed": True, "version": version, "parent": current["version"], "package": str(pkg),
+                "installed": installed, "push_output": output}
+
+    def _push(self, pkg: Path, version: str, load: bool, log: Path) -> tuple[str, str]:
+        """`wmpo push` to the robot's policy folder (and its node when ``load``); (installed path, output)."""
+        push = ["push", str(pkg), "--to", self.push_target, "--public-key", str(self.public_key)]
+        push += ["--node", self.config.load_node] if load else ["--no-load"]
+        proc = run_wmpo(*push, log=log, capture=True)
+        target = self.push_target
+        installed = f"{target}/{version}" if ":" in target else str(Path(target) / version)
+        return installed, proc.stdout.strip()
+
+    # -- driver --------------------------------------------------------------------------
+    def run_iteration(self, i: int, stop_after: str | None = None) -> dict[str, Any] | None:
+        """Run (or resume) iteration ``i``; None when stopped after ``stop_after`` on request."""
+        it = self.iter_dir(i)
+        # The version the iteration started from: fixed in its collect marker once collected.
+        collect_marker = it / "collect" / MARKER
+        start_version = read_json(collect_marker)["policy_version"] if collect_marker.is_file() else None
+        current = next((e for e in self.versions.entries if e["version"] == start_version), None) \
+            if start_version else self.versions.current
+        if current is None:
+            raise StageError(f"{collect_marker}: version {start_version} is not in {self.versions.path}")
+        print(f"\niteration {i}: current policy {current['version']}", flush=True)
+        results: dict[str, Any] = {"iteration": i, "policy_version": current["version"]}
+
+        def step(name: str, fn: Callable[[Path], dict[str, Any]]) -> bool:
+            results[name] = run_stage(it / name, name.replace("_", " "), fn)
+            return stop_after == name
+
+        if step("collect", lambda d: self.stage_collect(i, current, d)):
+            return None
+        if step("world_model", lambda d: self.stage_world_model(i, d)):
+            return None
+        if step("reward", lambda d: self.stage_reward(i, d)):
+            return None
+        if step("grpo", lambda d: self.stage_grpo(i, current, d)):
+            return None
+        candidate = results["grpo"]["candidate"]
+        if step("gate", lambda d: self.stage_gate(i, current, candidate, d)):
+            return None
+        if step("publish", lambda d: self.stage_publish(i, current, candidate, results["gate"], d)):
+            return None
+        write_json_atomic(it / "metrics.json", results)
+        return results
+
+    def run(self, iterations: int, stop_after: str | None = None) -> list[dict[str, Any]]:
+        """Run iterations ``0 .. iterations - 1``, skipping finished stages; the per-iteration results."""
+        self.prepare()
+        done = []
+        for i in range(iterations):
+            r = self.run_iteration(i, stop_after=stop_after)
+            if r is None:
+                break
+            done.append(r)
+        return done
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo loop`."""
+    parser.add_argument("--iterations", type=int, required=True, help="iterations to have finished (a rerun resumes)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (created, or resumed when it exists)")
+    parser.add_argument("--policy", required=True, help="first policy package (signed or not)")
+    parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
+    parser.add_argument("--robot", choices=("sim", "ros"), default="sim",
+                        help="sim: simulated robot (default); ros: a real robot whose recorder writes to --episodes-from")
+    parser.add_argument("--episodes-per-iter", type=int, default=8, help="episodes collected per iteration (default 8)")
+    parser.add_argument("--collect-direct", action="store_true",
+                        help="sim: collect straight from the simulator instead of through the ROS 2 graph (faster)")
+    parser.add_argument("--episodes-from", help="ros: folder where the robot's recorder writes episode bags")
+    parser.add_argument("--demos", help="episodes added to every training set (e.g. the demonstrations)")
+    parser.add_argument("--world-model", help="world-model run the first iteration aligns from (default: pretrain)")
+    parser.add_argument("--max-steps", type=int, help="episode horizon for collection and the gate (default: the task's)")
+    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig for train-world-model")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig for train-reward")
+    parser.add_argument("--grpo-config", help="JSON WMPOConfig for grpo")
+    parser.add_argument("--wm-steps", type=int, help="world-model steps per iteration")
+    parser.add_argument("--reward-steps", type=int, help="reward-model steps per iteration")
+    parser.add_argument("--grpo-iterations", type=int, help="GRPO iterations per loop iteration")
+    parser.add_argument("--gate-episodes", type=int, default=20, help="held-out start states of the gate (default 20)")
+    parser.add_argument("--gate-alpha", type=float, default=0.05,
+                        help="significance of the one-sided paired sign test of the gate (default 0.05; 1 = any gain)")
+    parser.add_argument("--key", help="Ed25519 private key PEM (default: a key pair made in RUN/keys)")
+    parser.add_argument("--push-to", help="robot policy folder, DIR or HOST:DIR (default: RUN/robot/policies)")
+    parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy)")
+    parser.add_argument("--collect-timeout", type=float, default=3600.0, help="ros: seconds to wait for episodes")
+    parser.add_argument("--stop-after", choices=ITERATION_STAGES,
+                        help="stop after this stage of the first unfinished iteration (a rerun continues)")
+
+
+def config_from_args(args: argparse.Namespace) -> LoopConfig:
+    """LoopConfig of the command line."""
+    names = {f.name for f in fields(LoopConfig)}
+    values = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    values["out"] = str(Path(args.out).resolve())
+    values["collect_timeout_s"] = args.collect_timeout
+    for k in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key"):
+        if values.get(k):
+            values[k] = str(Path(values[k]).resolve())
+    return LoopConfig(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run or resume the loop; 1 with the failing stage's message."""
+    if args.iterations < 1:
+        print("wmpo loop: --iterations must be >= 1", file=sys.stderr)
+        return 2
+    loop = Loop(config_from_args(args))
+    try:
+        results = loop.run(args.iterations, stop_after=args.stop_after)
+    except (StageError, OSError, ValueError) as exc:
+        print(f"wmpo loop: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        pub = r["publish"]
+        print(f"iteration {r['iteration']}: {r['gate']['decision']['reason']}; "
+              + (f"pushed {pub['version']}" if pub["pushed"] else f"kept {pub['version']}"))
+    print(f"wmpo loop: {len(results)} iteration(s) finished; version chain in {loop.versions.path}; "
+          f"current version {loop.versions.current['version']}")
+    return 0

@@ -1,0 +1,99 @@
+"""Reward model: BCE on one logit, clip labelling, tau calibration, the any-clip rule, commands on real bags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wmpo_core.cli import main as wmpo
+from wmpo_core.reward.model import (
+    RewardModel,
+    RewardSettings,
+    clip_end_indices,
+    gather_clips,
+    success_from_clip_scores,
+)
+from wmpo_core.reward.train import bce_loss, calibrate_tau, labelled_clip_ends
+from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
+
+SIZE = 32
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def test_bce_training_step_reduces_loss_on_separable_clips():
+    torch.manual_seed(0)
+    model = RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=8), **TINY)
+    assert model.classifier.config.num_labels == 1
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (8, 8, SIZE, SIZE, 3), dtype=np.uint8)
+    bright = rng.integers(180, 255, (8, 8, SIZE, SIZE, 3), dtype=np.uint8)
+    clips = np.concatenate([dark, bright])
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    first = bce_loss(model, clips, labels)
+    # The loss is binary cross-entropy on the logit, not the MSE transformers picks for num_labels=1.
+    logits = model.logits(clips)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    torch.testing.assert_close(first, expected)
+    opt = torch.optim.AdamW(model.classifier.parameters(), lr=1e-3)
+    for _ in range(15):
+        loss = bce_loss(model, clips, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = bce_loss(model, clips, labels).item()
+    assert after < 0.5 * first.item(), f"BCE went from {first.item():.3f} to {after:.3f}"
+
+
+def test_calibrate_tau_on_hand_made_scores():
+    tau, f1 = calibrate_tau([0.1, 0.2, 0.3, 0.8, 0.9], [False, False, True, True, True])
+    assert f1 == 1.0 and 0.2 < tau < 0.3
+    # Overlapping classes: the best cut keeps 0.7 and 0.9, loses 0.4 (F1 = 4/5), tau in (0.6, 0.7).
+    tau, f1 = calibrate_tau([0.1, 0.4, 0.5, 0.6, 0.7, 0.9], [False, True, False, False, True, True])
+    assert f1 == pytest.approx(0.8) and 0.6 < tau < 0.7
+    # Everything positive: any tau below the lowest score is right.
+    tau, f1 = calibrate_tau([0.3, 0.6], [True, True])
+    assert f1 == 1.0 and tau < 0.3
+    with pytest.raises(ValueError, match="scores"):
+        calibrate_tau([0.1], [True, False])
+
+
+def test_clip_labels_follow_the_rule():
+    ends = clip_end_indices(40, 8, 8)
+    assert ends.tolist() == [7, 15, 23, 31, 39]
+    ok = labelled_clip_ends(40, True, 8, 8, final_clips=2, early_fraction=0.25)
+    assert ok == [(7, 0), (31, 1), (39, 1)]  # early negative, final positives, middle left out
+    assert labelled_clip_ends(40, False, 8, 8) == [(e, 0) for e in ends.tolist()]
+    assert labelled_clip_ends(40, None, 8, 8) == []
+    frames = np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    clips = gather_clips(frames, [2, 9], 4)
+    assert clips[:, :, 0, 0, 0].tolist() == [[0, 0, 1, 2], [6, 7, 8, 9]]
+
+
+def test_any_clip_rule_and_min_frame():
+    ends = np.array([7, 8, 9, 10])
+    scores = np.array([0.95, 0.2, 0.3, 0.4])
+    assert success_from_clip_scores(ends, scores, tau=0.6) == (True, 0.95)
+    assert success_from_clip_scores(ends, scores, tau=0.6, min_frame=8) == (False, 0.4)
+
+
+def test_train_and_eval_reward_commands_on_bags(tmp_path, capsys):
+    episodes = tmp_path / "episodes"
+    for seed in range(10):
+        write_episode_bag(episodes, toy_task_episode(32, seed, success=seed % 2 == 0, image_size=SIZE))
+    config = tmp_path / "reward.json"
+    config.write_text(json.dumps({"steps": 30, "batch_size": 8, "lr": 1e-3, "image_size": SIZE,
+                                  "val_fraction": 0.5, "score_stride": 4, "model": TINY}))
+    run = tmp_path / "reward"
+    assert wmpo(["train-reward", "--episodes", str(episodes), "--out", str(run), "--config", str(config)]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert 0.0 < trained["tau"] < 1.0 and trained["final_loss"] < trained["first_loss"]
+    assert (run / "model.safetensors").is_file() and (run / "reward.json").is_file()
+    assert wmpo(["eval-reward", "--model", str(run), "--episodes", str(episodes), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == 10 and report["tau"] == pytest.approx(trained["tau"])
+    assert report["f1"] >= 0.8, report
+    assert wmpo(["eval-reward", "--model", str(tmp_path / "missing"), "--episodes", str(episodes)]) == 2
+    assert "reward.json" in capsys.readouterr().err

@@ -1,0 +1,207 @@
+"""World model: action injection, noisy-frame conditioning, batched imagination, resumable training.
+
+Everything runs the real pieces at a tiny size: diffusers AutoencoderKL, the video
+transformer, DDPM/DDIM schedulers, AdamW, safetensors checkpoints, the VLA policy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wmpo_core.world_model.evaluate import evaluate_fidelity, psnr, ssim
+from wmpo_core.world_model.imagine import ReplayPolicy, VLAImaginationPolicy, imagine, imagine_group
+from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
+from wmpo_core.world_model.synthetic import moving_square_episodes
+from wmpo_core.world_model.train import LatentWindows, WorldModelTrainConfig, train_vae, train_world_model
+from wmpo_core.world_model.transformer import VideoDiffusionTransformer
+from wmpo_core.world_model.vae import TinyVAEConfig, load_vae, make_tiny_vae
+
+SIZE = 32
+C, K = 2, 4
+TINY_VAE = TinyVAEConfig(image_size=SIZE, block_out_channels=(8, 8, 16), latent_channels=4)
+TINY_TRANSFORMER = dict(latent_size=8, patch_size=2, hidden_size=32, depth=1, num_heads=2, mlp_ratio=2.0,
+                        context_frames=C, chunk_size=K)
+
+
+def tiny_world_model(context_noise_step: int = 50, seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    vae = make_tiny_vae(TINY_VAE).eval()
+    vae.requires_grad_(False)
+    noise, sampler = make_schedulers()
+    settings = WorldModelSettings(image_size=SIZE, context_noise_step=context_noise_step, num_inference_steps=4)
+    return WorldModel(vae, VideoDiffusionTransformer(**TINY_TRANSFORMER), noise, sampler, settings)
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return moving_square_episodes(4, 24, seed=0, image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def trained(episodes) -> WorldModel:
+    """A tiny world model after 15 AdamW steps: its action pathway is no longer the adaLN-Zero identity."""
+    wm = tiny_world_model()
+    windows = LatentWindows(wm, episodes)
+    opt = torch.optim.AdamW(wm.transformer.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        lat, act = windows.batch(torch.randint(0, len(windows), (4,), generator=g))
+        loss = wm.training_loss(lat, act, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    wm.transformer.eval()
+    return wm
+
+
+def _gens(n: int, base: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(base + i) for i in range(n)]
+
+
+def test_actions_change_the_prediction(trained, episodes):
+    ep = episodes[0]
+    context = trained.encode(torch.from_numpy(ep.frames[None, :C]))
+    actions = torch.from_numpy(ep.actions[None, C - 1 : C - 1 + K])
+    same = trained.predict_chunk(context, actions, _gens(1))
+    again = trained.predict_chunk(context, actions, _gens(1))
+    other = trained.predict_chunk(context, -actions, _gens(1))
+    assert torch.equal(same, again), "same seed and inputs must give the same prediction"
+    diff = (other - same).abs().mean() / same.abs().mean()
+    assert diff > 1e-3, f"reversing the actions changed the predicted latents by only {diff:.2e} (relative)"
+
+
+def test_later_actions_leave_earlier_chunks_unchanged(trained, episodes):
+    ep = episodes[1]
+    start = ep.frames[None, :C]
+    actions = ep.actions[None, C - 1 : C - 1 + 2 * K].copy()
+    changed = actions.copy()
+    changed[:, K:, :2] *= -1  # only the second chunk's actions differ
+    a = imagine(trained, ReplayPolicy(actions, K), start, "", 2 * K, seeds=[3])
+    b = imagine(trained, ReplayPolicy(changed, K), start, "", 2 * K, seeds=[3])
+    first_a, first_b = a.imagined_frames[:, :K], b.imagined_frames[:, :K]
+    assert np.array_equal(first_a, first_b), "chunk 1 depends on chunk 2's actions"
+    second_diff = np.abs(a.imagined_frames[:, K:].astype(int) - b.imagined_frames[:, K:].astype(int)).sum()
+    assert second_diff > 0, "chunk 2 ignores its own actions"
+    assert a.frames.shape == (1, C + 2 * K, SIZE, SIZE, 3)
+
+
+class _ContextSpy:
+    """Forward pre-hook that records the context latents the transformer receives."""
+
+    def __init__(self, transformer: VideoDiffusionTransformer):
+        self.seen: list[torch.Tensor] = []
+        self.handle = transformer.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.seen.append(args[0][:, :C].detach().clone())
+        self.seen_timesteps = args[1].detach().clone()
+
+
+def _noise_std(wm: WorldModel, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[float, float]:
+    """Measured and expected std of x_t - sqrt(abar_t) x_0 at the context noise step."""
+    abar = wm.noise_scheduler.alphas_cumprod[wm.settings.context_noise_step]
+    residual = noisy - abar.sqrt() * clean
+    return float(residual.std()), float((1 - abar).sqrt())
+
+
+def test_noisy_frame_conditioning_in_training(episodes):
+    wm = tiny_world_model()
+    windows = LatentWindows(wm, episodes)
+    latents, actions = windows.batch(torch.arange(8))
+    spy = _ContextSpy(wm.transformer)
+    wm.training_loss(latents, actions, torch.Generator().manual_seed(1))
+    fed = spy.seen[-1]
+    measured, expected = _noise_std(wm, fed, latents[:, :C])
+    assert not torch.allclose(fed, latents[:, :C])
+    assert abs(measured - expected) / expected < 0.1, f"context noise std {measured:.4f}, expected {expected:.4f}"
+    assert (spy.seen_timesteps[:, :C] == 50).all()
+    # Ablation: step 0 feeds the clean context.
+    clean = tiny_world_model(context_noise_step=0)
+    spy0 = _ContextSpy(clean.transformer)
+    clean.training_loss(latents, actions, torch.Generator().manual_seed(1))
+    assert torch.equal(spy0.seen[-1], latents[:, :C])
+
+
+def test_noisy_frame_conditioning_in_imagination(episodes):
+    wm = tiny_world_model()
+    starts = np.stack([ep.frames[:C] for ep in episodes])
+    clean = wm.encode(torch.from_numpy(starts))
+    spy = _ContextSpy(wm.transformer)
+    actions = np.stack([ep.actions[:K] for ep in episodes])
+    imagine(wm, ReplayPolicy(actions, K), starts, "", K, seeds=range(len(starts)))
+    assert len(spy.seen) == wm.settings.num_inference_steps
+    for fed in spy.seen:  # the same noisy context at every denoising step of the chunk
+        assert torch.equal(fed, spy.seen[0])
+    measured, expected = _noise_std(wm, spy.seen[0], clean)
+    assert abs(measured - expected) / expected < 0.1, f"context noise std {measured:.4f}, expected {expected:.4f}"
+
+
+def _tiny_policy():
+    from wmpo_core.policy.configuration_vla import VLAConfig
+    from wmpo_core.policy.modeling_vla import VLAPolicy
+
+    torch.manual_seed(0)
+    cfg = VLAConfig(image_size=SIZE, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                    vision_intermediate_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                    intermediate_size=64, chunk_size=K, max_text_tokens=24)
+    return VLAPolicy(cfg).eval()
+
+
+def test_group_equals_singles(trained, episodes):
+    policy = VLAImaginationPolicy(_tiny_policy(), camera="agentview", temperature=1.6)
+    start = episodes[2].frames[None, :1]  # one real frame, padded to c
+    group = imagine_group(trained, policy, start, "lift the cube", horizon=2 * K, group_size=4, seed=10)
+    assert group.frames.shape == (4, C + 2 * K, SIZE, SIZE, 3)
+    assert group.tokens.shape == (4, 2, K * 7) and group.log_probs.shape == (4, 2, K * 7)
+    assert len({tuple(t.flatten().tolist()) for t in group.tokens}) > 1, "group members sampled identical chunks"
+    for i in range(4):
+        single = imagine(trained, policy, start, "lift the cube", 2 * K, seeds=[10 + i])
+        assert torch.equal(single.tokens[0], group.tokens[i]), f"member {i}: tokens differ from its single run"
+        torch.testing.assert_close(single.log_probs[0], group.log_probs[i], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(single.actions[0], group.actions[i], atol=1e-6)
+        worst = np.abs(single.frames[0].astype(int) - group.frames[i].astype(int)).max()
+        assert worst <= 2, f"member {i}: frames differ by {worst} grey levels from its single run"
+
+
+def test_interrupted_training_resumes_identically(tmp_path, episodes):
+    vae_dir = tmp_path / "vae"
+    stats = train_vae(episodes, vae_dir, steps=3, batch_size=4, image_size=SIZE, tiny=TINY_VAE, progress=False)
+    assert stats["scaling_factor"] > 0 and load_vae(vae_dir).config.scaling_factor == pytest.approx(stats["scaling_factor"])
+    cfg = WorldModelTrainConfig(steps=6, batch_size=2, lr=1e-3, checkpoint_every=3, image_size=SIZE,
+                                num_inference_steps=2, transformer=TINY_TRANSFORMER)
+    full = train_world_model(episodes, tmp_path / "full", cfg, vae_path=vae_dir, progress=False)
+    part1 = train_world_model(episodes, tmp_path / "cut", cfg, vae_path=vae_dir, stop_after=3, progress=False)
+    assert not part1["finished"] and (tmp_path / "cut" / "checkpoints" / "step-000003").is_dir()
+    assert not (tmp_path / "cut" / "world_model.json").exists()
+    part2 = train_world_model(episodes, tmp_path / "cut", cfg, vae_path=vae_dir, progress=False)
+    assert part2["finished"] and len(part2["losses"]) == 3
+    assert part1["losses"] + part2["losses"] == full["losses"], "resumed loss curve differs from the uninterrupted one"
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert state["losses"] == full["losses"]
+    a = WorldModel.from_pretrained(tmp_path / "full")
+    b = WorldModel.from_pretrained(tmp_path / "cut")
+    for (name, pa), pb in zip(a.transformer.state_dict().items(), b.transformer.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), f"final weights differ at {name}"
+    # Alignment: continue from the pretrained run on other episodes with a fresh optimizer.
+    others = moving_square_episodes(2, 20, seed=50, image_size=SIZE)
+    aligned = train_world_model(others, tmp_path / "aligned", WorldModelTrainConfig(**{**cfg.__dict__, "steps": 2}),
+                                init=tmp_path / "full", progress=False)
+    assert aligned["finished"]
+    assert json.loads((tmp_path / "aligned" / "episodes.json").read_text())["init"] == str(tmp_path / "full")
+
+
+def test_metrics_and_fidelity_report(trained, episodes):
+    frame = episodes[0].frames[:1]
+    assert psnr(frame, frame)[0] == 100.0 and ssim(frame, frame)[0] == pytest.approx(1.0)
+    noisy = np.clip(frame.astype(int) + np.random.default_rng(0).normal(0, 10, frame.shape), 0, 255).astype(np.uint8)
+    assert 25 < psnr(noisy, frame)[0] < 30  # sigma 10 noise: about 28 dB
+    assert ssim(noisy, frame)[0] < 0.9
+    report = evaluate_fidelity({"tiny": trained}, moving_square_episodes(3, 2 * C + 2 * K, seed=90, image_size=SIZE),
+                               chunks=2)
+    assert set(report.per_chunk) == {"model", "repeat_last", "shuffled_actions"}
+    assert len(report.per_frame["model"]["psnr"]) == 2 * K and len(report.per_chunk["model"]["ssim"]) == 2
+    assert "LPIPS" in report.table()

@@ -1,0 +1,248 @@
+"""Training and calibration of the video success classifier.
+
+Labelled clips (clip_len frames, every ``stride`` frames):
+
+- positive: the final ``final_clips`` clips of successful episodes (the task is visibly done);
+- negative: the early clips (ending in the first ``early_fraction`` of the episode) of every
+  episode, and every clip of failed episodes;
+- the middle of successful episodes is left out (success may or may not be visible yet).
+
+Episodes without a success label are skipped. The threshold ``tau`` is chosen on
+validation episodes to maximize trajectory-level F1 under the any-clip rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wmpo_core.reward.model import RewardModel, RewardSettings, clip_end_indices, gather_clips, load_backbone
+from wmpo_core.world_model.episodes import EpisodeFrames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardTrainConfig:
+    """Defaults train the embedded reward model on CPU in minutes."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    camera: str = "agentview"
+    image_size: int = 64
+    clip_len: int = 8
+    stride: int = 8
+    final_clips: int = 2
+    early_fraction: float = 0.25
+    min_frame: int = 0
+    val_fraction: float = 0.2
+    score_stride: int = 1
+    # Overrides of the tiny VideoMAEConfig (hidden_size, num_hidden_layers, ...).
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> RewardTrainConfig:
+        """Read a JSON config; unknown fields are an error naming the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read reward config: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+
+def labelled_clip_ends(
+    length: int, success: bool | None, clip_len: int, stride: int, final_clips: int = 2, early_fraction: float = 0.25
+) -> list[tuple[int, int]]:
+    """(clip end frame, label) pairs of one episode under the rule in the module docstring."""
+    if success is None:
+        return []
+    ends = clip_end_indices(length, clip_len, stride)
+    if not success:
+        return [(int(e), 0) for e in ends]
+    positive = set(ends[-final_clips:].tolist())
+    early = [int(e) for e in ends if e < early_fraction * length and e not in positive]
+    return [(e, 0) for e in early] + [(int(e), 1) for e in sorted(positive)]
+
+
+def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on the single success logit (computed here: num_labels=1 would make HF use MSE)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(model.logits(clips), labels.float().to(model.device))
+
+
+def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
+    """Threshold maximizing F1 of ``score > tau`` -> (tau, f1).
+
+    Candidates are midpoints between consecutive distinct scores (plus both ends); among equally
+    good thresholds the middle of the widest gap is kept, the most robust choice.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.size == 0:
+        raise ValueError(f"calibrate_tau: {s.size} scores and {y.size} labels; need the same non-zero number")
+    distinct = np.unique(s)
+    candidates = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
+    lower = np.concatenate([[-np.inf], distinct])
+    upper = np.concatenate([distinct, [np.inf]])
+    best_key, best = None, (0.5, 0.0)
+    for tau, lo, hi in zip(candidates, lower, upper, strict=True):
+        f1 = f1_score(s > tau, y)
+        gap = min(hi, 1.0) - max(lo, 0.0)
+        key = (round(f1, 12), gap)
+        if best_key is None or key > best_key:
+            best_key, best = key, (float(tau), f1)
+    return best
+
+
+def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of boolean predictions (0 when there is no positive at all)."""
+    tp = float(np.sum(predicted & labels))
+    fp = float(np.sum(predicted & ~labels))
+    fn = float(np.sum(~predicted & labels))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def classification_report(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Precision, recall, F1, accuracy and counts of boolean predictions."""
+    predicted, labels = np.asarray(predicted, bool), np.asarray(labels, bool)
+    tp = int(np.sum(predicted & labels))
+    fp = int(np.sum(predicted & ~labels))
+    fn = int(np.sum(~predicted & labels))
+    tn = int(np.sum(~predicted & ~labels))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": f1_score(predicted, labels),
+        "accuracy": (tp + tn) / max(len(labels), 1),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }
+
+
+def split_episodes(episodes: Sequence[EpisodeFrames], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Split successes and failures separately by episode id (the data package's stable hash rule).
+
+    Each label keeps at least one training episode, and gives one to validation when it has two or more.
+    """
+    from wmpo_core.data.dataset import split_episode_ids
+
+    train: list[EpisodeFrames] = []
+    val: list[EpisodeFrames] = []
+    for label in (True, False):
+        group = sorted((ep for ep in episodes if bool(ep.success) == label), key=lambda ep: ep.episode_id)
+        _, val_ids = split_episode_ids([ep.episode_id for ep in group], val_fraction, seed)
+        if not val_ids and len(group) >= 2:
+            val_ids = [group[-1].episode_id]
+        if len(val_ids) == len(group) and group:
+            val_ids = val_ids[1:]
+        chosen = set(val_ids)
+        train += [ep for ep in group if ep.episode_id not in chosen]
+        val += [ep for ep in group if ep.episode_id in chosen]
+    return train, val
+
+
+def train_reward(
+    episodes: Sequence[EpisodeFrames],
+    out: str | Path,
+    config: RewardTrainConfig | None = None,
+    *,
+    backbone: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on labelled clips, calibrate tau on validation episodes, save to ``out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = config or RewardTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labelled = [ep for ep in episodes if ep.success is not None]
+    if not labelled:
+        raise ValueError("no episode has a success label; label them first (`~/label` of the recorder)")
+    train, val = split_episodes(labelled, cfg.val_fraction, cfg.seed)
+    notes: list[str] = []
+    if len({bool(ep.success) for ep in val}) < 2:
+        notes.append("validation split lacks successes or failures: tau calibrated on all labelled episodes")
+        val = labelled
+    settings = RewardSettings(camera=cfg.camera, image_size=cfg.image_size, clip_len=cfg.clip_len,
+                              min_frame=cfg.min_frame, score_stride=cfg.score_stride)
+    torch.manual_seed(cfg.seed)
+    model = load_backbone(backbone, settings) if backbone else RewardModel.tiny(settings, **cfg.model)
+    model.classifier.train()
+
+    items = [(i, end, label) for i, ep in enumerate(train)
+             for end, label in labelled_clip_ends(len(ep.frames), ep.success, settings.clip_len, cfg.stride,
+                                                  cfg.final_clips, cfg.early_fraction)]
+    positives = [it for it in items if it[2] == 1]
+    negatives = [it for it in items if it[2] == 0]
+    if not positives or not negatives:
+        raise ValueError(f"training clips: {len(positives)} positive and {len(negatives)} negative; need both "
+                         "(at least one successful and one failed or long-enough episode)")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    writer = SummaryWriter(str(out / "tb"))
+    losses: list[float] = []
+    start = time.perf_counter()
+    half = cfg.batch_size // 2
+    for step in tqdm(range(cfg.steps), desc="train-reward", disable=not progress):
+        # Balanced batches: successes are rarer than failures and early clips.
+        pick = [positives[j] for j in torch.randint(0, len(positives), (half,), generator=generator)]
+        pick += [negatives[j] for j in torch.randint(0, len(negatives), (cfg.batch_size - half,), generator=generator)]
+        clips = np.stack([gather_clips(train[i].frames, [end], settings.clip_len)[0] for i, end, _ in pick])
+        labels = torch.tensor([label for _, _, label in pick])
+        loss = bce_loss(model, clips, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.classifier.parameters(), cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        writer.add_scalar("reward/loss", losses[-1], step)
+    elapsed = time.perf_counter() - start
+    model.classifier.eval()
+    scores = model.trajectory_scores([ep.frames for ep in val])
+    tau, f1 = calibrate_tau(scores, [bool(ep.success) for ep in val])
+    model.settings.tau = tau
+    model.save_pretrained(out)
+    writer.add_scalar("reward/val_f1", f1, cfg.steps)
+    writer.close()
+    result = {
+        "tau": tau, "val_f1": f1, "val_episodes": len(val), "train_episodes": len(train),
+        "positive_clips": len(positives), "negative_clips": len(negatives),
+        "final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0],
+        "seconds_per_step": elapsed / max(cfg.steps, 1),
+        "params_millions": sum(p.numel() for p in model.classifier.parameters()) / 1e6, "notes": notes,
+    }
+    (out / "training.json").write_text(json.dumps(
+        result | {"config": asdict(cfg), "val_ids": [ep.episode_id for ep in val]}, indent=2) + "\n")
+    return result
+
+
+def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> dict[str, Any]:
+    """Trajectory-level precision / recall / F1 at the model's tau on labelled episodes."""
+    labelled = [ep for ep in episodes if ep.success is not None]
+    if not labelled:
+        raise ValueError("no labelled episode to evaluate on")
+    scores = model.trajectory_scores([ep.frames for ep in labelled])
+    labels = np.array([bool(ep.success) for ep in labelled])
+    report = classification_report(scores > model.settings.tau, labels)
+    best_tau, best_f1 = calibrate_tau(scores, labels)
+    return report | {
+        "tau": model.settings.tau, "episodes": len(labelled), "min_frame": model.settings.min_frame,
+        "oracle_tau": best_tau, "oracle_f1": best_f1,
+        "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)},
+    }

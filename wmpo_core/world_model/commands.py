@@ -1,0 +1,231 @@
+"""`wmpo train-vae`, `train-world-model`, `eval-world-model`, `imagine`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HELP = "world model: train the frame VAE and the video diffusion model, evaluate, imagine"
+
+
+def _error(message: str) -> int:
+    print(f"wmpo: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_config(path: str | None):
+    from wmpo_core.world_model.train import WorldModelTrainConfig
+
+    return WorldModelTrainConfig.from_json(path) if path else WorldModelTrainConfig()
+
+
+# ----------------------------------------------------------------------------------- train-vae
+def configure_train_vae(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo train-vae`."""
+    parser.add_argument("--episodes", required=True, help="folder of episode bags")
+    parser.add_argument("--out", required=True, help="output directory (diffusers AutoencoderKL)")
+    parser.add_argument("--config", help="JSON training config (WorldModelTrainConfig fields: vae_*, camera, image_size)")
+    parser.add_argument("--steps", type=int, help="override vae_steps")
+
+
+def main_train_vae(args: argparse.Namespace) -> int:
+    """Train the tiny VAE on every frame of the episodes."""
+    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.train import train_vae
+    from wmpo_core.world_model.vae import TinyVAEConfig
+
+    try:
+        cfg = _load_config(args.config)
+        episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    stats = train_vae(episodes, args.out, steps=args.steps or cfg.vae_steps, batch_size=cfg.vae_batch_size,
+                      lr=cfg.vae_lr, kl_weight=cfg.vae_kl_weight, image_size=cfg.image_size,
+                      tiny=TinyVAEConfig(image_size=cfg.image_size, **cfg.tiny_vae), seed=cfg.seed)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- train-world-model
+def configure_train_world_model(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo train-world-model`."""
+    parser.add_argument("--episodes", required=True, help="folder of episode bags (demonstrations, or policy rollouts with --init)")
+    parser.add_argument("--out", required=True, help="run directory; an existing one with checkpoints is resumed")
+    parser.add_argument("--config", help="JSON training config (WorldModelTrainConfig fields)")
+    parser.add_argument("--init", help="previous run to fine-tune from (policy behavior alignment)")
+    parser.add_argument("--vae", help="local AutoencoderKL directory (a train-vae output or a pretrained one, kept frozen)")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--no-noisy-context", action="store_true",
+                        help="ablation: clean context frames (context_noise_step = 0) in training and imagination")
+
+
+def main_train_world_model(args: argparse.Namespace) -> int:
+    """Pretrain, align (--init) or resume a world model."""
+    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.train import train_world_model
+
+    try:
+        cfg = _load_config(args.config)
+        if args.steps:
+            cfg.steps = args.steps
+        if args.no_noisy_context:
+            cfg.context_noise_step = 0
+        episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
+        if args.init and not (Path(args.init) / "world_model.json").is_file():
+            return _error(f"{args.init}: not a finished world-model run (no world_model.json)")
+        result = train_world_model(episodes, args.out, cfg, vae_path=args.vae, init=args.init)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    summary = {k: v for k, v in result.items() if k != "losses"}
+    summary["final_loss"] = float(np.mean(result["losses"][-20:])) if result["losses"] else None
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- eval-world-model
+def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo eval-world-model`."""
+    parser.add_argument("--model", required=True, action="append", help="world-model run (repeat to compare runs)")
+    parser.add_argument("--episodes", required=True, help="folder of held-out episode bags")
+    parser.add_argument("--chunks", type=int, default=4, help="chunks of K frames to predict (>= 4 recommended)")
+    parser.add_argument("--max-episodes", type=int, default=16)
+    parser.add_argument("--include-training", action="store_true",
+                        help="also score episodes the model was trained on (excluded by default)")
+    parser.add_argument("--ablation-from", metavar="DEMOS",
+                        help="first train the ablation (clean context, no alignment) on these demonstrations "
+                             "with the first model's config and VAE, then report it beside the model")
+    parser.add_argument("--ablation-out", help="run directory of the ablation (default: <model>-ablation)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _training_ids(run: Path) -> set[str]:
+    """Episode ids a run (and the run it was aligned from) trained on."""
+    ids: set[str] = set()
+    seen: set[Path] = set()
+    while run and (run / "episodes.json").is_file() and run not in seen:
+        seen.add(run)
+        data = json.loads((run / "episodes.json").read_text())
+        ids.update(data.get("episodes", []))
+        run = Path(data["init"]) if data.get("init") else None
+    return ids
+
+
+def _pretraining_run(run: Path) -> Path:
+    """The run at the root of an alignment chain (its config is the pretraining recipe)."""
+    seen: set[Path] = set()
+    while (run / "episodes.json").is_file() and run not in seen:
+        seen.add(run)
+        init = json.loads((run / "episodes.json").read_text()).get("init")
+        if not init:
+            break
+        run = Path(init)
+    return run
+
+
+def main_eval_world_model(args: argparse.Namespace) -> int:
+    """Fidelity table: model(s), repeat_last, shuffled_actions."""
+    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.evaluate import evaluate_fidelity
+    from wmpo_core.world_model.model import WorldModel
+    from wmpo_core.world_model.train import WorldModelTrainConfig, train_world_model
+
+    try:
+        models = {Path(m).name: WorldModel.from_pretrained(m) for m in args.model}
+        first_run = Path(args.model[0])
+        first = models[first_run.name]
+        if args.ablation_from:
+            cfg = WorldModelTrainConfig.from_json(_pretraining_run(first_run) / "train_config.json")
+            cfg.context_noise_step = 0
+            out = Path(args.ablation_out or f"{first_run}-ablation")
+            demos = load_episodes(args.ablation_from, cfg.camera, cfg.image_size)
+            print(f"training ablation (clean context, no alignment) into {out}", file=sys.stderr)
+            train_world_model(demos, out, cfg, vae_path=first_run / "vae")
+            models[out.name + " (ablation)"] = WorldModel.from_pretrained(out)
+            args.model.append(str(out))
+        episodes = load_episodes(args.episodes, first.settings.camera, first.settings.image_size)
+        excluded = set() if args.include_training else set().union(*(_training_ids(Path(m)) for m in args.model))
+        held_out = [ep for ep in episodes if ep.episode_id not in excluded][: args.max_episodes]
+        if not held_out:
+            return _error(f"{args.episodes}: every episode was used in training; pass held-out episodes "
+                          "or --include-training")
+        report = evaluate_fidelity(models, held_out, chunks=args.chunks)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    if len(episodes) > len(held_out) and not args.include_training:
+        report.notes.append(f"{len(episodes) - len(held_out)} episode(s) skipped (training set or --max-episodes)")
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
+# ----------------------------------------------------------------------------------- imagine
+def configure_imagine(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo imagine`."""
+    parser.add_argument("--model", required=True, help="world-model run")
+    parser.add_argument("--policy", help="policy package or checkpoint directory (not needed with --replay-actions)")
+    parser.add_argument("--episode", required=True, help="episode bag whose first frame starts the imagination")
+    parser.add_argument("--out", required=True, help="output .mp4 (a .gif is written beside it)")
+    parser.add_argument("--horizon", type=int, help="frames to imagine (default: the episode length)")
+    parser.add_argument("--replay-actions", action="store_true", help="drive the world model with the recorded actions")
+    parser.add_argument("--temperature", type=float, default=1.0, help="policy sampling temperature (0 = greedy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--scale", type=int, default=4, help="upscale factor of the video")
+
+
+def load_policy_for_imagination(path: str | Path, camera: str, temperature: float):
+    """A signed policy package (verified) or a plain checkpoint directory, wrapped for imagination."""
+    from wmpo_core.policy.modeling_vla import VLAPolicy
+    from wmpo_core.registry.package import load_package
+    from wmpo_core.registry.verify import MANIFEST_FILE
+    from wmpo_core.world_model.imagine import VLAImaginationPolicy
+
+    path = Path(path)
+    policy = load_package(path) if (path / MANIFEST_FILE).is_file() else VLAPolicy.from_pretrained(path).eval()
+    return VLAImaginationPolicy(policy, camera=camera, temperature=temperature)
+
+
+def side_by_side(real: np.ndarray, imagined: np.ndarray, scale: int) -> np.ndarray:
+    """(T, H, W, 3) pairs -> (T, H*scale, 2*W*scale + gap, 3), real left, imagined right."""
+    n = min(len(real), len(imagined))
+    gap = np.full((n, real.shape[1], 2, 3), 255, np.uint8)
+    both = np.concatenate([real[:n], gap, imagined[:n]], axis=2)
+    return both.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def main_imagine(args: argparse.Namespace) -> int:
+    """Imagine from an episode's first frame and write real | imagined as MP4 and GIF."""
+    import imageio.v2 as imageio
+
+    from wmpo_core.world_model.episodes import load_episode_frames
+    from wmpo_core.world_model.imagine import ReplayPolicy, imagine
+    from wmpo_core.world_model.model import WorldModel
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        return _error(f"--out {out}: expected a .mp4 file name")
+    try:
+        wm = WorldModel.from_pretrained(args.model)
+        ep = load_episode_frames(args.episode, wm.settings.camera, wm.settings.image_size)
+        horizon = args.horizon or len(ep.frames) - 1
+        if args.replay_actions:
+            policy = ReplayPolicy(ep.actions[None, :horizon], wm.chunk_size)
+        elif args.policy:
+            policy = load_policy_for_imagination(args.policy, wm.settings.camera, args.temperature)
+        else:
+            return _error("give --policy PKG, or --replay-actions to replay the recorded actions")
+        result = imagine(wm, policy, ep.frames[None, :1], ep.instruction, horizon, seeds=[args.seed])
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    # imagined index c-1 is the real first frame; real frame t pairs with imagined c-1+t.
+    imagined = result.frames[0, result.context_frames - 1 :]
+    video = side_by_side(ep.frames[: horizon + 1], imagined, args.scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(out, list(video), fps=args.fps, macro_block_size=1)
+    gif = out.with_suffix(".gif")
+    imageio.mimwrite(gif, list(video), duration=1000 / args.fps, loop=0)
+    print(json.dumps({"video": str(out), "gif": str(gif), "frames": len(video), "replayed_actions": args.replay_actions}))
+    return 0

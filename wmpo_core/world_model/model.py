@@ -1,0 +1,198 @@
+"""The world model as composable diffusers pieces: VAE + transformer + schedulers.
+
+A world-model directory holds
+
+    vae/          AutoencoderKL (config.json + safetensors)
+    transformer/  VideoDiffusionTransformer (config.json + safetensors)
+    scheduler/    DDPMScheduler config (training noise)
+    sampler/      DDIMScheduler config (few-step sampling; step count in world_model.json)
+    world_model.json   camera, image size, context noise step, sampling steps
+
+``predict_chunk`` is the one place that turns context latents and K actions into K
+new latents; training and imagination share ``noise_context``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+
+from wmpo_core.world_model.transformer import VideoDiffusionTransformer
+from wmpo_core.world_model.vae import decode_latents, encode_frames, load_vae
+
+SETTINGS_FILE = "world_model.json"
+
+
+@dataclass
+class WorldModelSettings:
+    """Settings that are not weights: which camera, frame size, and how context is noised and sampled."""
+
+    camera: str = "agentview"
+    image_size: int = 64
+    # Noisy-frame conditioning: context latents are noised to this step of the training schedule (0 = clean).
+    context_noise_step: int = 50
+    num_inference_steps: int = 10
+    vae_trainable: bool = True
+
+    @classmethod
+    def from_json(cls, path: Path) -> WorldModelSettings:
+        """Read settings, naming the file and any unknown field."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read world-model settings: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+
+def make_schedulers(num_train_timesteps: int = 1000) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """Training noise schedule and the matching deterministic (eta = 0) few-step sampler."""
+    noise = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear", clip_sample=False)
+    sampler = DDIMScheduler.from_config(noise.config, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+    return noise, sampler
+
+
+class WorldModel:
+    """Predicts the next K frames from c context frames and K actions."""
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        transformer: VideoDiffusionTransformer,
+        noise_scheduler: DDPMScheduler,
+        sampler: DDIMScheduler,
+        settings: WorldModelSettings,
+    ):
+        self.vae = vae
+        self.transformer = transformer
+        self.noise_scheduler = noise_scheduler
+        self.sampler = sampler
+        self.settings = settings
+
+    @property
+    def context_frames(self) -> int:
+        """c: frames the model conditions on."""
+        return self.transformer.config.context_frames
+
+    @property
+    def chunk_size(self) -> int:
+        """K: frames (and actions) per predicted chunk."""
+        return self.transformer.config.chunk_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    # ---------------------------------------------------------------- pixels <-> latents
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> latents (B, T, C, h, w)."""
+        b, t = frames.shape[:2]
+        z = encode_frames(self.vae, frames.reshape(b * t, *frames.shape[2:]))
+        return z.reshape(b, t, *z.shape[1:])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, T, C, h, w) -> uint8 (B, T, H, W, 3)."""
+        b, t = latents.shape[:2]
+        x = decode_latents(self.vae, latents.reshape(b * t, *latents.shape[2:]))
+        return x.reshape(b, t, *x.shape[1:])
+
+    # ---------------------------------------------------------------- diffusion
+    def noise_context(self, context: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noisy-frame conditioning: context latents at ``context_noise_step`` (unchanged if 0)."""
+        step = self.settings.context_noise_step
+        if step <= 0:
+            return context
+        timesteps = torch.full((context.shape[0] * context.shape[1],), step, dtype=torch.long, device=context.device)
+        noisy = self.noise_scheduler.add_noise(context.flatten(0, 1), noise.flatten(0, 1), timesteps)
+        return noisy.reshape(context.shape)
+
+    def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Epsilon-prediction MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
+
+        One diffusion step per window for its predicted frames; context frames at ``context_noise_step``.
+        """
+        b, c, k = latents.shape[0], self.context_frames, self.chunk_size
+        context, target = latents[:, :c], latents[:, c:]
+        noise = torch.randn(target.shape, generator=generator).to(latents)
+        ctx_noise = torch.randn(context.shape, generator=generator).to(latents)
+        steps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+        steps = steps.to(latents.device)
+        noisy_target = self.noise_scheduler.add_noise(
+            target.flatten(0, 1), noise.flatten(0, 1), steps.repeat_interleave(k)
+        ).reshape(target.shape)
+        timesteps = torch.cat(
+            [torch.full((b, c), self.settings.context_noise_step, device=latents.device, dtype=torch.long),
+             steps[:, None].expand(b, k)],
+            dim=1,
+        )
+        inputs = torch.cat([self.noise_context(context, ctx_noise), noisy_target], dim=1)
+        eps = self.transformer(inputs, timesteps, actions.to(latents))[:, c:]
+        return torch.nn.functional.mse_loss(eps, noise)
+
+    @torch.no_grad()
+    def predict_chunk(
+        self, context: torch.Tensor, actions: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """Context latents (B, c, C, h, w) + actions (B, K, 7) -> predicted latents (B, K, C, h, w).
+
+        All noise of trajectory i comes from ``generators[i]`` so that a batch reproduces its
+        members run alone.
+        """
+        b, c = context.shape[:2]
+        k = self.chunk_size
+        if len(generators) != b:
+            raise ValueError(f"generators: got {len(generators)}, expected one per trajectory ({b})")
+        if c != self.context_frames:
+            raise ValueError(f"context: got {c} frames, expected {self.context_frames}")
+        frame_shape = context.shape[2:]
+        ctx_noise = torch.stack([torch.randn((c, *frame_shape), generator=g) for g in generators]).to(context)
+        x = torch.stack([torch.randn((k, *frame_shape), generator=g) for g in generators]).to(context)
+        noisy_context = self.noise_context(context, ctx_noise)
+        ctx_t = torch.full((b, c), self.settings.context_noise_step, device=context.device, dtype=torch.long)
+        actions = actions.to(context)
+
+        self.sampler.set_timesteps(self.settings.num_inference_steps, device=context.device)
+        x = x * self.sampler.init_noise_sigma
+        for t in self.sampler.timesteps:
+            timesteps = torch.cat([ctx_t, torch.full((b, k), int(t), device=context.device, dtype=torch.long)], dim=1)
+            eps = self.transformer(torch.cat([noisy_context, x], dim=1), timesteps, actions)[:, c:]
+            # DDIM with eta = 0 draws no noise, so the generators above are the only randomness.
+            x = self.sampler.step(eps, t, x, eta=0.0).prev_sample
+        return x
+
+    # ---------------------------------------------------------------- persistence
+    def save_pretrained(self, path: str | Path, transformer: VideoDiffusionTransformer | None = None) -> None:
+        """Write the directory layout above; ``transformer`` overrides the weights saved (e.g. the EMA copy)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(path / "vae", safe_serialization=True)
+        (transformer or self.transformer).save_pretrained(path / "transformer", safe_serialization=True)
+        self.noise_scheduler.save_pretrained(path / "scheduler")
+        self.sampler.save_pretrained(path / "sampler")
+        (path / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+        """Load a world-model directory written by ``save_pretrained`` (safetensors + JSON only)."""
+        path = Path(path)
+        if not (path / SETTINGS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no {SETTINGS_FILE}; not a world-model directory")
+        settings = WorldModelSettings.from_json(path / SETTINGS_FILE)
+        vae = load_vae(path / "vae").to(device).eval()
+        vae.requires_grad_(False)
+        transformer = VideoDiffusionTransformer.from_pretrained(
+            str(path / "transformer"), local_files_only=True, use_safetensors=True
+        ).to(device).eval()
+        noise = DDPMScheduler.from_pretrained(str(path / "scheduler"))
+        sampler = DDIMScheduler.from_pretrained(str(path / "sampler"))
+        return cls(vae, transformer, noise, sampler, settings)

@@ -1,0 +1,338 @@
+"""Training: the tiny frame VAE, then the video world model (pretraining and behavior alignment).
+
+Pretraining reads demonstrations; alignment (``init`` = a previous run) continues from
+those weights on the policy's own rollouts, failures included. The VAE is frozen while
+the transformer trains, so every episode is encoded once up front.
+
+Runs are resumable: every ``checkpoint_every`` steps the weights, AdamW moments, EMA
+and the training generator are written (safetensors + JSON); starting the same command
+again continues from the newest checkpoint and reproduces the uninterrupted loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from wmpo_core.world_model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from wmpo_core.world_model.episodes import EpisodeFrames
+from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
+from wmpo_core.world_model.transformer import VideoDiffusionTransformer
+from wmpo_core.world_model.vae import (
+    TinyVAEConfig,
+    frames_to_tensor,
+    latent_size,
+    load_vae,
+    make_tiny_vae,
+    measure_scaling_factor,
+    vae_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorldModelTrainConfig:
+    """Defaults train the embedded world model on CPU in minutes."""
+
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    camera: str = "agentview"
+    image_size: int = 64
+    context_noise_step: int = 50
+    num_inference_steps: int = 10
+    # Tiny VAE trained first when neither a VAE directory nor an init run is given.
+    vae_steps: int = 600
+    vae_batch_size: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-3
+    tiny_vae: dict[str, Any] = field(default_factory=dict)
+    # Overrides of VideoDiffusionTransformer constructor arguments.
+    transformer: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> WorldModelTrainConfig:
+        """Read a JSON config; unknown fields are an error naming the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read training config: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------- VAE
+def train_vae(
+    episodes: Sequence[EpisodeFrames],
+    out: str | Path,
+    *,
+    steps: int = 600,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-3,
+    image_size: int = 64,
+    tiny: TinyVAEConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train the tiny AutoencoderKL on all frames, measure its latent scaling factor, save to ``out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = np.concatenate([ep.frames for ep in episodes])
+    if frames.shape[1] != image_size:
+        raise ValueError(f"frames are {frames.shape[1]} px, VAE config expects {image_size}")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae = make_tiny_vae(tiny or TinyVAEConfig(image_size=image_size))
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    writer = SummaryWriter(str(out / "tb"))
+    data = frames_to_tensor(frames)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc="train-vae", disable=not progress):
+        idx = torch.randint(0, len(data), (batch_size,), generator=generator)
+        loss = vae_loss(vae, data[idx], kl_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        writer.add_scalar("vae/loss", losses[-1], step)
+    elapsed = time.perf_counter() - start
+    vae.eval()
+    sample = frames[torch.randperm(len(frames), generator=generator)[:256].numpy()]
+    scale = measure_scaling_factor(vae, sample)
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(out, safe_serialization=True)
+    writer.close()
+    stats = {
+        "steps": steps,
+        "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+        "scaling_factor": scale,
+        "seconds_per_step": elapsed / max(steps, 1),
+        "params_millions": sum(p.numel() for p in vae.parameters()) / 1e6,
+    }
+    (out / "vae_training.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+# ------------------------------------------------------------------------------------------- windows
+class LatentWindows:
+    """All (c + K)-frame windows of every episode, as latents, with the K actions of the predicted frames.
+
+    Episode starts are padded with ``c - 1`` copies of the first frame, as imagination pads a
+    single real start frame.
+    """
+
+    def __init__(self, world_model: WorldModel, episodes: Sequence[EpisodeFrames]):
+        c, k = world_model.context_frames, world_model.chunk_size
+        self.context_frames, self.chunk_size = c, k
+        self.latents: list[torch.Tensor] = []
+        self.actions: list[torch.Tensor] = []
+        self.index: list[tuple[int, int]] = []
+        for i, ep in enumerate(episodes):
+            frames = np.concatenate([np.repeat(ep.frames[:1], c - 1, axis=0), ep.frames])
+            actions = np.concatenate([np.zeros((c - 1, ep.actions.shape[1]), np.float32), ep.actions])
+            self.latents.append(world_model.encode(torch.from_numpy(frames)[None])[0])
+            self.actions.append(torch.from_numpy(actions.astype(np.float32)))
+            # Window s: frames s..s+c+K-1; predicted frame s+c+j follows action s+c-1+j.
+            self.index += [(i, s) for s in range(len(frames) - c - k + 1)]
+        if not self.index:
+            raise ValueError(f"no episode is long enough for a window of {c} + {k} frames")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent windows (B, c+K, C, h, w) and actions (B, K, 7) for window numbers ``idx``."""
+        c, k = self.context_frames, self.chunk_size
+        lat, act = [], []
+        for j in idx.tolist():
+            ep, s = self.index[j]
+            lat.append(self.latents[ep][s : s + c + k])
+            act.append(self.actions[ep][s + c - 1 : s + c - 1 + k])
+        return torch.stack(lat), torch.stack(act)
+
+
+# ------------------------------------------------------------------------------------------- world model
+def build_world_model(
+    config: WorldModelTrainConfig,
+    *,
+    vae_path: str | Path | None = None,
+    init: str | Path | None = None,
+) -> WorldModel:
+    """A world model to train: from ``init`` (alignment), or a new transformer over ``vae_path``."""
+    settings = WorldModelSettings(
+        camera=config.camera,
+        image_size=config.image_size,
+        context_noise_step=config.context_noise_step,
+        num_inference_steps=config.num_inference_steps,
+    )
+    if init is not None:
+        wm = WorldModel.from_pretrained(init)
+        if wm.settings.image_size != config.image_size:
+            raise ValueError(f"{init}: image_size {wm.settings.image_size} differs from config {config.image_size}")
+        wm.settings = settings
+        return wm
+    if vae_path is None:
+        raise ValueError("build_world_model: need a VAE directory or an init run")
+    vae = load_vae(vae_path).eval()
+    vae.requires_grad_(False)
+    args = dict(latent_channels=vae.config.latent_channels, latent_size=latent_size(vae, config.image_size))
+    args.update(config.transformer)
+    torch.manual_seed(config.seed)
+    transformer = VideoDiffusionTransformer(**args)
+    noise, sampler = make_schedulers()
+    return WorldModel(vae, transformer, noise, sampler, settings)
+
+
+# Fields that may change between an interrupted run and its continuation.
+_RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "log_every"}
+
+
+def _check_resumable(checkpoint: Path, config: WorldModelTrainConfig) -> None:
+    """Refuse to resume a checkpoint written with a different training config (names the fields)."""
+    try:
+        saved = json.loads((checkpoint / "state.json").read_text()).get("config", {})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{checkpoint}: unreadable checkpoint state: {exc}") from exc
+    current = json.loads(json.dumps(asdict(config)))
+    differ = sorted(k for k in current if k not in _RESUME_MAY_CHANGE and saved.get(k) != current[k])
+    if differ:
+        raise ValueError(f"{checkpoint}: written with a different config (fields {differ}); "
+                         "use a new --out directory or the original config")
+
+
+def train_world_model(
+    episodes: Sequence[EpisodeFrames],
+    out: str | Path,
+    config: WorldModelTrainConfig | None = None,
+    *,
+    vae_path: str | Path | None = None,
+    init: str | Path | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume, or align from ``init``) a world model into ``out``.
+
+    ``stop_after`` ends this invocation after that global step (with a checkpoint), as an
+    interruption would; calling again resumes. Returns the losses of this invocation and timings.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    config = config or WorldModelTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    resume_from = latest_checkpoint(ckpt_dir)
+    if resume_from is not None:
+        _check_resumable(resume_from, config)
+
+    if init is None and vae_path is None:
+        vae_path = out / "vae_trained"
+        if not (vae_path / "config.json").is_file():
+            train_vae(
+                episodes, vae_path, steps=config.vae_steps, batch_size=config.vae_batch_size, lr=config.vae_lr,
+                kl_weight=config.vae_kl_weight, image_size=config.image_size,
+                tiny=TinyVAEConfig(image_size=config.image_size, **config.tiny_vae), seed=config.seed,
+                progress=progress,
+            )
+    wm = build_world_model(config, vae_path=vae_path, init=init)
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    (out / "episodes.json").write_text(json.dumps(
+        {"init": str(init) if init else None, "episodes": [ep.episode_id for ep in episodes]}, indent=1) + "\n")
+
+    windows = LatentWindows(wm, episodes)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    transformer = wm.transformer.train()
+    transformer.requires_grad_(True)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMAModel(transformer.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+    # One stream per rank so data-parallel ranks draw different windows and noise.
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    step, losses_before = 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=transformer, optimizer=optimizer,
+                                generators={"train": generator}, ema=ema)
+        step = int(state["step"])
+        losses_before = state.get("losses", [])
+        log.info("resuming %s from step %d", out, step)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    wm.transformer = transformer
+    writer = SummaryWriter(str(out / "tb"), purge_step=step)
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, model=accelerator.unwrap_model(transformer), optimizer=optimizer,
+                            generators={"train": generator}, ema=ema,
+                            state={"step": step, "losses": losses_before + losses, "config": asdict(config)})
+
+    losses: list[float] = []
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    start_time = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc="train-world-model", disable=not progress)
+    while step < end:
+        idx = torch.randint(0, len(windows), (config.batch_size,), generator=generator)
+        latents, actions = windows.batch(idx)
+        loss = wm.training_loss(latents.to(accelerator.device), actions.to(accelerator.device), generator)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), config.grad_clip)
+        optimizer.step()
+        ema.step(accelerator.unwrap_model(transformer).parameters())
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % config.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.4f}")
+            writer.add_scalar("world_model/loss", losses[-1], step)
+            writer.add_scalar("world_model/grad_norm", float(grad_norm), step)
+        if step % config.checkpoint_every == 0 or step == end:
+            checkpoint()
+    bar.close()
+    writer.close()
+    elapsed = time.perf_counter() - start_time
+    finished = step >= config.steps
+    if finished and accelerator.is_main_process:
+        raw = accelerator.unwrap_model(transformer)
+        ema_copy = VideoDiffusionTransformer.from_config(raw.config)
+        ema_copy.load_state_dict(raw.state_dict())
+        ema.copy_to(ema_copy.parameters())
+        wm.transformer = raw
+        wm.save_pretrained(out, transformer=ema_copy)
+    result = {
+        "step": step,
+        "finished": finished,
+        "losses": losses,
+        "seconds_per_step": elapsed / max(len(losses), 1),
+        "transformer_params_millions": sum(p.numel() for p in wm.transformer.parameters()) / 1e6,
+        "windows": len(windows),
+    }
+    (out / "trainer_state.json").write_text(json.dumps({k: v for k, v in result.items() if k != "losses"}
+                                                       | {"final_loss": float(np.mean(losses[-20:])) if losses else None},
+                                                       indent=2) + "\n")
+    return result

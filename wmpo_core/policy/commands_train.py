@@ -15,6 +15,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the command-line options."""
     parser.add_argument("--episodes", required=True, type=Path, help="folder of episode bags")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, final package)")
+    parser.add_argument("--recipe", help="a recipe of wmpo_core/policy/recipes (name, e.g. 'lift_base') or a recipe "
+                        "JSON file: policy config fields and TrainConfig fields, overridden by --config / --train-config "
+                        "and the flags below")
     parser.add_argument("--config", type=Path, help="policy config.json (default: the embedded tiny VLA)")
     parser.add_argument("--train-config", type=Path, help="JSON of TrainConfig fields (overridden by the flags below)")
     parser.add_argument("--steps", type=int, help="optimizer steps (total, including resumed ones)")
@@ -30,6 +33,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def load_recipe(name_or_path: str | Path) -> dict:
+    """A training recipe: ``{"policy": {...VLAConfig fields}, "train": {...TrainConfig fields}, ...}``.
+
+    ``name_or_path`` is a file, or the name of a recipe shipped in ``wmpo_core/policy/recipes``.
+    The returned dict also carries ``where`` (the file read) for error messages.
+    """
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = RECIPES_DIR / f"{name_or_path}.json"
+        if not shipped.is_file():
+            known = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+            raise ValueError(f"recipe {name_or_path!r}: no such file and no shipped recipe of that name (have {known})")
+        path = shipped
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    for key in ("policy", "train"):
+        if not isinstance(recipe.get(key, {}), dict):
+            raise ValueError(f"{path}: field {key!r} must be an object")
+    return {"policy": recipe.get("policy", {}), "train": recipe.get("train", {}), "where": str(path), **{
+        k: v for k, v in recipe.items() if k not in ("policy", "train")}}
+
+
 def main(args: argparse.Namespace) -> int:
     """Run behavior cloning; prints the final package path."""
     from wmpo_core.policy.configuration_vla import ConfigError, VLAConfig
@@ -37,11 +69,13 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = VLAConfig.load(args.config) if args.config else VLAConfig()
+        recipe = load_recipe(args.recipe) if args.recipe else {"policy": {}, "train": {}, "where": "defaults"}
+        config = (VLAConfig.load(args.config) if args.config
+                  else VLAConfig.from_dict(recipe["policy"], where=f"{recipe['where']}: policy"))
         if args.decoding:
             config.decoding = args.decoding
-        tc_fields = json.loads(args.train_config.read_text()) if args.train_config else {}
-        tc = TrainConfig.from_dict(tc_fields, where=str(args.train_config or "train config"))
+        tc_fields = {**recipe["train"], **(json.loads(args.train_config.read_text()) if args.train_config else {})}
+        tc = TrainConfig.from_dict(tc_fields, where=str(args.train_config or f"{recipe['where']}: train"))
     except (ConfigError, ValueError, OSError) as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)
         return 2

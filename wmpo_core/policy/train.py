@@ -42,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 RNG_TENSORS = "rng.safetensors"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -63,6 +64,15 @@ class TrainConfig:
     only_success: bool = True  # clone successful demonstrations only
     keep_checkpoints: int = 2
     torch_threads: int = 0  # 0 = torch's default; 1 is fastest on a CPU shared with other jobs
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decays to min_lr_ratio x lr)
+    min_lr_ratio: float = 0.1
+    augment_shift: int = 0  # random-shift augmentation: pixels of replicate padding, then a random crop back
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train config.lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.augment_shift < 0:
+            raise ValueError(f"train config.augment_shift: expected >= 0, got {self.augment_shift}")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
@@ -100,6 +110,27 @@ def bc_loss(model: torch.nn.Module, batch: VLABatch, tokens: torch.Tensor, mask:
     denominator = weight.sum() if global_tokens is None else torch.as_tensor(global_tokens, dtype=ce.dtype)
     loss = (ce * weight).sum() / denominator.clamp(min=1.0) * (1 if global_tokens is None else world_size)
     return loss, out["accuracy"]
+
+
+def learning_rate(tc: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def random_shift(pixels: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style random shift of (B, n_cam, 3, H, W) images by up to ``pad`` pixels (each image its own shift)."""
+    if pad <= 0:
+        return pixels
+    b, n, c, h, w = pixels.shape
+    flat = torch.nn.functional.pad(pixels.reshape(b * n, c, h, w), (pad, pad, pad, pad), mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, b * n), generator=generator).tolist()
+    crops = [flat[i, :, y : y + h, x : x + w] for i, (x, y) in enumerate(zip(dx, dy, strict=True))]
+    return torch.stack(crops).reshape(b, n, c, h, w)
 
 
 def _token_begin(model: torch.nn.Module) -> int:
@@ -265,11 +296,14 @@ def train_policy(
     model.train()
     t_last = time.perf_counter()
     for step in range(start_step, tc.steps):
-        lr = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+        lr = learning_rate(tc, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = batch_indices(len(dataset), tc.batch_size, step, tc.seed, rank, world)
         batch, tokens, mask = collate([dataset[i] for i in idx], inner)
+        if tc.augment_shift:  # seeded by (seed, step, rank) so a resumed run sees the same crops
+            gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 64 + rank)
+            batch.pixel_values = random_shift(batch.pixel_values, tc.augment_shift, gen)
         global_tokens = accelerator.reduce(mask.sum().float(), reduction="sum").item()
         loss, accuracy = bc_loss(model, batch, tokens, mask, global_tokens, world)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,217 @@
+"""Episode bags straight from the simulator, without ROS: the same schema the episode recorder writes.
+
+``collect_sim_episodes`` runs the scripted demonstrator (or a policy package) in the
+simulator and writes one bag per episode; ``write_sim_episode`` turns one
+:class:`~wmpo_core.sim.rollout.EpisodeResult` into a bag. Stamps follow the control
+period exactly, as a recorder on a perfectly timed robot would see them: frame ``t`` is
+stamped ``start + t / control_hz``, the chunk planned from it carries that stamp, and
+the applied action ``t`` follows 5 ms later, so ``load_episode`` aligns them as it does
+for recorded bags (docs/interfaces.md "Episode bags").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wmpo_core.data import topics as T
+from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+
+if TYPE_CHECKING:
+    from wmpo_core.sim.rollout import EpisodeResult
+
+log = logging.getLogger(__name__)
+
+# Offsets of a recorder's receive (log) times after the observation stamp, as on a live graph.
+IMAGE_DELAY_NS = 1_000_000
+CHUNK_DELAY_NS = 3_000_000
+APPLIED_DELAY_NS = 5_000_000
+# robosuite's agentview and eye-in-hand cameras have a 45 degree vertical field of view.
+DEFAULT_FOVY_DEG = 45.0
+
+
+@dataclass
+class PlannedChunk:
+    """A chunk the policy returned at control step ``step`` (before the action of that step ran)."""
+
+    step: int
+    actions: np.ndarray
+
+
+def write_sim_episode(
+    result: EpisodeResult,
+    out_dir: str | os.PathLike[str],
+    metadata: EpisodeMetadata,
+    chunks: Sequence[PlannedChunk] | None = None,
+    *,
+    start_ns: int | None = None,
+    fovy_deg: float = DEFAULT_FOVY_DEG,
+    joint_names: Sequence[str] | None = None,
+) -> Path:
+    """Write one simulated episode as a bag in ``out_dir``; returns the bag directory.
+
+    ``result`` must hold frames (``run_episode(record_frames=True)``). ``chunks`` are the
+    policy's chunks with the step they were planned at; without them the executed actions
+    are published as consecutive chunks of 8 steps. The success label of the
+    bag is ``result.success``; ``metadata.success`` is overwritten with it.
+    """
+    if not result.frames:
+        raise ValueError("write_sim_episode: the episode has no frames (run it with record_frames=True)")
+    n = int(result.length)
+    for cam, frames in result.frames.items():
+        if len(frames) != n + 1:
+            raise ValueError(f"write_sim_episode: camera {cam!r} has {len(frames)} frames, expected length + 1 = {n + 1}")
+    if len(result.applied_actions) != n:
+        raise ValueError(f"write_sim_episode: {len(result.applied_actions)} applied actions, expected {n}")
+    if joint_names is None:
+        from wmpo_core.sim.env import JOINT_NAMES
+
+        joint_names = JOINT_NAMES
+    hz = float(metadata.control_hz)
+    period = round(1e9 / hz)
+    t0 = time.time_ns() if start_ns is None else int(start_ns)
+    if chunks is None:
+        chunks = [PlannedChunk(s, result.actions[s : s + 8]) for s in range(0, n, 8)]
+
+    writer = EpisodeWriter(out_dir, metadata, start_ns=t0 - 1, flush_interval_s=None)
+    try:
+        writer.write(T.INSTRUCTION, t0 - 1, T.string_msg(metadata.instruction))
+        writer.write(T.POLICY_VERSION, t0 - 1, T.string_msg(metadata.policy_version))
+        for cam, frames in result.frames.items():
+            h, w = frames.shape[1:3]
+            fy = (h / 2.0) / math.tan(math.radians(fovy_deg) / 2.0)
+            writer.write(T.camera_info_topic(cam), t0, T.camera_info_msg(t0, w, h, fy, fy, cam))
+        by_step = {int(c.step): np.asarray(c.actions, dtype=np.float64) for c in chunks}
+        for t in range(n + 1):
+            obs_ns = t0 + t * period
+            for cam, frames in result.frames.items():
+                writer.write(T.camera_image_topic(cam), obs_ns + IMAGE_DELAY_NS, T.image_msg(obs_ns, frames[t], cam))
+            writer.write(T.JOINT_STATES, obs_ns + IMAGE_DELAY_NS,
+                         T.joint_state_msg(obs_ns, list(joint_names), result.joint_positions[t]))
+            if t == n:
+                break
+            if t in by_step and len(by_step[t]):
+                writer.write(T.ACTION_CHUNK, obs_ns + CHUNK_DELAY_NS, T.action_chunk_msg(obs_ns, by_step[t], hz))
+            applied_ns = obs_ns + APPLIED_DELAY_NS
+            writer.write(T.APPLIED_ACTION, applied_ns, T.applied_action_msg(applied_ns, result.applied_actions[t]))
+        end_ns = t0 + n * period + APPLIED_DELAY_NS + 1
+        writer.write(T.SUCCESS, end_ns, T.bool_msg(bool(result.success)))
+        writer.set_label(bool(result.success))
+        return writer.close(end_ns)
+    except BaseException:
+        writer.close()
+        raise
+
+
+def _policy_source(policy: str, task: str, noise: float, seed: int) -> tuple[Any, str, Any]:
+    """(chunk_fn(obs, instruction, episode_seed) -> (K, 7), policy version, reset(seed))."""
+    if policy == "scripted":
+        from wmpo_core.sim import make_demonstrator
+
+        demo = make_demonstrator(task, noise=noise, seed=seed)
+        return (lambda obs, instruction: demo.plan_chunk(obs, k=8)), f"scripted-noise{noise:g}", demo.reset
+    from wmpo_core.policy.loading import load_policy
+
+    loaded = load_policy(policy)
+    needs_proprio = loaded.config.proprio_dim > 0
+
+    def fn(obs, instruction):
+        return loaded.predict_chunk(obs.images, instruction, obs.joint_positions if needs_proprio else None)
+
+    return fn, loaded.version, lambda seed=None: loaded.reset()
+
+
+def collect_sim_episodes(
+    task: str,
+    n: int,
+    out_dir: str | os.PathLike[str],
+    seed: int = 0,
+    noise: float = 0.0,
+    policy: str = "scripted",
+    cameras: Sequence[str] = ("agentview",),
+    image_size: int = 64,
+    *,
+    max_steps: int | None = None,
+    steps_after_success: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    """Run ``n`` episodes (start-state seeds ``seed .. seed + n - 1``) and write one bag each into ``out_dir``.
+
+    ``policy`` is ``"scripted"`` (the task's demonstrator with ``noise`` in [0, 1]; its per-episode
+    noise is seeded by the episode seed) or a policy package / model directory. Returns the bag paths.
+    """
+    if n <= 0:
+        raise ValueError(f"n: expected a positive number of episodes, got {n!r}")
+    from tqdm import tqdm
+
+    from wmpo_core.sim import make_env, run_episode
+
+    fn, version, reset = _policy_source(policy, task, noise, seed)
+    env = make_env(task, image_size=image_size, cameras=tuple(cameras), max_steps=max_steps)
+    paths: list[Path] = []
+    successes = 0
+    try:
+        bar = tqdm(range(n), desc=f"collect {task}", disable=not progress, dynamic_ncols=True)
+        for i in bar:
+            s = seed + i
+            reset(s)
+            planned: list[PlannedChunk] = []
+
+            def chunk_fn(obs, planned=planned):
+                chunk = np.asarray(fn(obs, env.instruction), dtype=np.float64)
+                planned.append(PlannedChunk(int(obs.step), chunk.reshape(-1, chunk.shape[-1])))
+                return chunk
+
+            result = run_episode(env, chunk_fn, seed=s, steps_after_success=steps_after_success)
+            metadata = EpisodeMetadata.new(task, env.instruction, seed=s, policy_version=version,
+                                           control_hz=float(env.control_hz),
+                                           extra={"source": "sim-direct", "noise": float(noise)})
+            paths.append(write_sim_episode(result, out_dir, metadata, planned))
+            successes += int(result.success)
+            bar.set_postfix(success=f"{successes}/{i + 1}")
+    finally:
+        env.close()
+    log.info("collected %d %s episodes into %s: %d successful", n, task, out_dir, successes)
+    return paths
+
+
+# --------------------------------------------------------------------------- command line
+
+HELP = "record episodes in the simulator without ROS (scripted demonstrator or a policy)"
+
+
+def configure(parser: Any) -> None:
+    """Declare the command-line options of ``wmpo collect-sim``."""
+    parser.add_argument("--task", required=True, help="simulated task: lift, stack, square")
+    parser.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    parser.add_argument("--out", required=True, type=Path, help="episodes folder (one bag per episode)")
+    parser.add_argument("--seed", type=int, default=0, help="first start-state seed")
+    parser.add_argument("--noise", type=float, default=0.0, help="demonstrator noise in [0, 1] (scripted only)")
+    parser.add_argument("--policy", default="scripted", help="'scripted' or a policy package / model directory")
+    parser.add_argument("--cameras", nargs="+", default=["agentview"], help="cameras to record")
+    parser.add_argument("--image-size", type=int, default=64, help="square frame size in pixels")
+    parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: Any) -> int:
+    """Collect and print the number of successful episodes."""
+    import sys
+
+    try:
+        paths = collect_sim_episodes(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise,
+                                     policy=args.policy, cameras=tuple(args.cameras), image_size=args.image_size,
+                                     max_steps=args.max_steps, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wmpo collect-sim: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(paths)} episodes written to {args.out}")
+    return 0

@@ -85,6 +85,7 @@ class ScriptedPolicyBackend(PolicyBackend):
             raise ValueError(f"parameter 'scripted.noise': expected a value in [0, 1], got {self.noise}")
         self._demo: Any = None
         self._episode: tuple[Any, ...] | None = None
+        self._last_step = 0
         if self.task:
             self._make(self.task)
         else:
@@ -121,10 +122,13 @@ class ScriptedPolicyBackend(PolicyBackend):
                 raise PolicyError(str(exc)) from None
         obs = observation_from_state(state, images)
         episode = (state.get("seed"), state.get("task"))
-        if obs.step == 0 and episode != self._episode:
-            # a new episode: restart the phases with this episode's noise
+        # A new episode (new seed, or the step counter went back) restarts the phases. The first
+        # observation the policy sees after a reset is not always step 0: the arm keeps ticking
+        # (holding) while the policy plans, and the simulator steps in lockstep with it.
+        if episode != self._episode or obs.step < self._last_step:
             self._demo.reset(seed=int(state["seed"]) if state.get("seed") is not None else None)
             self._episode = episode
+        self._last_step = obs.step
         try:
             return np.asarray(self._demo.plan_chunk(obs, self._chunk_size), dtype=np.float64)
         except (KeyError, ValueError) as exc:

@@ -95,6 +95,9 @@ def _ddp_worker(rank, world, port, out_dir, decoding):
         save_file({n: p.grad.contiguous() for n, p in policy.named_parameters() if p.grad is not None},
                   os.path.join(out_dir, "ddp_grads.safetensors"))
     dist.destroy_process_group()
+    # Seen here: tearing down the DDP Reducer after the worker returns can deadlock (the gloo
+    # group's destructor joins a thread that waits for the GIL). The result is on disk: leave.
+    os._exit(0)
 
 
 def _free_port():

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+from wmpo_core.config_io import dataclass_from_json
 
 SETTINGS_FILE = "reward.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,15 +45,7 @@ class RewardSettings:
     @classmethod
     def from_json(cls, path: Path) -> RewardSettings:
         """Read settings; errors name the file and the field."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read reward settings: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_json(cls, path, "reward settings")
 
 
 def tiny_videomae_config(image_size: int = 64, clip_len: int = 8, **overrides) -> VideoMAEConfig:

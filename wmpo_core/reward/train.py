@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.reward.model import RewardModel, RewardSettings, clip_end_indices, gather_clips, load_backbone
 from wmpo_core.world_model.episodes import EpisodeFrames
 
@@ -56,16 +57,7 @@ class RewardTrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> RewardTrainConfig:
         """Read a JSON config; unknown fields are an error naming the file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read reward config: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_json(cls, path, "reward config")
 
 
 def labelled_clip_ends(

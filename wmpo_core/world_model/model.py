@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 
+from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.world_model.transformer import VideoDiffusionTransformer
 from wmpo_core.world_model.vae import decode_latents, encode_frames, load_vae
 
@@ -42,15 +43,7 @@ class WorldModelSettings:
     @classmethod
     def from_json(cls, path: Path) -> WorldModelSettings:
         """Read settings, naming the file and any unknown field."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read world-model settings: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_json(cls, path, "world-model settings")
 
 
 def make_schedulers(num_train_timesteps: int = 1000) -> tuple[DDPMScheduler, DDIMScheduler]:

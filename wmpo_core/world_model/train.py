@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.world_model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wmpo_core.world_model.episodes import EpisodeFrames
 from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
@@ -71,16 +72,7 @@ class WorldModelTrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> WorldModelTrainConfig:
         """Read a JSON config; unknown fields are an error naming the file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read training config: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_json(cls, path, "training config")
 
 
 # ------------------------------------------------------------------------------------------- VAE

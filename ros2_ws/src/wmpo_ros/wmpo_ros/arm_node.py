@@ -252,7 +252,7 @@ def main(args: list[str] | None = None) -> int:
     """Console script `arm_node`."""
     # One thread: every callback here is short and never blocks, and rclpy's MultiThreadedExecutor
     # let 100 Hz joint_states starve the control timer (measured: 20 Hz ticks fell to ~5 Hz with
-    # jitter up to 1.4 s; single-threaded: 20 Hz, jitter 0.2 ms mean, 3 ms max).
+    # jitter up to 1.4 s; single-threaded: 20 Hz, jitter 0.2 ms mean, 3 ms max; see ros2/rclpy#1223, #1452).
     return run_node(ArmNode, args, multithreaded=False)
 
 

@@ -7,10 +7,10 @@ subclass and listing it in `BACKENDS`.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from wmpo_ros.arm_backends.base import ArmBackend, ArmState
+from wmpo_ros.backends import backend_class
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -25,14 +25,7 @@ BACKENDS: dict[str, str] = {
 
 def make_arm_backend(name: str, node: Node, control_period_s: float) -> ArmBackend:
     """Build the backend called `name` for `node` (ValueError naming the choices if unknown)."""
-    if name not in BACKENDS:
-        raise ValueError(f"parameter 'backend': unknown arm backend {name!r}; expected one of {sorted(BACKENDS)}")
-    module_name, cls_name = BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"parameter 'backend': arm backend {name!r} is not available here ({exc})") from exc
-    return getattr(module, cls_name)(node, control_period_s)
+    return backend_class("arm", BACKENDS, name)(node, control_period_s)
 
 
 __all__ = ["BACKENDS", "ArmBackend", "ArmState", "make_arm_backend"]

@@ -7,9 +7,9 @@ and listing it in `BACKENDS`.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from wmpo_ros.backends import backend_class
 from wmpo_ros.camera_backends.base import CameraBackend, CameraConfig, CameraError, CameraFrame
 
 if TYPE_CHECKING:
@@ -24,14 +24,7 @@ BACKENDS: dict[str, str] = {
 
 def make_camera_backend(name: str, node: Node, config: CameraConfig) -> CameraBackend:
     """Build the backend called `name` (ValueError naming the choices if unknown or not installed)."""
-    if name not in BACKENDS:
-        raise ValueError(f"parameter 'backend': unknown camera backend {name!r}; expected one of {sorted(BACKENDS)}")
-    module_name, cls_name = BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"parameter 'backend': camera backend {name!r} is not available here ({exc})") from exc
-    return getattr(module, cls_name)(node, config)
+    return backend_class("camera", BACKENDS, name)(node, config)
 
 
 __all__ = ["BACKENDS", "CameraBackend", "CameraConfig", "CameraError", "CameraFrame", "make_camera_backend"]

@@ -7,10 +7,10 @@ by writing a `PolicyBackend` subclass and listing it in `BACKENDS`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from wmpo_ros.backends import backend_class
 from wmpo_ros.policy_backends.base import PolicyBackend, PolicyError
 
 # name -> "module:Class"
@@ -22,14 +22,7 @@ BACKENDS: dict[str, str] = {
 
 def policy_backend_class(name: str) -> type[PolicyBackend]:
     """The class of backend `name` (ValueError naming the choices if unknown or not installed)."""
-    if name not in BACKENDS:
-        raise ValueError(f"parameter 'backend': unknown policy backend {name!r}; expected one of {sorted(BACKENDS)}")
-    module_name, cls_name = BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"parameter 'backend': policy backend {name!r} is not available here ({exc})") from exc
-    return getattr(module, cls_name)
+    return backend_class("policy", BACKENDS, name)
 
 
 def make_policy_backend(name: str, options: Mapping[str, Any]) -> PolicyBackend:

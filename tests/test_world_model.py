@@ -27,12 +27,14 @@ TINY_TRANSFORMER = dict(latent_size=8, patch_size=2, hidden_size=32, depth=1, nu
                         context_frames=C, chunk_size=K)
 
 
-def tiny_world_model(context_noise_step: int = 50, seed: int = 0) -> WorldModel:
+def tiny_world_model(context_noise_step: int = 50, seed: int = 0, prediction_type: str = "epsilon",
+                     predict_residual: bool = False) -> WorldModel:
     torch.manual_seed(seed)
     vae = make_tiny_vae(TINY_VAE).eval()
     vae.requires_grad_(False)
-    noise, sampler = make_schedulers()
-    settings = WorldModelSettings(image_size=SIZE, context_noise_step=context_noise_step, num_inference_steps=4)
+    noise, sampler = make_schedulers(prediction_type=prediction_type)
+    settings = WorldModelSettings(image_size=SIZE, context_noise_step=context_noise_step, num_inference_steps=4,
+                                  predict_residual=predict_residual)
     return WorldModel(vae, VideoDiffusionTransformer(**TINY_TRANSFORMER), noise, sampler, settings)
 
 
@@ -192,6 +194,48 @@ def test_interrupted_training_resumes_identically(tmp_path, episodes):
                                 init=tmp_path / "full", progress=False)
     assert aligned["finished"]
     assert json.loads((tmp_path / "aligned" / "episodes.json").read_text())["init"] == str(tmp_path / "full")
+
+
+def test_actions_reach_the_prediction_through_the_frame_tokens():
+    """With the AdaLN action path silenced, ``action_in_tokens`` alone still carries the actions (and their sums)."""
+    torch.manual_seed(0)
+    tf = VideoDiffusionTransformer(**TINY_TRANSFORMER, action_in_tokens=True, cumulative_actions=True).eval()
+    for module in [*(b.modulation[1] for b in tf.blocks), tf.final_modulation[1], tf.final_proj]:
+        torch.nn.init.normal_(module.weight, std=0.05)  # leave the adaLN-Zero identity start
+    torch.nn.init.zeros_(tf.action_embed[2].weight)
+    torch.nn.init.zeros_(tf.action_embed[2].bias)
+    assert tf.action_embed[0].in_features == 14  # each action step plus the chunk's running sum
+    latents, t = torch.randn(2, C + K, 4, 8, 8), torch.full((2, C + K), 500)
+    actions = torch.rand(2, K, 7, generator=torch.Generator().manual_seed(1)) * 0.1 - 0.05
+    other = actions.clone()
+    other[:, 0, 0] += 0.04  # one step's ee_dx: through the running sum it reaches every later frame's own input
+    with torch.no_grad():
+        a, b = tf(latents, t, actions), tf(latents, t, other)
+    assert torch.equal(tf.action_embed(torch.randn(3, 14)), torch.zeros(3, tf.config.hidden_size))
+    assert (a[:, C:] - b[:, C:]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-4, "some predicted frame ignored the action"
+
+
+def test_residual_x0_prediction_repeats_an_unchanged_scene(tmp_path, episodes):
+    """Residual mode diffuses the change from the last context frame, so an unchanged scene needs no output."""
+    residual = tiny_world_model(prediction_type="sample", predict_residual=True)
+    plain = tiny_world_model(prediction_type="sample")
+    frame = residual.encode(torch.from_numpy(episodes[0].frames[None, :1]))
+    static = frame.repeat(2, C + K, 1, 1, 1)
+    actions = torch.zeros(2, K, 7)
+    # A fresh transformer outputs zero (adaLN-Zero): exactly the x0 target of an unchanged scene in residual mode.
+    assert residual.training_loss(static, actions, torch.Generator().manual_seed(0)).item() == 0.0
+    assert plain.training_loss(static, actions, torch.Generator().manual_seed(0)).item() > 0.0
+    truth = static[:, C:]
+    err_residual = (residual.predict_chunk(static[:, :C], actions, _gens(2)) - truth).abs().mean()
+    err_plain = (plain.predict_chunk(static[:, :C], actions, _gens(2)) - truth).abs().mean()
+    assert err_residual < 0.2 * err_plain, f"residual error {err_residual:.4f} vs plain {err_plain:.4f}"
+    # What the transformer predicts travels with the saved model.
+    residual.save_pretrained(tmp_path / "wm")
+    back = WorldModel.from_pretrained(tmp_path / "wm")
+    assert back.settings.predict_residual
+    assert back.noise_scheduler.config.prediction_type == back.sampler.config.prediction_type == "sample"
+    with pytest.raises(ValueError, match="prediction_type"):
+        make_schedulers(prediction_type="x0")
 
 
 def test_metrics_and_fidelity_report(trained, episodes):

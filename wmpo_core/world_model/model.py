@@ -27,6 +27,7 @@ from wmpo_core.world_model.transformer import VideoDiffusionTransformer
 from wmpo_core.world_model.vae import decode_latents, encode_frames, load_vae
 
 SETTINGS_FILE = "world_model.json"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class WorldModelSettings:
     context_noise_step: int = 50
     num_inference_steps: int = 10
     vae_trainable: bool = True
+    # Diffuse the change from the last (clean) context latent instead of the frame itself:
+    # most of a frame repeats, so the model spends its capacity on what moves.
+    predict_residual: bool = False
 
     @classmethod
     def from_json(cls, path: Path) -> WorldModelSettings:
@@ -46,9 +50,18 @@ class WorldModelSettings:
         return dataclass_from_json(cls, path, "world-model settings")
 
 
-def make_schedulers(num_train_timesteps: int = 1000) -> tuple[DDPMScheduler, DDIMScheduler]:
-    """Training noise schedule and the matching deterministic (eta = 0) few-step sampler."""
-    noise = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear", clip_sample=False)
+def make_schedulers(
+    num_train_timesteps: int = 1000, prediction_type: str = "epsilon"
+) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """Training noise schedule and the matching deterministic (eta = 0) few-step sampler.
+
+    ``prediction_type`` ("epsilon", "v_prediction" or "sample") is what the transformer outputs;
+    both schedulers carry it, so training targets and sampling agree after a reload.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type: got {prediction_type!r}, expected one of {PREDICTION_TYPES}")
+    noise = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear", clip_sample=False,
+                          prediction_type=prediction_type)
     sampler = DDIMScheduler.from_config(noise.config, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
     return noise, sampler
 
@@ -109,28 +122,47 @@ class WorldModel:
         noisy = self.noise_scheduler.add_noise(context.flatten(0, 1), noise.flatten(0, 1), timesteps)
         return noisy.reshape(context.shape)
 
+    def residual_base(self, context: torch.Tensor) -> torch.Tensor:
+        """What the diffused frames are relative to: the last clean context latent, or zero."""
+        if not self.settings.predict_residual:
+            return torch.zeros_like(context[:, -1:])
+        return context[:, -1:]
+
     def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Epsilon-prediction MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
+        """Denoising MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
 
         One diffusion step per window for its predicted frames; context frames at ``context_noise_step``.
+        The regression target follows the scheduler's ``prediction_type`` (epsilon, v or x0).
         """
         b, c, k = latents.shape[0], self.context_frames, self.chunk_size
         context, target = latents[:, :c], latents[:, c:]
+        target = target - self.residual_base(context)
         noise = torch.randn(target.shape, generator=generator).to(latents)
         ctx_noise = torch.randn(context.shape, generator=generator).to(latents)
         steps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
         steps = steps.to(latents.device)
-        noisy_target = self.noise_scheduler.add_noise(
-            target.flatten(0, 1), noise.flatten(0, 1), steps.repeat_interleave(k)
-        ).reshape(target.shape)
+        frame_steps = steps.repeat_interleave(k)
+        noisy_target = self.noise_scheduler.add_noise(target.flatten(0, 1), noise.flatten(0, 1), frame_steps).reshape(
+            target.shape
+        )
         timesteps = torch.cat(
             [torch.full((b, c), self.settings.context_noise_step, device=latents.device, dtype=torch.long),
              steps[:, None].expand(b, k)],
             dim=1,
         )
         inputs = torch.cat([self.noise_context(context, ctx_noise), noisy_target], dim=1)
-        eps = self.transformer(inputs, timesteps, actions.to(latents))[:, c:]
-        return torch.nn.functional.mse_loss(eps, noise)
+        out = self.transformer(inputs, timesteps, actions.to(latents))[:, c:]
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            goal = noise
+        elif kind == "v_prediction":
+            goal = self.noise_scheduler.get_velocity(target.flatten(0, 1), noise.flatten(0, 1), frame_steps)
+            goal = goal.reshape(target.shape)
+        elif kind == "sample":
+            goal = target
+        else:
+            raise ValueError(f"prediction_type {kind!r} is not supported; expected one of {PREDICTION_TYPES}")
+        return torch.nn.functional.mse_loss(out, goal)
 
     @torch.no_grad()
     def predict_chunk(
@@ -158,10 +190,10 @@ class WorldModel:
         x = x * self.sampler.init_noise_sigma
         for t in self.sampler.timesteps:
             timesteps = torch.cat([ctx_t, torch.full((b, k), int(t), device=context.device, dtype=torch.long)], dim=1)
-            eps = self.transformer(torch.cat([noisy_context, x], dim=1), timesteps, actions)[:, c:]
+            out = self.transformer(torch.cat([noisy_context, x], dim=1), timesteps, actions)[:, c:]
             # DDIM with eta = 0 draws no noise, so the generators above are the only randomness.
-            x = self.sampler.step(eps, t, x, eta=0.0).prev_sample
-        return x
+            x = self.sampler.step(out, t, x, eta=0.0).prev_sample
+        return x + self.residual_base(context)
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | Path, transformer: VideoDiffusionTransformer | None = None) -> None:

@@ -9,8 +9,11 @@ from that frame's conditioning vector:
 
     cond[frame] = timestep_embedding(t[frame]) + action_embedding(action of that frame's step)
 
-Context frames carry a learned "observed frame" vector in place of an action. The output
-is the predicted noise (epsilon) for every frame; training scores only predicted frames.
+Context frames carry a learned "observed frame" vector in place of an action. With
+``action_in_tokens`` a second action embedding is also added to every patch token of its
+frame, a direct path that does not compete with the timestep inside the AdaLN input. The
+output is the scheduler's prediction target (epsilon, v or x0) for every frame; training
+scores only predicted frames.
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
         chunk_size: int = 8,
         action_dim: int = 7,
         action_scale: tuple[float, ...] | list[float] = DEFAULT_ACTION_SCALE,
+        action_in_tokens: bool = False,
+        cumulative_actions: bool = False,
     ):
         super().__init__()
         if latent_size % patch_size:
@@ -122,8 +127,14 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
 
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
-        self.action_embed = nn.Sequential(nn.Linear(action_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        # Delta actions integrate into displacement: frame j may also see the sum of the chunk's actions up to j.
+        features = 2 * action_dim if cumulative_actions else action_dim
+        self.action_embed = nn.Sequential(nn.Linear(features, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.observed_frame_embed = nn.Parameter(torch.zeros(hidden_size))
+        self.action_token_embed = (
+            nn.Sequential(nn.Linear(features, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            if action_in_tokens else None
+        )
 
         self.blocks = nn.ModuleList([SpatioTemporalBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -152,9 +163,15 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
         x = x.flatten(2).transpose(1, 2).reshape(batch, frames, -1, cfg.hidden_size)
         x = x + self.spatial_pos[None, None] + self.temporal_pos[None, :, None]
 
+        scaled_actions = actions.to(x.dtype) / self.action_scale_table
+        if cfg.cumulative_actions:
+            scaled_actions = torch.cat([scaled_actions, scaled_actions.cumsum(dim=1)], dim=-1)
+        if self.action_token_embed is not None:  # the action also enters its frame's tokens directly
+            x = torch.cat([x[:, :c], x[:, c:] + self.action_token_embed(scaled_actions)[:, :, None]], dim=1)
+
         # Frame-level conditioning: own diffusion timestep + own action step (observed-frame vector for context).
         t_emb = self.time_embed(self.time_proj(timesteps.reshape(-1).float()).to(x.dtype)).reshape(batch, frames, -1)
-        a_emb = self.action_embed(actions.to(x.dtype) / self.action_scale_table)
+        a_emb = self.action_embed(scaled_actions)
         context_emb = self.observed_frame_embed.expand(batch, c, -1)
         cond = t_emb + torch.cat([context_emb, a_emb], dim=1)
 

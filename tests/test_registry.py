@@ -299,3 +299,9 @@ def test_export_vla_checkpoint_and_run(tmp_path, capsys):
     assert read_manifest(again)["version"] == manifest["version"] and verify_package(again, keys.public_key).ok
     assert cli.main(["export", str(tmp_path / "keys"), "--out", str(tmp_path / "x"), "--key", str(keys.private_key)]) == 1
     assert "neither a package" in capsys.readouterr().err
+    # a bad key is refused before anything is written: the retry with the right key is not blocked
+    retry = tmp_path / "pkgs" / "retry"
+    assert cli.main(["export", str(run), "--out", str(retry), "--key", str(tmp_path / "missing.pem")]) == 1
+    assert "not a readable PEM private key" in capsys.readouterr().err and not retry.exists()
+    assert cli.main(["export", str(run), "--out", str(retry), "--key", str(keys.private_key)]) == 0
+    assert verify_package(retry, keys.public_key).ok

@@ -105,7 +105,7 @@ def _checkpoint_data(checkpoint: Path) -> dict:
 
 def main_export(args: argparse.Namespace) -> int:
     """Package (when given a checkpoint or run) and sign a policy into --out."""
-    from wmpo_core.registry.signing import sign_package
+    from wmpo_core.registry.signing import load_private_key, sign_package
     from wmpo_core.registry.verify import (
         MANIFEST_FILE,
         SIGNATURE_FILE,
@@ -115,7 +115,9 @@ def main_export(args: argparse.Namespace) -> int:
     )
 
     out = args.out
+    created = False  # a half-made package is removed on failure, so a retry is not refused
     try:
+        load_private_key(args.key)  # a bad key fails before anything is written
         kind, source = resolve_export_source(args.source)
         same_dir = out.resolve() == source.resolve()
         if out.exists() and not same_dir:
@@ -127,10 +129,12 @@ def main_export(args: argparse.Namespace) -> int:
             if same_dir:
                 return _error(f"{out}: must differ from the checkpoint directory")
             save_package(VLAPolicy.from_pretrained(source), out, parent=args.parent, data=_checkpoint_data(source))
+            created = True
         else:
             if not same_dir:
                 # the old signature stays behind: the copy is signed afresh below
                 shutil.copytree(source, out, ignore=shutil.ignore_patterns(SIGNATURE_FILE))
+                created = True
             if args.parent is not None:
                 manifest = read_manifest(out)
                 manifest["parent"] = args.parent
@@ -139,10 +143,12 @@ def main_export(args: argparse.Namespace) -> int:
                 os.replace(tmp, out / MANIFEST_FILE)
         # a package whose weights disagree with its config would be refused by every robot
         if reasons := check_model_shapes(out):
-            return _error(f"{out}: not signed: " + "; ".join(reasons))
+            raise PackageError(f"{out}: not signed: " + "; ".join(reasons))
         signature = sign_package(out, args.key)
         manifest = read_manifest(out)
     except (PackageError, OSError, ValueError) as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         return _error(str(exc))
     print(f"signed {kind} {source} as package {out} (version {manifest.get('version')}, parent {manifest.get('parent')})")
     print(f"signature: {signature}")

@@ -45,6 +45,8 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="graph description file (overrides --sim/--robot)")
     parser.add_argument("--task", default=None, help="task name (e.g. lift, square, stack)")
     parser.add_argument("--policy", default=None, help="'scripted' or the path of a policy package")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="action sampling temperature of a learned policy (0 = greedy; default: the file's)")
     parser.add_argument("--namespace", default=None, help="ROS namespace of every node (default: the file's)")
     parser.add_argument("--cameras", default=None, help="comma-separated camera names (default: the file's)")
     parser.add_argument("--public-key", action="append", type=Path, default=None,
@@ -64,6 +66,10 @@ def graph_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = Non
     keys = [str(p) for p in (getattr(args, "public_key", None) or [])]
     if not keys and os.environ.get(PUBLIC_KEY_ENV):
         keys = [p for p in os.environ[PUBLIC_KEY_ENV].split(os.pathsep) if p]
+    if getattr(args, "temperature", None) is not None:
+        if args.temperature < 0:
+            raise GraphError(f"--temperature: must be >= 0, got {args.temperature}")
+        overrides["temperature"] = float(args.temperature)
     if keys:
         overrides["trusted_keys"] = ",".join(str(Path(k).resolve()) for k in keys)
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})

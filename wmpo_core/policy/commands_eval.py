@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 HELP = "evaluate a policy closed loop in the simulator"
 
@@ -87,6 +88,7 @@ def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_
         for i in range(episodes):
             s = seed + i
             reset()
+            torch.manual_seed(s)  # sampled actions (temperature > 0) depend on the episode seed only, not on batching
             result = run_episode(env, lambda obs: fn(obs, env.instruction), seed=s, max_steps=max_steps,
                                  record_frames=video_dir is not None)
             row = {"seed": s, "success": bool(result.success), "length": int(result.length),

@@ -13,7 +13,8 @@ HELP = "behavior cloning from recorded episodes"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the command-line options."""
-    parser.add_argument("--episodes", required=True, type=Path, help="folder of episode bags")
+    parser.add_argument("--episodes", type=Path, help="folder of episode bags (default with a recipe that has a "
+                        "'data' section: collect its demonstrations in the simulator into OUT/demos, or reuse them)")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, final package)")
     parser.add_argument("--recipe", help="a recipe of wmpo_core/policy/recipes (name, e.g. 'lift_base') or a recipe "
                         "JSON file: policy config fields and TrainConfig fields, overridden by --config / --train-config "
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+DATA_FIELDS = ("task", "episodes", "seed", "noise", "cameras", "image_size")
 
 
 def load_recipe(name_or_path: str | Path) -> dict:
@@ -62,6 +64,34 @@ def load_recipe(name_or_path: str | Path) -> dict:
         k: v for k, v in recipe.items() if k not in ("policy", "train")}}
 
 
+def recipe_episodes(recipe: dict, out: Path, progress: bool = True) -> Path:
+    """The demonstrations a recipe's ``data`` section describes, collected into ``out/demos``.
+
+    Collection is skipped when that folder already holds the number of episodes asked for
+    (a rerun of the same recipe reuses its data).
+    """
+    from wmpo_core.data.dataset import list_episode_dirs
+    from wmpo_core.data.sim_bags import collect_sim_episodes
+
+    data = recipe.get("data")
+    if not isinstance(data, dict):
+        raise ValueError(f"{recipe['where']}: no 'data' section; pass --episodes")
+    unknown = sorted(set(data) - set(DATA_FIELDS))
+    if unknown or "task" not in data or "episodes" not in data:
+        raise ValueError(f"{recipe['where']}: data needs 'task' and 'episodes' (fields {list(DATA_FIELDS)}); "
+                         f"unknown {unknown}")
+    folder = out / "demos"
+    have = len(list_episode_dirs(folder)) if folder.is_dir() else 0
+    if have == int(data["episodes"]):
+        return folder
+    if have:
+        raise ValueError(f"{folder}: holds {have} episodes, the recipe asks for {data['episodes']}; remove it")
+    collect_sim_episodes(str(data["task"]), int(data["episodes"]), folder, seed=int(data.get("seed", 0)),
+                         noise=float(data.get("noise", 0.0)), cameras=tuple(data.get("cameras", ("agentview",))),
+                         image_size=int(data.get("image_size", 64)), progress=progress)
+    return folder
+
+
 def main(args: argparse.Namespace) -> int:
     """Run behavior cloning; prints the final package path."""
     from wmpo_core.policy.configuration_vla import ConfigError, VLAConfig
@@ -86,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
     if args.all_episodes:
         tc.only_success = False
     try:
-        package = train_policy(args.episodes, args.out, config, tc, resume=args.resume, parent=args.parent,
+        episodes = args.episodes or recipe_episodes(recipe, args.out, progress=not args.no_progress)
+        package = train_policy(episodes, args.out, config, tc, resume=args.resume, parent=args.parent,
                                progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)

@@ -66,11 +66,14 @@ class TrainConfig:
     torch_threads: int = 0  # 0 = torch's default; 1 is fastest on a CPU shared with other jobs
     lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decays to min_lr_ratio x lr)
     min_lr_ratio: float = 0.1
+    schedule_steps: int = 0  # length of the lr schedule (0 = steps); larger stops early on a longer schedule's path
     augment_shift: int = 0  # random-shift augmentation: pixels of replicate padding, then a random crop back
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train config.lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.schedule_steps < 0:
+            raise ValueError(f"train config.schedule_steps: expected >= 0, got {self.schedule_steps}")
         if self.augment_shift < 0:
             raise ValueError(f"train config.augment_shift: expected >= 0, got {self.augment_shift}")
 
@@ -118,7 +121,8 @@ def learning_rate(tc: TrainConfig, step: int) -> float:
         return tc.lr * (step + 1) / tc.warmup_steps
     if tc.lr_schedule == "constant":
         return tc.lr
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    horizon = tc.schedule_steps or tc.steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, horizon - tc.warmup_steps))
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

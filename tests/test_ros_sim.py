@@ -73,6 +73,21 @@ def test_sim_robot_reset_step_stamps_and_bad_commands(tmp_path: Path) -> None:
         got = probe.call(GetParameters, "/sim/get_parameters", GetParameters.Request(names=["seed"]))
         assert got.values[0].integer_value == 12
 
+        # The frame sent over DDS is the scene the simulator renders for that seed (a GL context
+        # used from another thread once published noise here while the states were right).
+        probe.wait_for(lambda: any(stamp_to_ns(m.header.stamp) == first["stamp_ns"] for m in images), 10,
+                       "the reset's agentview frame", sim)
+        sent = next(image_to_numpy(m) for m in images if stamp_to_ns(m.header.stamp) == first["stamp_ns"])
+        from wmpo_core.sim import make_env
+
+        env = make_env("lift", cameras=("agentview", "wrist"), image_size=64)
+        try:
+            direct = env.reset(seed=11).images["agentview"]
+        finally:
+            env.close()
+        diff = np.abs(sent.astype(np.int16) - direct.astype(np.int16)).mean()
+        assert diff < 2.0, f"agentview frame over DDS differs from the simulator's render by {diff:.1f} grey levels"
+
         # One simulator step per command, each observation stamped once, everywhere.
         n_img, n_state = len(images), len(states)
         for k in range(3):

@@ -215,7 +215,9 @@ class SimRobotNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `sim_robot_node`."""
-    return run_node(SimRobotNode, args)
+    # One thread: an OpenGL (EGL / OSMesa) context is current only in the thread that made it, and
+    # rendering from a multi-threaded executor's worker threads published garbage frames.
+    return run_node(SimRobotNode, args, multithreaded=False)
 
 
 if __name__ == "__main__":

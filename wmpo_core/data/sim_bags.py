@@ -111,8 +111,8 @@ def write_sim_episode(
         raise
 
 
-def _policy_source(policy: str, task: str, noise: float, seed: int) -> tuple[Any, str, Any]:
-    """(chunk_fn(obs, instruction, episode_seed) -> (K, 7), policy version, reset(seed))."""
+def _policy_source(policy: str, task: str, noise: float, seed: int, temperature: float = 0.0) -> tuple[Any, str, Any]:
+    """(chunk_fn(obs, instruction) -> (K, 7), policy version, reset(seed))."""
     if policy == "scripted":
         from wmpo_core.sim import make_demonstrator
 
@@ -124,7 +124,8 @@ def _policy_source(policy: str, task: str, noise: float, seed: int) -> tuple[Any
     needs_proprio = loaded.config.proprio_dim > 0
 
     def fn(obs, instruction):
-        return loaded.predict_chunk(obs.images, instruction, obs.joint_positions if needs_proprio else None)
+        return loaded.predict_chunk(obs.images, instruction, obs.joint_positions if needs_proprio else None,
+                                    temperature=temperature)
 
     return fn, loaded.version, lambda seed=None: loaded.reset()
 
@@ -141,12 +142,14 @@ def collect_sim_episodes(
     *,
     max_steps: int | None = None,
     steps_after_success: int = 0,
+    temperature: float = 0.0,
     progress: bool = True,
 ) -> list[Path]:
     """Run ``n`` episodes (start-state seeds ``seed .. seed + n - 1``) and write one bag each into ``out_dir``.
 
     ``policy`` is ``"scripted"`` (the task's demonstrator with ``noise`` in [0, 1]; its per-episode
-    noise is seeded by the episode seed) or a policy package / model directory. Returns the bag paths.
+    noise is seeded by the episode seed) or a policy package / model directory, greedy at ``temperature``
+    0 and sampled otherwise (torch seeded with the episode seed, as ``wmpo eval`` does). Returns the bag paths.
     """
     if n <= 0:
         raise ValueError(f"n: expected a positive number of episodes, got {n!r}")
@@ -154,7 +157,13 @@ def collect_sim_episodes(
 
     from wmpo_core.sim import make_env, run_episode
 
-    fn, version, reset = _policy_source(policy, task, noise, seed)
+    if temperature < 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
+    if steps_after_success < 0:
+        raise ValueError(f"steps_after_success: expected >= 0, got {steps_after_success!r}")
+    import torch
+
+    fn, version, reset = _policy_source(policy, task, noise, seed, temperature)
     env = make_env(task, image_size=image_size, cameras=tuple(cameras), max_steps=max_steps)
     paths: list[Path] = []
     successes = 0
@@ -163,6 +172,7 @@ def collect_sim_episodes(
         for i in bar:
             s = seed + i
             reset(s)
+            torch.manual_seed(s)  # sampled actions depend on the episode seed only
             planned: list[PlannedChunk] = []
 
             def chunk_fn(obs, planned=planned):
@@ -173,7 +183,8 @@ def collect_sim_episodes(
             result = run_episode(env, chunk_fn, seed=s, steps_after_success=steps_after_success)
             metadata = EpisodeMetadata.new(task, env.instruction, seed=s, policy_version=version,
                                            control_hz=float(env.control_hz),
-                                           extra={"source": "sim-direct", "noise": float(noise)})
+                                           extra={"source": "sim-direct", "noise": float(noise),
+                                                  "temperature": float(temperature)})
             paths.append(write_sim_episode(result, out_dir, metadata, planned))
             successes += int(result.success)
             bar.set_postfix(success=f"{successes}/{i + 1}")
@@ -199,6 +210,10 @@ def configure(parser: Any) -> None:
     parser.add_argument("--cameras", nargs="+", default=["agentview"], help="cameras to record")
     parser.add_argument("--image-size", type=int, default=64, help="square frame size in pixels")
     parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="policy sampling temperature (0 = greedy; learned policies only)")
+    parser.add_argument("--steps-after-success", type=int, default=0,
+                        help="keep recording this many steps after the task succeeds (default 0: stop at success)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -209,7 +224,8 @@ def main(args: Any) -> int:
     try:
         paths = collect_sim_episodes(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise,
                                      policy=args.policy, cameras=tuple(args.cameras), image_size=args.image_size,
-                                     max_steps=args.max_steps, progress=not args.no_progress)
+                                     max_steps=args.max_steps, steps_after_success=args.steps_after_success,
+                                     temperature=args.temperature, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo collect-sim: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,13 @@ from wmpo_core.reward.model import (
     gather_clips,
     success_from_clip_scores,
 )
-from wmpo_core.reward.train import bce_loss, calibrate_tau, labelled_clip_ends
+from wmpo_core.reward.train import (
+    RewardTrainConfig,
+    augment_clips,
+    bce_loss,
+    calibrate_tau,
+    labelled_clip_ends,
+)
 from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
 
 SIZE = 32
@@ -70,6 +76,41 @@ def test_clip_labels_follow_the_rule():
     frames = np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
     clips = gather_clips(frames, [2, 9], 4)
     assert clips[:, :, 0, 0, 0].tolist() == [[0, 0, 1, 2], [6, 7, 8, 9]]
+
+
+def test_recorded_success_step_labels_the_lift_itself():
+    # A bag that records when success first showed (recording went on 16 frames past it): every clip
+    # ending at or after that frame is positive, clips ending well before it are negative (the grasp
+    # with the cube still on the table), the few frames just before it are left out.
+    cfg = RewardTrainConfig()
+    labels = dict(labelled_clip_ends(56, True, cfg.clip_len, cfg.stride, cfg.final_clips, cfg.early_fraction,
+                                     success_step=40, success_margin=4))
+    positives = sorted(e for e, y in labels.items() if y == 1)
+    negatives = sorted(e for e, y in labels.items() if y == 0)
+    assert positives == list(range(40, 56))
+    assert negatives == [7, 15, 23, 31] and all(e < 36 for e in negatives)
+    # Success only with the final observation (recording stopped at it): the end-of-episode rule applies.
+    assert labelled_clip_ends(40, True, 8, 8, 2, 0.25, success_step=40) == labelled_clip_ends(40, True, 8, 8, 2, 0.25)
+    # A failed episode is negative everywhere, whatever its success step says.
+    assert {y for _, y in labelled_clip_ends(120, False, 8, 1, success_step=30)} == {0}
+
+
+def test_augment_clips_mirrors_and_shifts_whole_clips():
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 255, (64, 4, 16, 16, 3), dtype=np.uint8)
+    assert np.array_equal(augment_clips(clips, rng, flip=False, shift_px=0), clips)
+    flipped = augment_clips(clips, np.random.default_rng(1), flip=True, shift_px=0)
+    mirrored = np.array([np.array_equal(f, c[:, :, ::-1]) for f, c in zip(flipped, clips, strict=True)])
+    untouched = np.array([np.array_equal(f, c) for f, c in zip(flipped, clips, strict=True)])
+    assert np.all(mirrored | untouched) and 10 < mirrored.sum() < 54
+    shifted = augment_clips(clips, np.random.default_rng(2), flip=False, shift_px=2)
+    assert shifted.shape == clips.shape and shifted.dtype == np.uint8
+    # Each clip moves as a whole: the centre of every frame is the input's centre displaced by one (dy, dx).
+    for out, src in zip(shifted, clips, strict=True):
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if np.array_equal(out[:, 4:12, 4:12], src[:, 4 - dy : 12 - dy, 4 - dx : 12 - dx])]
+        assert len(hits) == 1
+    assert not np.array_equal(shifted, clips)
 
 
 def test_any_clip_rule_and_min_frame():

@@ -18,13 +18,14 @@ pytest.importorskip("robosuite")
 def collected(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim_bags")
     ok = collect_sim_episodes("lift", 1, out / "ok", seed=7, noise=0.0, progress=False)
+    after = collect_sim_episodes("lift", 1, out / "after", seed=7, noise=0.0, steps_after_success=5, progress=False)
     # a 6-step horizon cannot lift the cube: a labelled failure of known length
     short = collect_sim_episodes("lift", 1, out / "short", seed=8, noise=0.0, max_steps=6, progress=False)
-    return out, ok[0], short[0]
+    return out, ok[0], short[0], after[0]
 
 
 def test_collected_episode_round_trips(collected):
-    out, ok, short = collected
+    out, ok, short, _ = collected
     [info_ok] = list_episodes(out / "ok")
     [info_short] = list_episodes(out / "short")
     assert info_ok.status == "complete" and info_ok.success is True and info_ok.task == "lift"
@@ -49,7 +50,7 @@ def test_collected_episode_round_trips(collected):
 def test_collected_bag_has_the_recorder_topics(collected):
     from rosbags.rosbag2 import Reader
 
-    _, ok, _ = collected
+    _, ok, _, _ = collected
     with Reader(ok) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
     for topic in (T.JOINT_STATES, T.ACTION_CHUNK, T.APPLIED_ACTION, T.INSTRUCTION, T.POLICY_VERSION, T.SUCCESS,
@@ -58,12 +59,35 @@ def test_collected_bag_has_the_recorder_topics(collected):
 
 
 def test_training_dataset_reads_collected_episodes(collected):
-    out, _, _ = collected
+    out, _, _, _ = collected
     ds = EpisodeDataset(out / "ok", chunk_size=8, only_success=True)
     assert len(ds) == list_episodes(out / "ok")[0].steps
     sample = ds[0]
     assert sample["images"]["agentview"].shape == (64, 64, 3) and sample["actions"].shape == (8, 7)
     assert EpisodeDataset(out / "short", only_success=True).episodes == []
+
+
+def test_success_step_reads_back_at_the_frame_that_shows_it(collected):
+    from wmpo_core.sim import make_env
+
+    _, ok, short, after = collected
+    stopped, longer = load_episode(ok), load_episode(after)
+    # Stopped at success: the success observation is the final one, which no action follows.
+    assert stopped.success_step == stopped.num_steps
+    # Recording went on 5 steps: the same start (same seed, noise 0) succeeds at the same step, and the
+    # frame at that index is the simulator's first successful observation.
+    assert longer.num_steps == stopped.num_steps + 5 and longer.success_step == stopped.num_steps
+    env = make_env("lift", cameras=("agentview",), image_size=64)
+    try:
+        env.reset(seed=7)
+        for action in longer.actions[: longer.success_step]:
+            obs = env.step(action)
+        assert obs.success
+        diff = np.abs(obs.images["agentview"].astype(int) - longer.frames["agentview"][longer.success_step]).mean()
+        assert diff < 1.0
+    finally:
+        env.close()
+    assert load_episode(short).success_step is None  # never succeeded
 
 
 def test_write_sim_episode_rejects_frameless_results(tmp_path):

@@ -982,6 +982,9 @@ class EpisodeArrays:
     chunks: np.ndarray
     chunk_stamps_ns: np.ndarray
     dropped_actions: int = 0
+    # Index of the first aligned frame in which the task is already done (``/wmpo/success`` true), None
+    # when the bag records no success event; ``num_steps`` when success came with the final observation.
+    success_step: int | None = None
 
     @property
     def num_steps(self) -> int:
@@ -1034,9 +1037,14 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
     joints: list[tuple[int, list[str], np.ndarray]] = []
     applied: list[tuple[int, list[str], np.ndarray]] = []
     chunks: list[tuple[int, list[str], np.ndarray]] = []
-    wanted = [*image_topics, T.JOINT_STATES, T.APPLIED_ACTION, T.ACTION_CHUNK]
+    success_ns: list[int] = []
+    wanted = [*image_topics, T.JOINT_STATES, T.APPLIED_ACTION, T.ACTION_CHUNK, T.SUCCESS]
     try:
-        for topic, _, msg in iter_messages(d, wanted):
+        for topic, log_ns, msg in iter_messages(d, wanted):
+            if topic == T.SUCCESS:  # std_msgs/Bool has no header: its receive time places it
+                if bool(msg.data):
+                    success_ns.append(int(log_ns))
+                continue
             stamp = T.stamp_to_ns(msg.header.stamp)
             if topic in image_topics:
                 images[image_topics[topic]].append((stamp, msg))
@@ -1046,9 +1054,20 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
                 rows = np.array([np.asarray(p.positions, dtype=np.float64) for p in msg.points])
                 entry = (stamp, list(msg.joint_names), rows)
                 (applied if topic == T.APPLIED_ACTION else chunks).append(entry)
-        return _align(metadata, cams, images, joints, applied, chunks, str(where))
+        arrays = _align(metadata, cams, images, joints, applied, chunks, str(where))
+        arrays.success_step = _success_step(arrays, images, min(success_ns)) if success_ns and cams else None
+        return arrays
     except ValueError as exc:
         raise EpisodeError(where, str(exc)) from None
+
+
+def _success_step(arrays: EpisodeArrays, images: dict[str, list[tuple[int, Any]]], success_ns: int) -> int:
+    """Aligned index of the first frame showing success: the newest image received by the time
+    the first true ``/wmpo/success`` arrived is the observation it was judged on."""
+    cam = next(iter(arrays.frames))
+    raw = np.array([e[0] for e in images[cam]], dtype=np.int64)  # sorted by _align
+    seen = raw[max(int(np.searchsorted(raw, success_ns, side="right")) - 1, 0)]
+    return int(np.searchsorted(arrays.frame_stamps_ns[cam], seen, side="left"))
 
 
 def _align(

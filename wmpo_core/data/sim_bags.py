@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 IMAGE_DELAY_NS = 1_000_000
 CHUNK_DELAY_NS = 3_000_000
 APPLIED_DELAY_NS = 5_000_000
+# Sampling seed of repeat r of a start state: seed + r * stride, far from any other start state's seed.
+SEED_REPEAT_STRIDE = 1_000_003
 # robosuite's agentview and eye-in-hand cameras have a 45 degree vertical field of view.
 DEFAULT_FOVY_DEG = 45.0
 
@@ -96,6 +98,9 @@ def write_sim_episode(
                 writer.write(T.camera_image_topic(cam), obs_ns + IMAGE_DELAY_NS, T.image_msg(obs_ns, frames[t], cam))
             writer.write(T.JOINT_STATES, obs_ns + IMAGE_DELAY_NS,
                          T.joint_state_msg(obs_ns, list(joint_names), result.joint_positions[t]))
+            # As the simulated robot node does: the success check of every observation, sent with it.
+            done = result.success_step is not None and t >= result.success_step
+            writer.write(T.SUCCESS, obs_ns + IMAGE_DELAY_NS, T.bool_msg(done))
             if t == n:
                 break
             if t in by_step and len(by_step[t]):
@@ -103,7 +108,6 @@ def write_sim_episode(
             applied_ns = obs_ns + APPLIED_DELAY_NS
             writer.write(T.APPLIED_ACTION, applied_ns, T.applied_action_msg(applied_ns, result.applied_actions[t]))
         end_ns = t0 + n * period + APPLIED_DELAY_NS + 1
-        writer.write(T.SUCCESS, end_ns, T.bool_msg(bool(result.success)))
         writer.set_label(bool(result.success))
         return writer.close(end_ns)
     except BaseException:
@@ -143,16 +147,23 @@ def collect_sim_episodes(
     max_steps: int | None = None,
     steps_after_success: int = 0,
     temperature: float = 0.0,
+    repeats: int = 1,
     progress: bool = True,
 ) -> list[Path]:
-    """Run ``n`` episodes (start-state seeds ``seed .. seed + n - 1``) and write one bag each into ``out_dir``.
+    """Run ``n`` episodes and write one bag each into ``out_dir``.
 
-    ``policy`` is ``"scripted"`` (the task's demonstrator with ``noise`` in [0, 1]; its per-episode
-    noise is seeded by the episode seed) or a policy package / model directory, greedy at ``temperature``
-    0 and sampled otherwise (torch seeded with the episode seed, as ``wmpo eval`` does). Returns the bag paths.
+    Start-state seeds are ``seed .. seed + n / repeats - 1``, each run ``repeats`` times in a row (a
+    group of rollouts from one start state, as GRPO and DPO pair them). ``policy`` is ``"scripted"``
+    (the task's demonstrator with ``noise`` in [0, 1]; its per-episode noise is seeded by the episode
+    seed) or a policy package / model directory, greedy at ``temperature`` 0 and sampled otherwise
+    (torch seeded with the episode seed, and the repeat index, as ``wmpo eval`` does). Returns the bag paths.
     """
     if n <= 0:
         raise ValueError(f"n: expected a positive number of episodes, got {n!r}")
+    if repeats < 1 or n % repeats:
+        raise ValueError(f"repeats: expected a positive divisor of the {n} episodes, got {repeats!r}")
+    if repeats > 1 and policy == "scripted" and noise == 0:
+        raise ValueError("repeats: a noise-free scripted demonstrator repeats the same episode; give --noise")
     from tqdm import tqdm
 
     from wmpo_core.sim import make_env, run_episode
@@ -170,9 +181,10 @@ def collect_sim_episodes(
     try:
         bar = tqdm(range(n), desc=f"collect {task}", disable=not progress, dynamic_ncols=True)
         for i in bar:
-            s = seed + i
-            reset(s)
-            torch.manual_seed(s)  # sampled actions depend on the episode seed only
+            s, repeat = seed + i // repeats, i % repeats
+            reset(s + repeat * SEED_REPEAT_STRIDE)  # the demonstrator's noise differs between repeats
+            # Sampled actions depend on the episode seed (and repeat) only.
+            torch.manual_seed(s + repeat * SEED_REPEAT_STRIDE)
             planned: list[PlannedChunk] = []
 
             def chunk_fn(obs, planned=planned):
@@ -184,7 +196,7 @@ def collect_sim_episodes(
             metadata = EpisodeMetadata.new(task, env.instruction, seed=s, policy_version=version,
                                            control_hz=float(env.control_hz),
                                            extra={"source": "sim-direct", "noise": float(noise),
-                                                  "temperature": float(temperature)})
+                                                  "temperature": float(temperature), "repeat": repeat})
             paths.append(write_sim_episode(result, out_dir, metadata, planned))
             successes += int(result.success)
             bar.set_postfix(success=f"{successes}/{i + 1}")
@@ -212,6 +224,8 @@ def configure(parser: Any) -> None:
     parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="policy sampling temperature (0 = greedy; learned policies only)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="episodes per start state (a group of sampled rollouts; default 1)")
     parser.add_argument("--steps-after-success", type=int, default=0,
                         help="keep recording this many steps after the task succeeds (default 0: stop at success)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -225,7 +239,8 @@ def main(args: Any) -> int:
         paths = collect_sim_episodes(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise,
                                      policy=args.policy, cameras=tuple(args.cameras), image_size=args.image_size,
                                      max_steps=args.max_steps, steps_after_success=args.steps_after_success,
-                                     temperature=args.temperature, progress=not args.no_progress)
+                                     temperature=args.temperature, repeats=args.repeats,
+                                     progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo collect-sim: {exc}", file=sys.stderr)
         return 2

@@ -1,14 +1,20 @@
 """Training and calibration of the video success classifier.
 
-Labelled clips (clip_len frames, every ``stride`` frames):
+Labelled clips (clip_len frames, every ``stride`` frames) of an episode whose bag records
+when success first showed (``success_step``, from ``/wmpo/success``; frames after it exist
+when recording went on past the success, ``--steps-after-success``):
 
-- positive: the final ``final_clips`` clips of successful episodes (the task is visibly done);
-- negative: the early clips (ending in the first ``early_fraction`` of the episode) of every
-  episode, and every clip of failed episodes;
-- the middle of successful episodes is left out (success may or may not be visible yet).
+- positive: every clip ending at or after the success step (the task is visibly done);
+- negative: every clip ending more than ``success_margin`` frames before it (reaching, grasping,
+  the first centimetres of the lift: the near misses a failed episode also shows), and every
+  clip of a failed episode;
+- the ``success_margin`` frames just before the success step are left out (half-done).
 
-Episodes without a success label are skipped. The threshold ``tau`` is chosen on
-validation episodes to maximize trajectory-level F1 under the any-clip rule.
+Without a recorded success step (an operator's label at the end of an episode), the final
+``final_clips`` clips of a success are positive and only its early clips (ending in the first
+``early_fraction`` of the episode) are negative. Episodes without a success label are skipped.
+The threshold ``tau`` is chosen on validation episodes to maximize trajectory-level F1 under
+the any-clip rule.
 """
 
 from __future__ import annotations
@@ -48,9 +54,13 @@ class RewardTrainConfig:
     stride: int = 8
     final_clips: int = 2
     early_fraction: float = 0.25
+    success_margin: int = 4  # frames before a recorded success step whose clips are not labelled
     min_frame: int = 0
     val_fraction: float = 0.2
     score_stride: int = 1
+    # Training-clip augmentation: random left-right mirror and a shift of up to this many pixels (0: off).
+    flip: bool = True
+    shift_px: int = 2
     # Overrides of the tiny VideoMAEConfig (hidden_size, num_hidden_layers, ...).
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -61,7 +71,8 @@ class RewardTrainConfig:
 
 
 def labelled_clip_ends(
-    length: int, success: bool | None, clip_len: int, stride: int, final_clips: int = 2, early_fraction: float = 0.25
+    length: int, success: bool | None, clip_len: int, stride: int, final_clips: int = 2, early_fraction: float = 0.25,
+    success_step: int | None = None, success_margin: int = 4,
 ) -> list[tuple[int, int]]:
     """(clip end frame, label) pairs of one episode under the rule in the module docstring."""
     if success is None:
@@ -69,9 +80,30 @@ def labelled_clip_ends(
     ends = clip_end_indices(length, clip_len, stride)
     if not success:
         return [(int(e), 0) for e in ends]
+    if success_step is not None and 0 <= success_step < length:
+        negative = [int(e) for e in ends if e < success_step - success_margin]
+        return [(e, 0) for e in negative] + [(e, 1) for e in range(success_step, length)]
     positive = set(ends[-final_clips:].tolist())
     early = [int(e) for e in ends if e < early_fraction * length and e not in positive]
     return [(e, 0) for e in early] + [(int(e), 1) for e in sorted(positive)]
+
+
+def augment_clips(clips: np.ndarray, rng: np.random.Generator, flip: bool = True, shift_px: int = 0) -> np.ndarray:
+    """Mirror each (L, H, W, 3) clip left-right with probability 1/2 and shift it by up to ``shift_px`` pixels.
+
+    The same transform applies to every frame of a clip, so motion within the clip is kept; shifted-in
+    borders repeat the edge pixels.
+    """
+    out = np.array(clips, copy=True)
+    n, _, h, w, _ = out.shape
+    for k in range(n):
+        if flip and rng.random() < 0.5:
+            out[k] = out[k, :, :, ::-1]
+        if shift_px > 0:
+            dy, dx = rng.integers(-shift_px, shift_px + 1, 2)
+            padded = np.pad(out[k], ((0, 0), (shift_px, shift_px), (shift_px, shift_px), (0, 0)), mode="edge")
+            out[k] = padded[:, shift_px + dy : shift_px + dy + h, shift_px + dx : shift_px + dx + w]
+    return out
 
 
 def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
@@ -179,13 +211,15 @@ def train_reward(
 
     items = [(i, end, label) for i, ep in enumerate(train)
              for end, label in labelled_clip_ends(len(ep.frames), ep.success, settings.clip_len, cfg.stride,
-                                                  cfg.final_clips, cfg.early_fraction)]
+                                                  cfg.final_clips, cfg.early_fraction, ep.success_step,
+                                                  cfg.success_margin)]
     positives = [it for it in items if it[2] == 1]
     negatives = [it for it in items if it[2] == 0]
     if not positives or not negatives:
         raise ValueError(f"training clips: {len(positives)} positive and {len(negatives)} negative; need both "
                          "(at least one successful and one failed or long-enough episode)")
     generator = torch.Generator().manual_seed(cfg.seed)
+    aug_rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     writer = SummaryWriter(str(out / "tb"))
     losses: list[float] = []
@@ -196,6 +230,7 @@ def train_reward(
         pick = [positives[j] for j in torch.randint(0, len(positives), (half,), generator=generator)]
         pick += [negatives[j] for j in torch.randint(0, len(negatives), (cfg.batch_size - half,), generator=generator)]
         clips = np.stack([gather_clips(train[i].frames, [end], settings.clip_len)[0] for i, end, _ in pick])
+        clips = augment_clips(clips, aug_rng, cfg.flip, cfg.shift_px)
         labels = torch.tensor([label for _, _, label in pick])
         loss = bce_loss(model, clips, labels)
         optimizer.zero_grad(set_to_none=True)

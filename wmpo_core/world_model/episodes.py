@@ -26,6 +26,8 @@ class EpisodeFrames:
     actions: np.ndarray
     success: bool | None = None
     instruction: str = ""
+    # First frame index showing success (None: the bag records no success event); may equal len(frames).
+    success_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
@@ -57,6 +59,7 @@ def load_episode_frames(path: str | Path, camera: str, image_size: int) -> Episo
         actions=np.asarray(ep.actions, dtype=np.float32),
         success=ep.metadata.success,
         instruction=ep.metadata.instruction,
+        success_step=ep.success_step if ep.metadata.success else None,
     )
 
 

@@ -59,7 +59,8 @@ def test_package_trained_on_evaluation_seeds_is_refused(tmp_path):
 
 @pytest.mark.sim
 def test_compare_json_rows(tmp_path, capsys):
-    """Base from a package, DPO and online GRPO trained here with P = 8, WMPO trained here in imagination."""
+    """Base from a package; P = 8 base rollouts collected once (4 start states x G = 2, sampled) feed DPO and
+    align the world model; online GRPO spends its own 8; WMPO is trained here in imagination."""
     import numpy as np
     from test_rl_trainers_imagination import SIZE, tiny_policy, tiny_world_model
 
@@ -71,6 +72,9 @@ def test_compare_json_rows(tmp_path, capsys):
     # 64 px: the smallest frame the simulator renders, which `wmpo eval` feeds the policy unresized.
     base = save_package(tiny_policy(image_size=64), tmp_path / "base", data=["demo"])
     tiny_world_model().save_pretrained(tmp_path / "wm")
+    # The recipe alignment reuses: the pretraining config, here 2 steps at the tiny model's frame size.
+    (tmp_path / "wm" / "train_config.json").write_text(json.dumps(
+        {"steps": 2, "batch_size": 2, "image_size": SIZE, "checkpoint_every": 100, "log_every": 1}))
     torch.manual_seed(0)
     RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, tau=0.5)).save_pretrained(tmp_path / "reward")
     for i in range(2):
@@ -78,10 +82,11 @@ def test_compare_json_rows(tmp_path, capsys):
     (tmp_path / "wmpo.json").write_text(json.dumps({
         "iterations": 1, "groups_per_batch": 1, "starts_per_round": 2, "max_sampling_rounds": 1, "horizon": 4,
         "grpo": {"group_size": 2, "minibatch_size": 4}}))
-    code = main(["compare", "--task", "lift", "--budget", "8", "--episodes", "2", "--max-steps", "8", "--json",
-                 "--base", str(base), "--world-model", str(tmp_path / "wm"), "--reward", str(tmp_path / "reward"),
-                 "--demos", str(tmp_path / "demos"), "--wmpo-config", str(tmp_path / "wmpo.json"),
-                 "--work", str(tmp_path / "work")])
+    argv = ["compare", "--task", "lift", "--budget", "8", "--episodes", "2", "--max-steps", "8", "--json",
+            "--base", str(base), "--world-model", str(tmp_path / "wm"), "--reward", str(tmp_path / "reward"),
+            "--demos", str(tmp_path / "demos"), "--wmpo-config", str(tmp_path / "wmpo.json"),
+            "--work", str(tmp_path / "work"), "--temperature", "1.0"]
+    code = main(argv)
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err[-2000:]
@@ -98,3 +103,22 @@ def test_compare_json_rows(tmp_path, capsys):
         assert manifest["parent"] == rows[0]["version"], method
         assert manifest["training_data"]["budget"] == 8, method
     assert np.isfinite([r["success_rate"] for r in rows]).all()
+    assert all(r["temperature"] == 1.0 for r in rows)
+    # One set of P real rollouts: G per start state, recorded as bags, used by DPO and by the alignment.
+    from wmpo_core.data.bag import episode_dirs, read_metadata
+
+    bags = episode_dirs(tmp_path / "work" / "rollouts" / "episodes")
+    seeds = [read_metadata(b).seed for b in bags]
+    assert len(bags) == 8 and len(set(seeds)) == 4 and all(seeds.count(s) == 2 for s in set(seeds))
+    assert all(POLICY_ROLLOUT_SEEDS.start <= s < POLICY_ROLLOUT_SEEDS.stop for s in seeds)
+    dpo_data = json.loads((tmp_path / "work" / "dpo" / "policy" / "manifest.json").read_text())["training_data"]
+    assert dpo_data["num_episodes"] == 8
+    aligned = json.loads((tmp_path / "work" / "world_model" / "episodes.json").read_text())
+    assert aligned["init"] == str(tmp_path / "wm") and len(aligned["episodes"]) == 8
+    assert (tmp_path / "work" / "results.jsonl").read_text().strip() == out.strip()
+    # A re-run trains nothing and evaluates nothing again: the same rows from the stored evaluations.
+    assert len(list((tmp_path / "work" / "evaluations").glob("*.json"))) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file()}
+    assert main(argv) == 0
+    assert capsys.readouterr().out == out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "results.jsonl")

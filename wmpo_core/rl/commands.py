@@ -189,15 +189,24 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, help="base policy package")
     parser.add_argument("--dpo", help="DPO package (default: train one from --base with the budget)")
     parser.add_argument("--grpo-sim", help="online-GRPO package (default: train one from --base with the budget)")
-    parser.add_argument("--wmpo", help="WMPO package (default: train one when --world-model, --reward, --demos are given)")
-    parser.add_argument("--world-model", help="world-model run for training WMPO")
-    parser.add_argument("--reward", help="reward-model directory for training WMPO")
-    parser.add_argument("--demos", help="recorded episodes whose first frames start imagination")
+    parser.add_argument("--wmpo", help="WMPO package (default: train one when --world-model is given)")
+    parser.add_argument("--world-model", help="world-model run pretrained on demonstrations: aligned here on the "
+                        "budget's rollouts (unless --no-align), then WMPO imagines in it")
+    parser.add_argument("--no-align", action="store_true", help="use --world-model as it is (no behavior alignment)")
+    parser.add_argument("--align-steps", type=int, help="alignment steps (default: the world model's own config)")
+    parser.add_argument("--reward", help="reward-model directory (default: trained here on the rollouts and --demos)")
+    parser.add_argument("--demos", help="recorded episodes: more reward-model data and imagination start states")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the base-policy rollouts and of every evaluation "
+                             "(0 = greedy; default 1.0)")
+    parser.add_argument("--steps-after-success", type=int, default=8,
+                        help="rollouts keep recording this many steps past a success, for the reward model (default 8)")
     parser.add_argument("--work", type=Path, help="where trained methods go (default: compare-<task>-P<budget>)")
     parser.add_argument("--max-steps", type=int, help="episode horizon for training and evaluation (default: the task's)")
     parser.add_argument("--wmpo-config", help="JSON WMPOConfig for a WMPO trained here")
-    parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget and horizon from the flags)")
+    parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget from the flags)")
     parser.add_argument("--grpo-sim-config", help="JSON SimGRPOConfig for an online GRPO trained here")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig for a reward model trained here")
 
 
 def main_compare(args: argparse.Namespace) -> int:
@@ -217,16 +226,26 @@ def main_compare(args: argparse.Namespace) -> int:
                                   ("grpo-sim", SimGRPOConfig, args.grpo_sim_config)):
             if path:
                 configs[method] = load_config(cls, path)
+        if args.reward_config:
+            from wmpo_core.reward.train import RewardTrainConfig
+
+            configs["reward"] = RewardTrainConfig.from_json(args.reward_config)
+        if args.temperature < 0:
+            raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
         packages = train_missing(
             args.task, args.budget, args.base, work,
             {"dpo": args.dpo, "grpo-sim": args.grpo_sim, "wmpo": args.wmpo},
             max_steps=args.max_steps, world_model=args.world_model, reward=args.reward, episodes=args.demos,
-            configs=configs, pool=pool, progress=not args.json,
+            configs=configs, pool=pool, temperature=args.temperature, align=not args.no_align,
+            align_steps=args.align_steps, steps_after_success=args.steps_after_success, progress=not args.json,
         )
-        results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool)
+        results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
+                          temperature=args.temperature, cache=work / "evaluations")
     except (OSError, ValueError, PackageError) as exc:
         return _error("compare", str(exc))
     finally:
         pool.close()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.jsonl").write_text(results_json(results) + "\n")
     print(results_json(results) if args.json else format_table(args.task, args.budget, results))
     return 0

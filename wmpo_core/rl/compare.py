@@ -1,7 +1,7 @@
 """The results table: base policy, DPO, online GRPO and WMPO on the same held-out start states.
 
-Every method is evaluated closed loop in the simulator, greedily, from the same seeded
-start states drawn from ``EVALUATION_SEEDS``, a range that no data collection or
+Every method is evaluated closed loop in the simulator, at one sampling temperature (0 =
+greedy), from the same seeded start states drawn from ``EVALUATION_SEEDS``, a range that no data collection or
 training path uses (checked here again against what each package's manifest says it
 was trained on). A method is either given as a package or trained here from the base
 policy with the same budget P of real trajectories.
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.loop import read_json
 from wmpo_core.rl.config import (
     EVALUATION_SEEDS,
     POLICY_ROLLOUT_SEEDS,
@@ -40,6 +41,7 @@ class MethodResult:
     episodes: int
     package: str
     version: str
+    temperature: float = 0.0
     seeds: list[int] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
@@ -106,8 +108,14 @@ class SimulatorPool:
 
 
 def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: SimulatorPool,
-                     max_steps: int | None = None) -> MethodResult:
-    """Greedy closed-loop evaluation of one package on ``seeds`` with a 95% Wilson interval."""
+                     max_steps: int | None = None, temperature: float = 0.0) -> MethodResult:
+    """Closed-loop evaluation of one package on ``seeds`` with a 95% Wilson interval.
+
+    Greedy at ``temperature`` 0, sampled otherwise with torch seeded by the episode seed, so every
+    method meets the same start states with the same random numbers (as `wmpo eval` does).
+    """
+    import torch
+
     from wmpo_core.policy.commands_eval import wilson_interval
     from wmpo_core.registry.package import load_package
     from wmpo_core.sim import run_episode
@@ -117,8 +125,9 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
     successes, lengths = 0, []
     for seed in seeds:
         policy.reset()
-        result = run_episode(env, lambda obs: policy.predict_chunk(obs.images, env.instruction), seed=seed,
-                             max_steps=max_steps, record_frames=False)
+        torch.manual_seed(seed)
+        result = run_episode(env, lambda obs: policy.predict_chunk(obs.images, env.instruction, temperature=temperature),
+                             seed=seed, max_steps=max_steps, record_frames=False)
         successes += int(result.success)
         if result.success:
             lengths.append(result.length)
@@ -126,8 +135,93 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
     return MethodResult(
         method=method, success_rate=successes / len(seeds), ci95=[lo, hi],
         mean_success_length=sum(lengths) / len(lengths) if lengths else None,
-        successes=successes, episodes=len(seeds), package=str(package), version=policy.version, seeds=list(seeds),
+        successes=successes, episodes=len(seeds), package=str(package), version=policy.version,
+        temperature=temperature, seeds=list(seeds),
     )
+
+
+@dataclass
+class BudgetData:
+    """What the P real trajectories of the base policy feed: bags, and the models trained on them."""
+
+    rollouts: Path  # P bags, G per start state, from POLICY_ROLLOUT_SEEDS
+    world_model: Path | None = None  # aligned on the rollouts (or the given one)
+    reward: Path | None = None  # trained on the rollouts and demonstrations (or the given one)
+
+
+def collect_budget_rollouts(task: str, budget: int, base: str | Path, out: Path, *, group_size: int,
+                            temperature: float, steps_after_success: int, max_steps: int | None = None,
+                            seed_offset: int = 0, progress: bool = False) -> Path:
+    """The P real trajectories: ``budget / group_size`` start states x G sampled rollouts of the base, as bags.
+
+    Reused when ``out`` already holds a finished collection of the same size (``rollouts.json``).
+    Recording goes on ``steps_after_success`` steps past a success so the reward model sees it; those
+    steps are masked out of every policy-gradient and preference loss.
+    """
+    from wmpo_core.data.sim_bags import collect_sim_episodes
+    from wmpo_core.loop import read_json, write_json_atomic
+
+    marker = out / "rollouts.json"
+    if marker.is_file() and read_json(marker).get("budget") == budget:
+        return out / "episodes"
+    if budget % group_size:
+        raise ValueError(f"--budget {budget} is not a multiple of the group size {group_size}")
+    seeds = POLICY_ROLLOUT_SEEDS.seeds(budget // group_size, offset=seed_offset)
+    episodes = out / "episodes"
+    if episodes.exists():
+        import shutil
+
+        shutil.rmtree(episodes)  # a half-finished earlier collection
+    paths = collect_sim_episodes(task, budget, episodes, seed=seeds[0], policy=str(base), repeats=group_size,
+                                 temperature=temperature, steps_after_success=steps_after_success,
+                                 max_steps=max_steps, progress=progress)
+    from wmpo_core.data.bag import read_metadata
+
+    successes = sum(bool(read_metadata(p).success) for p in paths)
+    write_json_atomic(marker, {"budget": budget, "group_size": group_size, "temperature": temperature,
+                               "seed_range": [POLICY_ROLLOUT_SEEDS.name, seeds[0], seeds[-1] + 1],
+                               "successes": successes, "steps_after_success": steps_after_success})
+    log.info("%d base-policy rollouts in %s: %d successful", budget, episodes, successes)
+    return episodes
+
+
+def prepare_models(data: BudgetData, work: Path, *, pretrained_world_model: str | Path | None,
+                   align: bool, align_steps: int | None, reward: str | Path | None,
+                   reward_config: Any = None, demos: str | Path | None = None, progress: bool = False) -> BudgetData:
+    """World model aligned on the rollouts (policy behavior alignment) and reward model, trained unless given."""
+    from wmpo_core.world_model.episodes import load_episodes
+
+    if pretrained_world_model is not None:
+        if not align:
+            data.world_model = Path(pretrained_world_model)
+        else:
+            out = work / "world_model"
+            if not (out / "world_model.json").is_file():
+                from wmpo_core.world_model.train import WorldModelTrainConfig, train_world_model
+
+                cfg = WorldModelTrainConfig.from_json(Path(pretrained_world_model) / "train_config.json")
+                if align_steps is not None:
+                    cfg.steps = align_steps
+                episodes = load_episodes(data.rollouts, cfg.camera, cfg.image_size)
+                log.info("aligning %s on %d rollouts (%d steps) into %s", pretrained_world_model, len(episodes),
+                         cfg.steps, out)
+                train_world_model(episodes, out, cfg, init=pretrained_world_model, progress=progress)
+            data.world_model = out
+    if reward is not None:
+        data.reward = Path(reward)
+    else:
+        out = work / "reward"
+        if not (out / "reward.json").is_file():
+            from wmpo_core.reward.train import RewardTrainConfig, train_reward
+
+            cfg = reward_config or RewardTrainConfig()
+            episodes = load_episodes(data.rollouts, cfg.camera, cfg.image_size)
+            if demos is not None:
+                episodes += load_episodes(demos, cfg.camera, cfg.image_size)
+            log.info("training the reward model on %d episodes into %s", len(episodes), out)
+            train_reward(episodes, out, cfg, progress=progress)
+        data.reward = out
+    return data
 
 
 def train_missing(
@@ -143,21 +237,42 @@ def train_missing(
     episodes: str | Path | None = None,
     configs: dict[str, Any] | None = None,
     pool: SimulatorPool | None = None,
+    temperature: float = 1.0,
+    align: bool = True,
+    align_steps: int | None = None,
+    steps_after_success: int = 8,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Packages of every method: given ones as they are, the others trained from ``base`` into ``work``.
 
-    DPO and online GRPO need only the base policy and the simulator; WMPO needs a world
-    model, a reward model and the recorded episodes whose first frames start imagination.
-    A method that cannot be trained is left out with a warning. An earlier run's package in
-    ``work`` is reused.
+    The real-data budget is shared as in WMPO's simulation study: ``budget`` rollouts of the base
+    policy (G per start state, sampled at ``temperature``) are collected once into ``work/rollouts``.
+    DPO builds its (success, failure) pairs from them; WMPO aligns the world model (``world_model``,
+    pretrained on demonstrations) and trains the reward model on them (plus ``episodes``), then
+    imagines from the real first frames of the rollouts and ``episodes``. Online GRPO spends the same
+    budget in the simulator itself. A method that cannot be trained is left out with a warning; an
+    earlier run's package in ``work`` is reused.
     """
+    from wmpo_core.data.bag import episode_dirs
     from wmpo_core.registry.package import load_package
     from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig
 
     configs = configs or {}
     pool = pool or SimulatorPool(task)
     out: dict[str, Path] = {"base": Path(base)}
+    wmpo_config = configs.get("wmpo") or WMPOConfig()
+    data: BudgetData | None = None
+
+    def budget_data() -> BudgetData:
+        nonlocal data
+        if data is None:
+            rollouts = collect_budget_rollouts(task, budget, base, work / "rollouts",
+                                               group_size=wmpo_config.grpo.group_size, temperature=temperature,
+                                               steps_after_success=steps_after_success, max_steps=max_steps,
+                                               progress=progress)
+            data = BudgetData(rollouts)
+        return data
+
     for method in METHODS[1:]:
         given = packages.get(method)
         if given is not None:
@@ -168,15 +283,17 @@ def train_missing(
             out[method] = run / "policy"
             continue
         if method == "dpo":
-            from wmpo_core.rl.trainer_dpo import collect_base_rollouts, train_dpo
+            from wmpo_core.rl.rollouts import trajectories_from_episodes
+            from wmpo_core.rl.trainer_dpo import train_dpo
 
             cfg = configs.get("dpo") or DPOTrainConfig()
-            cfg.budget, cfg.max_steps = budget, max_steps if max_steps is not None else cfg.max_steps
+            cfg.budget = budget
+            rollouts = budget_data().rollouts
             policy = load_package(base)
-            rollouts = collect_base_rollouts(policy, task, cfg, env=pool.env_for(policy), progress=progress)
-            seed_range = [POLICY_ROLLOUT_SEEDS.name, min(rollouts.seeds), max(rollouts.seeds) + 1]
-            train_dpo(policy, rollouts.batch, run, cfg, data_summary={"task": task, "seed_range": seed_range},
-                      progress=progress)
+            trajectories, ids = trajectories_from_episodes(episode_dirs(rollouts), policy, limit=budget)
+            seed_range = read_json(rollouts.parent / "rollouts.json")["seed_range"]
+            train_dpo(policy, trajectories, run, cfg, episode_ids=ids, progress=progress,
+                      data_summary={"task": task, "seed_range": seed_range, "episodes_dir": str(rollouts)})
         elif method == "grpo-sim":
             from wmpo_core.rl.trainer_sim import train_grpo_sim
 
@@ -185,22 +302,38 @@ def train_missing(
             policy = load_package(base)
             train_grpo_sim(policy, task, run, cfg, env=pool.env_for(policy), progress=progress)
         else:
-            if world_model is None or reward is None or episodes is None:
-                log.warning("wmpo: no --wmpo package and no --world-model/--reward/--demos to train one; row left out")
+            if world_model is None:
+                log.warning("wmpo: no --wmpo package and no --world-model to align and imagine with; row left out")
                 continue
             from wmpo_core.reward.model import RewardModel
             from wmpo_core.rl.rollouts import VideoReward, load_start_states
             from wmpo_core.rl.trainer_imagination import train_wmpo
             from wmpo_core.world_model.model import WorldModel
 
-            wm = WorldModel.from_pretrained(world_model)
-            starts = load_start_states(episodes, wm.settings.camera, wm.settings.image_size)
-            train_wmpo(load_package(base), wm, VideoReward(RewardModel.from_pretrained(reward)), starts, run,
-                       configs.get("wmpo") or WMPOConfig(), progress=progress,
-                       data_summary={"task": task, "budget": budget, "world_model": str(world_model),
-                                     "reward": str(reward)})
+            models = prepare_models(budget_data(), work, pretrained_world_model=world_model, align=align,
+                                    align_steps=align_steps, reward=reward, reward_config=configs.get("reward"),
+                                    demos=episodes, progress=progress)
+            wm = WorldModel.from_pretrained(models.world_model)
+            starts = load_start_states(models.rollouts, wm.settings.camera, wm.settings.image_size)
+            if episodes is not None:
+                starts = merge_start_states(starts, load_start_states(episodes, wm.settings.camera,
+                                                                      wm.settings.image_size))
+            seed_range = read_json(models.rollouts.parent / "rollouts.json")["seed_range"]
+            train_wmpo(load_package(base), wm, VideoReward(RewardModel.from_pretrained(models.reward)), starts, run,
+                       wmpo_config, progress=progress,
+                       data_summary={"task": task, "budget": budget, "world_model": str(models.world_model),
+                                     "reward": str(models.reward), "seed_range": seed_range})
         out[method] = run / "policy"
     return out
+
+
+def merge_start_states(a: Any, b: Any) -> Any:
+    """Start states of ``a`` then ``b`` (one real first frame each)."""
+    import numpy as np
+
+    from wmpo_core.rl.rollouts import StartStates
+
+    return StartStates(np.concatenate([a.frames, b.frames]), a.instructions + b.instructions, a.ids + b.ids)
 
 
 def compare(
@@ -212,8 +345,14 @@ def compare(
     max_steps: int | None = None,
     seed_offset: int = 0,
     pool: SimulatorPool | None = None,
+    temperature: float = 0.0,
+    cache: Path | None = None,
 ) -> list[MethodResult]:
-    """Evaluate every package on the same held-out seeds; one :class:`MethodResult` per method, table order."""
+    """Evaluate every package on the same held-out seeds; one :class:`MethodResult` per method, table order.
+
+    With ``cache`` (a folder), a package version already evaluated there with the same seeds and
+    settings is not run again (a comparison re-run to add a method re-evaluates only that one).
+    """
     if n_eval < 1:
         raise ValueError(f"--episodes: expected a positive number of evaluation episodes, got {n_eval}")
     seeds = evaluation_seeds(n_eval, seed_offset)
@@ -224,16 +363,38 @@ def compare(
     own_pool = pool is None
     pool = pool or SimulatorPool(task)
     try:
-        return [evaluate_package(m, packages[m], seeds, pool, max_steps) for m in METHODS if m in packages]
+        return [_cached_evaluation(m, packages[m], seeds, pool, max_steps, temperature, cache)
+                for m in METHODS if m in packages]
     finally:
         if own_pool:
             pool.close()
 
 
+def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: SimulatorPool, max_steps: int | None,
+                       temperature: float, cache: Path | None) -> MethodResult:
+    """``evaluate_package``, reusing an earlier result for the same package version, seeds and settings."""
+    from wmpo_core.loop import write_json_atomic
+    from wmpo_core.registry.package import read_package_manifest
+
+    if cache is None:
+        return evaluate_package(method, package, seeds, pool, max_steps, temperature)
+    version = read_package_manifest(package)["version"]
+    key = f"{method}-{version}-T{temperature:g}-seeds{seeds[0]}-{len(seeds)}-steps{max_steps or 'task'}.json"
+    path = cache / key
+    if path.is_file():
+        log.info("%s: evaluation reused from %s", method, path)
+        return MethodResult(**read_json(path))
+    result = evaluate_package(method, package, seeds, pool, max_steps, temperature)
+    write_json_atomic(path, asdict(result))
+    return result
+
+
 def format_table(task: str, budget: int, results: list[MethodResult]) -> str:
     """A plain-text table of the rows."""
+    how = "greedy" if not results or results[0].temperature == 0 else f"sampled at temperature {results[0].temperature:g}"
     lines = [f"{task}, budget P = {budget} real trajectories, {results[0].episodes if results else 0} "
-             "held-out start states each", f"{'method':<10} {'success':>8} {'95% CI':>15} {'mean success length':>20}"]
+             f"held-out start states each, {how}",
+             f"{'method':<10} {'success':>8} {'95% CI':>15} {'mean success length':>20}"]
     for r in results:
         length = "-" if r.mean_success_length is None else f"{r.mean_success_length:.1f}"
         lines.append(f"{r.method:<10} {r.success_rate:>8.1%} {f'{r.ci95[0]:.1%}-{r.ci95[1]:.1%}':>15} {length:>20}")

@@ -410,18 +410,20 @@ def trajectories_from_episodes(
         key = ep.metadata.seed if ep.metadata.seed is not None else f"episode:{ep.metadata.episode_id}"
         seed_ids.setdefault(key, len(seed_ids))
         success = bool(ep.metadata.success)
+        # Steps recorded after the task was done (``--steps-after-success``) are not part of the attempt.
+        length = min(ep.num_steps, ep.success_step) if success and ep.success_step else ep.num_steps
         parts.append(TrajectoryBatch(
             images={c: np.ascontiguousarray(ep.frames[c][starts]) for c in cameras},
             instructions=[ep.metadata.instruction],
             action_tokens=torch.from_numpy(tokens).long(),
             logp_old=torch.zeros((n, k * d)),
-            mask=executed_token_mask(n, k, d, ep.num_steps),
+            mask=executed_token_mask(n, k, d, length),
             row_trajectory=torch.zeros(n, dtype=torch.long),
             reward=torch.tensor([float(success)]),
             group_id=torch.tensor([seed_ids[key]]),
             start_id=torch.tensor([seed_ids[key]]),
-            length=torch.tensor([ep.num_steps]),
-            success_step=torch.tensor([ep.num_steps if success else -1]),
+            length=torch.tensor([length]),
+            success_step=torch.tensor([length if success else -1]),
         ))
         used.append(ep.metadata.episode_id)
     if not parts:

@@ -40,6 +40,7 @@ def ros_env(domain_id: int, extra: Mapping[str, str] | None = None) -> dict[str,
     env.setdefault("RMW_IMPLEMENTATION", _DEFAULT_RMW)
     env.setdefault("MUJOCO_GL", "egl")
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a node that crashes in native code leaves its Python stack in its log
     if extra:
         env.update(extra)
     return env

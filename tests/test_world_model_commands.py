@@ -60,18 +60,36 @@ def test_train_align_evaluate_imagine(bags, tmp_path, capsys):
     assert "transformer" in capsys.readouterr().err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
-    # The ablation (clean context, no alignment) is trained with the pretraining recipe and scored in the same run.
-    assert wmpo(["eval-world-model", "--model", str(aligned), "--episodes", str(bags / "heldout"),
-                 "--chunks", "2", "--json", "--ablation-from", str(bags / "demos")]) == 0
+    assert wmpo(["eval-world-model", "--model", str(aligned), "--model", str(run), "--episodes",
+                 str(bags / "heldout"), "--chunks", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    ablation = "aligned-ablation (ablation)"
-    assert set(report["per_chunk"]) == {"model:aligned", f"model:{ablation}", "repeat_last",
-                                        "shuffled_actions:aligned", f"shuffled_actions:{ablation}"}
+    assert set(report["per_chunk"]) == {"model:aligned", "model:wm", "repeat_last", "shuffled_actions:aligned",
+                                        "shuffled_actions:wm"}
     assert len(report["per_frame"]["model:aligned"]["psnr"]) == 8
-    ablation_settings = json.loads((tmp_path / "aligned-ablation" / "world_model.json").read_text())
-    assert ablation_settings["context_noise_step"] == 0
-    assert json.loads((tmp_path / "aligned-ablation" / "episodes.json").read_text())["init"] is None
     assert any("LPIPS" in n for n in report["notes"])
+
+    # The ablations, one command: the noisy pretraining above is reused, the clean-context variant is
+    # pretrained and aligned here, every variant is scored on the same held-out episodes.
+    abl = tmp_path / "ablation"
+    assert wmpo(["ablate-world-model", "--demos", str(bags / "demos"), "--rollouts", str(bags / "rollouts"),
+                 "--heldout", str(bags / "heldout"), "--out", str(abl), "--pretrained", str(run),
+                 "--align-steps", "2", "--chunks", "2", "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["per_chunk"]) == {f"{kind}:{v}" for kind in ("model", "shuffled_actions")
+                                        for v in ("full", "no_noisy_context", "no_alignment")} | {"repeat_last"}
+    assert len(result["per_chunk"]["model:full"]["psnr"]) == 2 and len(result["episodes"]) == 2
+    assert result["variants"]["no_alignment"] == str(run)
+    assert json.loads((abl / "aligned_clean" / "world_model.json").read_text())["context_noise_step"] == 0
+    assert json.loads((abl / "aligned" / "world_model.json").read_text())["context_noise_step"] == 50
+    assert json.loads((abl / "pretrain_clean" / "episodes.json").read_text())["init"] is None
+    assert json.loads((abl / "aligned_clean" / "episodes.json").read_text())["init"] == str(abl / "pretrain_clean")
+    # Finished variants are reused: a second run trains nothing and prints the same table.
+    stamp = (abl / "aligned_clean" / "world_model.json").stat().st_mtime_ns
+    assert wmpo(["ablate-world-model", "--demos", str(bags / "demos"), "--rollouts", str(bags / "rollouts"),
+                 "--heldout", str(bags / "heldout"), "--out", str(abl), "--pretrained", str(run),
+                 "--align-steps", "2", "--chunks", "2", "--no-progress"]) == 0
+    assert "model:no_noisy_context" in capsys.readouterr().out
+    assert (abl / "aligned_clean" / "world_model.json").stat().st_mtime_ns == stamp
     # Training episodes (including those of the run it was aligned from) are excluded by default.
     assert wmpo(["eval-world-model", "--model", str(aligned), "--episodes", str(bags / "demos"), "--chunks", "2"]) == 2
     assert "used in training" in capsys.readouterr().err

@@ -25,6 +25,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "train-vae": ("wmpo_core.world_model.commands", "train the frame autoencoder on recorded frames"),
     "train-world-model": ("wmpo_core.world_model.commands", "train / align the video world model"),
     "eval-world-model": ("wmpo_core.world_model.commands", "world-model fidelity against reference predictors"),
+    "ablate-world-model": ("wmpo_core.world_model.ablation",
+                           "world-model ablations: no noisy-frame conditioning, no behavior alignment"),
     "imagine": ("wmpo_core.world_model.commands", "real vs imagined video for one episode"),
     "train-reward": ("wmpo_core.reward.commands", "train the video success classifier"),
     "eval-reward": ("wmpo_core.reward.commands", "precision / recall / F1 of the reward model"),

@@ -95,10 +95,6 @@ def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episodes", type=int, default=16)
     parser.add_argument("--include-training", action="store_true",
                         help="also score episodes the model was trained on (excluded by default)")
-    parser.add_argument("--ablation-from", metavar="DEMOS",
-                        help="first train the ablation (clean context, no alignment) on these demonstrations "
-                             "with the first model's config and VAE, then report it beside the model")
-    parser.add_argument("--ablation-out", help="run directory of the ablation (default: <model>-ablation)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -131,21 +127,11 @@ def main_eval_world_model(args: argparse.Namespace) -> int:
     from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.evaluate import evaluate_fidelity
     from wmpo_core.world_model.model import WorldModel
-    from wmpo_core.world_model.train import WorldModelTrainConfig, train_world_model
 
     try:
         models = {Path(m).name: WorldModel.from_pretrained(m) for m in args.model}
         first_run = Path(args.model[0])
         first = models[first_run.name]
-        if args.ablation_from:
-            cfg = WorldModelTrainConfig.from_json(_pretraining_run(first_run) / "train_config.json")
-            cfg.context_noise_step = 0
-            out = Path(args.ablation_out or f"{first_run}-ablation")
-            demos = load_episodes(args.ablation_from, cfg.camera, cfg.image_size)
-            print(f"training ablation (clean context, no alignment) into {out}", file=sys.stderr)
-            train_world_model(demos, out, cfg, vae_path=first_run / "vae")
-            models[out.name + " (ablation)"] = WorldModel.from_pretrained(out)
-            args.model.append(str(out))
         episodes = load_episodes(args.episodes, first.settings.camera, first.settings.image_size)
         excluded = set() if args.include_training else set().union(*(_training_ids(Path(m)) for m in args.model))
         held_out = [ep for ep in episodes if ep.episode_id not in excluded][: args.max_episodes]

@@ -89,6 +89,12 @@ def test_recorded_success_step_labels_the_lift_itself():
     negatives = sorted(e for e, y in labels.items() if y == 0)
     assert positives == list(range(40, 56))
     assert negatives == [7, 15, 23, 31] and all(e < 36 for e in negatives)
+    # The cube was lifted at frame 40 and dropped at frame 50: the frames after the drop are not labelled.
+    flags = np.zeros(56, dtype=bool)
+    flags[40:50] = True
+    dropped = labelled_clip_ends(56, True, 8, 8, success_step=40, success_margin=4, success_flags=flags)
+    assert [e for e, y in dropped if y == 1] == list(range(40, 50))
+    assert [e for e, y in dropped if y == 0] == [7, 15, 23, 31]
     # Success only with the final observation (recording stopped at it): the end-of-episode rule applies.
     assert labelled_clip_ends(40, True, 8, 8, 2, 0.25, success_step=40) == labelled_clip_ends(40, True, 8, 8, 2, 0.25)
     # A failed episode is negative everywhere, whatever its success step says.

@@ -79,15 +79,21 @@ def test_success_step_reads_back_at_the_frame_that_shows_it(collected):
     assert longer.num_steps == stopped.num_steps + 5 and longer.success_step == stopped.num_steps
     env = make_env("lift", cameras=("agentview",), image_size=64)
     try:
-        env.reset(seed=7)
+        checks = [env.reset(seed=7).success]
         for action in longer.actions[: longer.success_step]:
             obs = env.step(action)
+            checks.append(obs.success)
         assert obs.success
+        np.testing.assert_array_equal(longer.success_flags[: longer.success_step + 1], checks)
         diff = np.abs(obs.images["agentview"].astype(int) - longer.frames["agentview"][longer.success_step]).mean()
         assert diff < 1.0
     finally:
         env.close()
-    assert load_episode(short).success_step is None  # never succeeded
+    # The success check of every frame reads back as the simulator computed it.
+    assert longer.success_flags is not None and len(longer.success_flags) == longer.num_steps
+    assert not longer.success_flags[: longer.success_step].any() and longer.success_flags[longer.success_step]
+    never = load_episode(short)
+    assert never.success_step is None and not never.success_flags.any()  # never succeeded
 
 
 def test_write_sim_episode_rejects_frameless_results(tmp_path):

@@ -985,6 +985,8 @@ class EpisodeArrays:
     # Index of the first aligned frame in which the task is already done (``/wmpo/success`` true), None
     # when the bag records no success event; ``num_steps`` when success came with the final observation.
     success_step: int | None = None
+    # (T,) bool: the latest ``/wmpo/success`` value judged on each aligned frame (None without the topic).
+    success_flags: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -1037,13 +1039,12 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
     joints: list[tuple[int, list[str], np.ndarray]] = []
     applied: list[tuple[int, list[str], np.ndarray]] = []
     chunks: list[tuple[int, list[str], np.ndarray]] = []
-    success_ns: list[int] = []
+    success_msgs: list[tuple[int, bool]] = []
     wanted = [*image_topics, T.JOINT_STATES, T.APPLIED_ACTION, T.ACTION_CHUNK, T.SUCCESS]
     try:
         for topic, log_ns, msg in iter_messages(d, wanted):
             if topic == T.SUCCESS:  # std_msgs/Bool has no header: its receive time places it
-                if bool(msg.data):
-                    success_ns.append(int(log_ns))
+                success_msgs.append((int(log_ns), bool(msg.data)))
                 continue
             stamp = T.stamp_to_ns(msg.header.stamp)
             if topic in image_topics:
@@ -1055,19 +1056,32 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
                 entry = (stamp, list(msg.joint_names), rows)
                 (applied if topic == T.APPLIED_ACTION else chunks).append(entry)
         arrays = _align(metadata, cams, images, joints, applied, chunks, str(where))
-        arrays.success_step = _success_step(arrays, images, min(success_ns)) if success_ns and cams else None
+        if success_msgs and cams:
+            arrays.success_step, arrays.success_flags = _success_per_frame(arrays, images, success_msgs)
         return arrays
     except ValueError as exc:
         raise EpisodeError(where, str(exc)) from None
 
 
-def _success_step(arrays: EpisodeArrays, images: dict[str, list[tuple[int, Any]]], success_ns: int) -> int:
-    """Aligned index of the first frame showing success: the newest image received by the time
-    the first true ``/wmpo/success`` arrived is the observation it was judged on."""
+def _success_per_frame(arrays: EpisodeArrays, images: dict[str, list[tuple[int, Any]]],
+                       messages: list[tuple[int, bool]]) -> tuple[int | None, np.ndarray]:
+    """(first success step, per-frame flags) in aligned frame indices.
+
+    A ``/wmpo/success`` value belongs to the newest image received by the time it arrived (the
+    observation it was judged on); frames without a value of their own keep the previous one.
+    """
     cam = next(iter(arrays.frames))
     raw = np.array([e[0] for e in images[cam]], dtype=np.int64)  # sorted by _align
-    seen = raw[max(int(np.searchsorted(raw, success_ns, side="right")) - 1, 0)]
-    return int(np.searchsorted(arrays.frame_stamps_ns[cam], seen, side="left"))
+    aligned = arrays.frame_stamps_ns[cam]
+    flags = np.zeros(len(aligned), dtype=bool)
+    first: int | None = None
+    for log_ns, value in sorted(messages):
+        seen = raw[max(int(np.searchsorted(raw, log_ns, side="right")) - 1, 0)]
+        index = int(np.searchsorted(aligned, seen, side="left"))
+        flags[index:] = value  # later messages overwrite from their own frame on
+        if value and first is None:
+            first = index
+    return first, flags
 
 
 def _align(

@@ -99,7 +99,10 @@ def write_sim_episode(
             writer.write(T.JOINT_STATES, obs_ns + IMAGE_DELAY_NS,
                          T.joint_state_msg(obs_ns, list(joint_names), result.joint_positions[t]))
             # As the simulated robot node does: the success check of every observation, sent with it.
-            done = result.success_step is not None and t >= result.success_step
+            if result.success_flags is not None:
+                done = bool(result.success_flags[t])
+            else:
+                done = result.success_step is not None and t >= result.success_step
             writer.write(T.SUCCESS, obs_ns + IMAGE_DELAY_NS, T.bool_msg(done))
             if t == n:
                 break

@@ -4,7 +4,9 @@ Labelled clips (clip_len frames, every ``stride`` frames) of an episode whose ba
 when success first showed (``success_step``, from ``/wmpo/success``; frames after it exist
 when recording went on past the success, ``--steps-after-success``):
 
-- positive: every clip ending at or after the success step (the task is visibly done);
+- positive: every clip ending at or after the success step on a frame whose success check holds
+  (the task is visibly done; a cube lifted and then dropped is not done in the frames after the drop,
+  which are left out);
 - negative: every clip ending more than ``success_margin`` frames before it (reaching, grasping,
   the first centimetres of the lift: the near misses a failed episode also shows), and every
   clip of a failed episode;
@@ -72,9 +74,13 @@ class RewardTrainConfig:
 
 def labelled_clip_ends(
     length: int, success: bool | None, clip_len: int, stride: int, final_clips: int = 2, early_fraction: float = 0.25,
-    success_step: int | None = None, success_margin: int = 4,
+    success_step: int | None = None, success_margin: int = 4, success_flags: np.ndarray | None = None,
 ) -> list[tuple[int, int]]:
-    """(clip end frame, label) pairs of one episode under the rule in the module docstring."""
+    """(clip end frame, label) pairs of one episode under the rule in the module docstring.
+
+    ``success_flags`` (length ``length``) is the success check of every frame; without it every frame
+    from ``success_step`` on counts as done.
+    """
     if success is None:
         return []
     ends = clip_end_indices(length, clip_len, stride)
@@ -82,7 +88,10 @@ def labelled_clip_ends(
         return [(int(e), 0) for e in ends]
     if success_step is not None and 0 <= success_step < length:
         negative = [int(e) for e in ends if e < success_step - success_margin]
-        return [(e, 0) for e in negative] + [(e, 1) for e in range(success_step, length)]
+        done = range(success_step, length)
+        if success_flags is not None:
+            done = [e for e in done if success_flags[e]]
+        return [(e, 0) for e in negative] + [(e, 1) for e in done]
     positive = set(ends[-final_clips:].tolist())
     early = [int(e) for e in ends if e < early_fraction * length and e not in positive]
     return [(e, 0) for e in early] + [(int(e), 1) for e in sorted(positive)]
@@ -212,7 +221,7 @@ def train_reward(
     items = [(i, end, label) for i, ep in enumerate(train)
              for end, label in labelled_clip_ends(len(ep.frames), ep.success, settings.clip_len, cfg.stride,
                                                   cfg.final_clips, cfg.early_fraction, ep.success_step,
-                                                  cfg.success_margin)]
+                                                  cfg.success_margin, ep.success_flags)]
     positives = [it for it in items if it[2] == 1]
     negatives = [it for it in items if it[2] == 0]
     if not positives or not negatives:

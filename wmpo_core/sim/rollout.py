@@ -43,6 +43,8 @@ class EpisodeResult:
     """Number of policy calls."""
     control_hz: int = 20
     info: dict = field(default_factory=dict)
+    success_flags: np.ndarray | None = None
+    """(length + 1,) bool: the success check of every observation (the cube may be lifted, then dropped)."""
 
 
 def run_episode(
@@ -78,6 +80,7 @@ def run_episode(
     applied: list[np.ndarray] = []
     joints = [obs.joint_positions]
     eef = [obs.eef_pos]
+    flags = [bool(obs.success)]
     success_step = 0 if obs.success else None
     stop_at = horizon if success_step is None else min(horizon, steps_after_success)
     chunks = 0
@@ -96,6 +99,7 @@ def run_episode(
             clipped += int(obs.action_clipped)
             joints.append(obs.joint_positions)
             eef.append(obs.eef_pos)
+            flags.append(bool(obs.success))
             for cam, img in obs.images.items() if record_frames else ():
                 frames[cam].append(img)
             if obs.success and success_step is None:
@@ -119,4 +123,5 @@ def run_episode(
         clipped_steps=clipped,
         chunks=chunks,
         control_hz=env.control_hz,
+        success_flags=np.array(flags, dtype=bool),
     )

@@ -28,6 +28,8 @@ class EpisodeFrames:
     instruction: str = ""
     # First frame index showing success (None: the bag records no success event); may equal len(frames).
     success_step: int | None = None
+    # (T,) bool success check of every frame, when the bag records it (the task may be undone after success).
+    success_flags: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
@@ -60,6 +62,7 @@ def load_episode_frames(path: str | Path, camera: str, image_size: int) -> Episo
         success=ep.metadata.success,
         instruction=ep.metadata.instruction,
         success_step=ep.success_step if ep.metadata.success else None,
+        success_flags=ep.success_flags,
     )
 
 

@@ -160,7 +160,8 @@ def last_json_line(text: str, what: str) -> dict[str, Any]:
 
 # ============================================================================ collection
 def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path, *,
-                  max_steps: int | None = None, noise: float = 0.0) -> list[dict[str, Any]]:
+                  max_steps: int | None = None, noise: float = 0.0, temperature: float = 0.0,
+                  steps_after_success: int = 0) -> list[dict[str, Any]]:
     """Episodes of ``policy`` (package dir or ``scripted``) straight from the simulator, one bag each.
 
     The bags follow the recorder's schema (wmpo_core.data.sim_bags), without ROS in the loop.
@@ -169,7 +170,9 @@ def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path
     from wmpo_core.data.bag import read_metadata
     from wmpo_core.data.sim_bags import collect_sim_episodes
 
-    paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps)
+    paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps,
+                                 temperature=temperature if policy != "scripted" else 0.0,
+                                 steps_after_success=steps_after_success)
     rows = []
     for path in paths:
         meta = read_metadata(path)
@@ -191,7 +194,8 @@ def list_complete_episodes(folder: Path) -> list[dict[str, Any]]:
 
 def record_through_ros(policy: str, task: str, count: int, first_seed: int, out: Path, *,
                        max_steps: int | None = None, log: Path | None = None,
-                       public_key: Path | None = None, noise: float | None = None) -> list[dict[str, Any]]:
+                       public_key: Path | None = None, noise: float | None = None,
+                       temperature: float | None = None, extra_steps: int | None = None) -> list[dict[str, Any]]:
     """`wmpo record --sim --policy POLICY`: the simulated robot through the ROS 2 graph.
 
     The policy node loads only packages signed by a key it trusts: ``public_key``.
@@ -204,6 +208,10 @@ def record_through_ros(policy: str, task: str, count: int, first_seed: int, out:
         args += ["--public-key", str(public_key)]
     if noise is not None:
         args += ["--noise", str(noise)]
+    if temperature is not None and policy != "scripted":
+        args += ["--temperature", str(temperature)]
+    if extra_steps is not None:
+        args += ["--extra-steps", str(extra_steps)]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
     run_wmpo(*args, log=log)
@@ -276,10 +284,10 @@ def gate_decision(current: list[dict[str, Any]], candidate: list[dict[str, Any]]
 
 
 def evaluate(policy: str, task: str, episodes: int, first_seed: int, *, max_steps: int | None = None,
-             log: Path | None = None) -> dict[str, Any]:
-    """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..``; its JSON report."""
+             log: Path | None = None, temperature: float = 0.0) -> dict[str, Any]:
+    """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..`` (sampled at ``temperature``); its JSON report."""
     args = ["eval", "--policy", policy, "--task", task, "--episodes", str(episodes), "--seed", str(first_seed),
-            "--json"]
+            "--temperature", str(temperature), "--json"]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
     proc = run_wmpo(*args, log=log, capture=True)
@@ -326,6 +334,10 @@ class LoopConfig:
     task: str = "lift"
     robot: str = "sim"  # "sim": simulated robot; "ros": real robot, episodes recorded by an operator
     episodes_per_iter: int = 8
+    # Sampling temperature of the deployed policy: collection and gate evaluation (0 = greedy).
+    temperature: float = 1.0
+    # Recording goes on this many steps past a success, so the reward model sees the task done.
+    steps_after_success: int = 8
     collect_direct: bool = False  # sim only: straight from the simulator instead of through ROS
     episodes_from: str | None = None  # ros only: folder where the robot's recorder writes episodes
     demos: str | None = None  # extra episodes in every training set (e.g. the base policy's demonstrations)
@@ -464,12 +476,14 @@ class Loop:
                 print(f"    collecting {m} episodes directly in the simulator (no ROS graph)", flush=True)
                 if out.exists():
                     shutil.rmtree(out)
-                rows = record_in_sim(self.local_package(current), cfg.task, m, first, out, max_steps=cfg.max_steps)
+                rows = record_in_sim(self.local_package(current), cfg.task, m, first, out, max_steps=cfg.max_steps,
+                                     temperature=cfg.temperature, steps_after_success=cfg.steps_after_success)
                 mode = "simulator, direct (no ROS graph)"
             else:
                 print(f"    collecting {m} episodes through the ROS 2 graph (wmpo record --sim)", flush=True)
                 rows = record_through_ros(self.local_package(current), cfg.task, m, first, out, max_steps=cfg.max_steps,
-                                          log=d / "commands.log", public_key=self.public_key)
+                                          log=d / "commands.log", public_key=self.public_key,
+                                          temperature=cfg.temperature, extra_steps=cfg.steps_after_success)
                 mode = "simulated robot through the ROS 2 graph"
         if not rows:
             raise StageError(f"{out}: no complete episode was collected")
@@ -578,8 +592,9 @@ class Loop:
         e = cfg.gate_episodes
         first = EVALUATION_SEEDS.seeds(e, offset=GATE_SEED_OFFSET + i * e)[0]
         log = d / "commands.log"
-        cur = evaluate(current["package"], cfg.task, e, first, max_steps=cfg.max_steps, log=log)
-        cand = evaluate(candidate, cfg.task, e, first, max_steps=cfg.max_steps, log=log)
+        cur = evaluate(current["package"], cfg.task, e, first, max_steps=cfg.max_steps, log=log,
+                       temperature=cfg.temperature)
+        cand = evaluate(candidate, cfg.task, e, first, max_steps=cfg.max_steps, log=log, temperature=cfg.temperature)
         decision = gate_decision(cur["per_episode"], cand["per_episode"], cfg.gate_alpha)
         print(f"    gate: {decision.reason}", flush=True)
         slim = ("policy", "success_rate", "ci95", "episodes", "successes", "seeds")
@@ -672,6 +687,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--robot", choices=("sim", "ros"), default="sim",
                         help="sim: simulated robot (default); ros: a real robot whose recorder writes to --episodes-from")
     parser.add_argument("--episodes-per-iter", type=int, default=8, help="episodes collected per iteration (default 8)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="policy sampling temperature for collection and the gate (0 = greedy; default 1.0)")
+    parser.add_argument("--steps-after-success", type=int, default=8,
+                        help="steps recorded past a success, for the reward model (default 8)")
     parser.add_argument("--collect-direct", action="store_true",
                         help="sim: collect straight from the simulator instead of through the ROS 2 graph (faster)")
     parser.add_argument("--episodes-from", help="ros: folder where the robot's recorder writes episode bags")

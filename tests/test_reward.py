@@ -144,3 +144,32 @@ def test_train_and_eval_reward_commands_on_bags(tmp_path, capsys):
     assert report["f1"] >= 0.8, report
     assert wmpo(["eval-reward", "--model", str(tmp_path / "missing"), "--episodes", str(episodes)]) == 2
     assert "reward.json" in capsys.readouterr().err
+
+
+def test_reward_on_imagined_replays_scores_what_grpo_sees(tmp_path, capsys):
+    """`eval-reward --world-model`: each episode's actions replayed from its first real frame, scored as GRPO does."""
+    from test_rl_trainers_imagination import tiny_world_model
+
+    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.imagine import ReplayPolicy, imagine
+
+    episodes = tmp_path / "episodes"
+    for seed in range(3):  # different lengths: the batch pads the shorter ones
+        write_episode_bag(episodes, toy_task_episode(12 + 5 * seed, seed, success=seed % 2 == 0, image_size=SIZE))
+    torch.manual_seed(0)
+    model = RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, tau=0.5), **TINY)
+    model.save_pretrained(tmp_path / "reward")
+    wm = tiny_world_model()
+    wm.save_pretrained(tmp_path / "wm")
+    assert wmpo(["eval-reward", "--model", str(tmp_path / "reward"), "--episodes", str(episodes),
+                 "--world-model", str(tmp_path / "wm"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["imagined"]
+    assert report["episodes"] == 3 and report["tp"] + report["fp"] + report["fn"] + report["tn"] == 3
+    # By hand, one episode at a time: its first real frame, then len - 1 imagined frames (seed = its index).
+    for i, ep in enumerate(load_episodes(episodes, "agentview", SIZE)):
+        alone = imagine(wm, ReplayPolicy(ep.actions[None, :-1], wm.chunk_size), ep.frames[None, :1], "",
+                        len(ep.frames) - 1, [i])
+        video = alone.frames[0, alone.context_frames - 1 :]
+        assert len(video) == len(ep.frames)
+        assert report["scores"][ep.episode_id] == pytest.approx(float(model.trajectory_scores([video])[0]), abs=1e-5)
+    assert report["agreement"] == pytest.approx((report["tp"] + report["tn"]) / 3)

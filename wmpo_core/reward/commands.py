@@ -47,6 +47,8 @@ def configure_eval_reward(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo eval-reward`."""
     parser.add_argument("--model", required=True, help="reward-model directory")
     parser.add_argument("--episodes", required=True, help="folder of labelled episode bags")
+    parser.add_argument("--world-model", help="also score imagined replays of the episodes in this world model "
+                        "against their real outcome")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -60,13 +62,22 @@ def main_eval_reward(args: argparse.Namespace) -> int:
         model = RewardModel.from_pretrained(args.model)
         episodes = load_episodes(args.episodes, model.settings.camera, model.settings.image_size)
         report = evaluate_reward(model, episodes)
+        if args.world_model:
+            from wmpo_core.reward.train import evaluate_reward_on_imagination
+            from wmpo_core.world_model.model import WorldModel
+
+            wm = WorldModel.from_pretrained(args.world_model)
+            if wm.settings.image_size != model.settings.image_size:
+                episodes = load_episodes(args.episodes, wm.settings.camera, wm.settings.image_size)
+            report["imagined"] = evaluate_reward_on_imagination(model, wm, episodes)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"episodes {report['episodes']}  tau {report['tau']:.3f}  precision {report['precision']:.3f}  "
-              f"recall {report['recall']:.3f}  f1 {report['f1']:.3f}  (tp {report['tp']} fp {report['fp']} "
-              f"fn {report['fn']} tn {report['tn']}; best tau on this set {report['oracle_tau']:.3f} -> "
-              f"f1 {report['oracle_f1']:.3f})")
+        rows = [("real episodes", report)] + ([("imagined replays", report["imagined"])] if "imagined" in report else [])
+        for name, r in rows:
+            print(f"{name}: episodes {r['episodes']}  tau {r['tau']:.3f}  precision {r['precision']:.3f}  "
+                  f"recall {r['recall']:.3f}  f1 {r['f1']:.3f}  (tp {r['tp']} fp {r['fp']} fn {r['fn']} tn {r['tn']})")
+        print(f"best tau on the real episodes {report['oracle_tau']:.3f} -> f1 {report['oracle_f1']:.3f}")
     return 0

@@ -282,3 +282,38 @@ def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> di
         "oracle_tau": best_tau, "oracle_f1": best_f1,
         "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)},
     }
+
+
+def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
+                                   seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+    """The reward model on imagined replays of labelled episodes, against their real outcome.
+
+    Each episode's recorded actions are replayed in the world model from its first real frame for
+    as many frames as it lasted (what GRPO's reward sees: the real start frame, then imagined ones);
+    the verdict on the imagined video is compared with the episode's real success label.
+    """
+    from wmpo_core.world_model.imagine import ReplayPolicy, imagine
+
+    labelled = [ep for ep in episodes if ep.success is not None and len(ep.frames) > 1]
+    if not labelled:
+        raise ValueError("no labelled episode to imagine")
+    k = world_model.chunk_size
+    scores: list[float] = []
+    for first in range(0, len(labelled), batch_size):
+        part = labelled[first : first + batch_size]
+        horizon = max(len(ep.frames) - 1 for ep in part)
+        actions = np.zeros((len(part), horizon, part[0].actions.shape[1]), dtype=np.float32)
+        for i, ep in enumerate(part):
+            actions[i, : len(ep.actions) - 1] = ep.actions[:-1]
+        starts = np.stack([ep.frames[:1] for ep in part])
+        imagined = imagine(world_model, ReplayPolicy(actions, k), starts, part[0].instruction, horizon,
+                           [seed + first + i for i in range(len(part))])
+        c = imagined.context_frames
+        videos = [imagined.frames[i, c - 1 : c - 1 + len(ep.frames)] for i, ep in enumerate(part)]
+        scores += model.trajectory_scores(videos).tolist()
+    labels = np.array([bool(ep.success) for ep in labelled])
+    predicted = np.asarray(scores) > model.settings.tau
+    return classification_report(predicted, labels) | {
+        "tau": model.settings.tau, "episodes": len(labelled), "agreement": float(np.mean(predicted == labels)),
+        "scores": {ep.episode_id: float(x) for ep, x in zip(labelled, scores, strict=True)},
+    }

@@ -173,3 +173,21 @@ def test_reward_on_imagined_replays_scores_what_grpo_sees(tmp_path, capsys):
         assert len(video) == len(ep.frames)
         assert report["scores"][ep.episode_id] == pytest.approx(float(model.trajectory_scores([video])[0]), abs=1e-5)
     assert report["agreement"] == pytest.approx((report["tp"] + report["tn"]) / 3)
+
+
+def test_hard_negative_mining_returns_the_highest_scoring_quarter():
+    from wmpo_core.reward.train import mine_hard_negatives
+
+    frames = [toy_task_episode(20, seed, success=False, image_size=SIZE) for seed in range(2)]
+    negatives = [(i, end, 0) for i in range(2) for end in range(3, 20)]
+    torch.manual_seed(0)
+    model = RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4), **TINY)
+    model.classifier.train()
+    hard = mine_hard_negatives(model, negatives, frames, pool=len(negatives), generator=torch.Generator().manual_seed(0),
+                               batch_size=5)
+    assert model.classifier.training  # mining scores in eval mode and restores the mode
+    model.classifier.eval()
+    with torch.no_grad():
+        logits = [float(model.logits(gather_clips(frames[i].frames, [end], 4))[0]) for i, end, _ in negatives]
+    top = {negatives[j] for j in np.argsort(logits)[::-1][: len(negatives) // 4]}
+    assert len(hard) == len(negatives) // 4 and set(hard) == top

@@ -53,6 +53,15 @@ def test_scripted_lift_succeeds_and_images_are_upright(lift_camera_env):
     # And the robot stands at the top of the agentview picture, the bright table below it.
     first = frames[0].mean(axis=(1, 2))
     assert first[:6].mean() < first[-16:].mean() - 40
+    # A success within the horizon is recorded for its extra steps even past the horizon.
+    demo.reset()
+    late = run_episode(lift_camera_env, lambda obs: demo.plan_chunk(obs, 8), seed=5, steps_after_success=6,
+                       max_steps=result.success_step, record_frames=False)
+    assert late.success and late.length == result.success_step + 6 > late.success_step == result.success_step
+    demo.reset()
+    short = run_episode(lift_camera_env, lambda obs: demo.plan_chunk(obs, 8), seed=5, steps_after_success=6,
+                        max_steps=result.success_step - 1, record_frames=False)
+    assert not short.success and short.length == result.success_step - 1
 
 
 def test_lift_demonstrator_on_a_few_seeds(lift_env):

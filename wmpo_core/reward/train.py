@@ -63,6 +63,12 @@ class RewardTrainConfig:
     # Training-clip augmentation: random left-right mirror and a shift of up to this many pixels (0: off).
     flip: bool = True
     shift_px: int = 2
+    # Hard-negative mining: every ``mining_every`` steps, score up to ``mining_pool`` negative clips and draw
+    # this fraction of each batch's negatives from the highest-scoring quarter (0: uniform negatives). Under
+    # the any-clip rule one confident clip makes a failure a success, so the hardest negatives decide precision.
+    hard_negative_fraction: float = 0.5
+    mining_every: int = 100
+    mining_pool: int = 1024
     # Overrides of the tiny VideoMAEConfig (hidden_size, num_hidden_layers, ...).
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +119,26 @@ def augment_clips(clips: np.ndarray, rng: np.random.Generator, flip: bool = True
             padded = np.pad(out[k], ((0, 0), (shift_px, shift_px), (shift_px, shift_px), (0, 0)), mode="edge")
             out[k] = padded[:, shift_px + dy : shift_px + dy + h, shift_px + dx : shift_px + dx + w]
     return out
+
+
+def mine_hard_negatives(model: RewardModel, negatives: Sequence[tuple[int, int, int]],
+                        episodes: Sequence[EpisodeFrames], pool: int, generator: torch.Generator,
+                        batch_size: int = 64) -> list[tuple[int, int, int]]:
+    """The highest-scoring quarter of (up to) ``pool`` randomly chosen negative clips."""
+    chosen = torch.randperm(len(negatives), generator=generator)[:pool].tolist()
+    items = [negatives[j] for j in chosen]
+    clip_len = model.settings.clip_len
+    was_training = model.classifier.training
+    model.classifier.eval()
+    scores: list[float] = []
+    with torch.no_grad():
+        for first in range(0, len(items), batch_size):
+            part = items[first : first + batch_size]
+            clips = np.stack([gather_clips(episodes[i].frames, [end], clip_len)[0] for i, end, _ in part])
+            scores += model.logits(clips).tolist()
+    model.classifier.train(was_training)
+    order = np.argsort(scores)[::-1][: max(1, len(items) // 4)]
+    return [items[j] for j in order]
 
 
 def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
@@ -234,10 +260,17 @@ def train_reward(
     losses: list[float] = []
     start = time.perf_counter()
     half = cfg.batch_size // 2
+    n_hard = round(cfg.hard_negative_fraction * (cfg.batch_size - half))
+    hard: list[tuple[int, int, int]] = []
     for step in tqdm(range(cfg.steps), desc="train-reward", disable=not progress):
+        if n_hard and step >= cfg.mining_every and step % cfg.mining_every == 0:
+            hard = mine_hard_negatives(model, negatives, train, cfg.mining_pool, generator)
         # Balanced batches: successes are rarer than failures and early clips.
         pick = [positives[j] for j in torch.randint(0, len(positives), (half,), generator=generator)]
-        pick += [negatives[j] for j in torch.randint(0, len(negatives), (cfg.batch_size - half,), generator=generator)]
+        k_hard = n_hard if hard else 0
+        pick += [hard[j] for j in torch.randint(0, len(hard), (k_hard,), generator=generator)] if k_hard else []
+        pick += [negatives[j] for j in torch.randint(0, len(negatives), (cfg.batch_size - half - k_hard,),
+                                                     generator=generator)]
         clips = np.stack([gather_clips(train[i].frames, [end], settings.clip_len)[0] for i, end, _ in pick])
         clips = augment_clips(clips, aug_rng, cfg.flip, cfg.shift_px)
         labels = torch.tensor([label for _, _, label in pick])

@@ -62,7 +62,8 @@ def run_episode(
     ``policy_fn(obs)`` returns a (k, 7) chunk (a (7,) action counts as k = 1); the first
     ``execute_steps`` of it (default: all) run open-loop before the policy is called again.
     The episode stops ``steps_after_success`` steps after the first success, or at
-    ``max_steps`` (default ``env.max_steps``).
+    ``max_steps`` (default ``env.max_steps``) without one. Success counts only within ``max_steps``;
+    the steps after it are recorded even past that limit (observation, not a second chance).
     """
     horizon = env.max_steps if max_steps is None else int(max_steps)
     if horizon <= 0:
@@ -82,7 +83,7 @@ def run_episode(
     eef = [obs.eef_pos]
     flags = [bool(obs.success)]
     success_step = 0 if obs.success else None
-    stop_at = horizon if success_step is None else min(horizon, steps_after_success)
+    stop_at = horizon if success_step is None else steps_after_success
     chunks = 0
     clipped = 0
     while len(actions) < stop_at:
@@ -104,7 +105,7 @@ def run_episode(
                 frames[cam].append(img)
             if obs.success and success_step is None:
                 success_step = obs.step
-                stop_at = min(horizon, success_step + steps_after_success)
+                stop_at = success_step + steps_after_success
             if len(actions) >= stop_at:
                 break
 

@@ -16,7 +16,8 @@ def _error(message: str) -> int:
 
 def configure_train_reward(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo train-reward`."""
-    parser.add_argument("--episodes", required=True, help="folder of labelled episode bags (successes and failures)")
+    parser.add_argument("--episodes", required=True, nargs="+",
+                        help="folder(s) of labelled episode bags (successes and failures)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", help="JSON config (RewardTrainConfig fields)")
     parser.add_argument("--backbone", help="local pretrained VideoMAE directory (default: tiny, random init)")
@@ -46,7 +47,7 @@ def main_train_reward(args: argparse.Namespace) -> int:
 def configure_eval_reward(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo eval-reward`."""
     parser.add_argument("--model", required=True, help="reward-model directory")
-    parser.add_argument("--episodes", required=True, help="folder of labelled episode bags")
+    parser.add_argument("--episodes", required=True, nargs="+", help="folder(s) of labelled episode bags")
     parser.add_argument("--world-model", help="also score imagined replays of the episodes in this world model "
                         "against their real outcome")
     parser.add_argument("--json", action="store_true", help="print JSON")

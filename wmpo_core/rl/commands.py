@@ -50,7 +50,8 @@ def configure_grpo(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
     parser.add_argument("--reward", required=True, help="reward-model directory (reward.json)")
-    parser.add_argument("--episodes", required=True, help="folder of recorded episodes: their first frames start imagination")
+    parser.add_argument("--episodes", required=True, nargs="+",
+                        help="folder(s) of recorded episodes: their first frames start imagination")
     parser.add_argument("--iterations", type=int, help="override config.iterations")
     parser.add_argument("--budget", type=int, help="real trajectories behind the world and reward models (recorded in the manifest)")
 
@@ -195,7 +196,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-align", action="store_true", help="use --world-model as it is (no behavior alignment)")
     parser.add_argument("--align-steps", type=int, help="alignment steps (default: the world model's own config)")
     parser.add_argument("--reward", help="reward-model directory (default: trained here on the rollouts and --demos)")
-    parser.add_argument("--demos", help="recorded episodes: more reward-model data and imagination start states")
+    parser.add_argument("--demos", nargs="+",
+                        help="recorded episode folder(s): more reward-model data and imagination start states")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of the base-policy rollouts and of every evaluation "
                              "(0 = greedy; default 1.0)")

@@ -58,9 +58,11 @@ DEMONSTRATION_SEEDS = SeedRange("demonstrations", 0, 100_000)
 # Rollouts of the base policy in the simulator: the P real trajectories of the simulation study
 # (world-model alignment data, DPO pairs, online GRPO groups).
 POLICY_ROLLOUT_SEEDS = SeedRange("policy rollouts", 100_000, 200_000)
+# Choosing hyper-parameters (learning rates, checkpoints): never the evaluation seeds.
+VALIDATION_SEEDS = SeedRange("validation", 200_000, 300_000)
 # Held-out start states of `wmpo compare` and of every reported success rate.
 EVALUATION_SEEDS = SeedRange("evaluation", 900_000, 1_000_000)
-SEED_RANGES: tuple[SeedRange, ...] = (DEMONSTRATION_SEEDS, POLICY_ROLLOUT_SEEDS, EVALUATION_SEEDS)
+SEED_RANGES: tuple[SeedRange, ...] = (DEMONSTRATION_SEEDS, POLICY_ROLLOUT_SEEDS, VALIDATION_SEEDS, EVALUATION_SEEDS)
 
 
 def assert_disjoint(ranges: tuple[SeedRange, ...] = SEED_RANGES) -> None:

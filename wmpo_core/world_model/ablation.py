@@ -114,9 +114,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo ablate-world-model`."""
-    parser.add_argument("--demos", required=True, help="demonstration episodes (pretraining data)")
-    parser.add_argument("--rollouts", required=True, help="policy rollouts (alignment data)")
-    parser.add_argument("--heldout", required=True, help="held-out policy rollouts to score fidelity on")
+    parser.add_argument("--demos", required=True, nargs="+", help="demonstration episode folder(s) (pretraining data)")
+    parser.add_argument("--rollouts", required=True, nargs="+", help="policy rollout folder(s) (alignment data)")
+    parser.add_argument("--heldout", required=True, nargs="+", help="held-out policy rollout folder(s) to score fidelity on")
     parser.add_argument("--out", required=True, help="ablation directory (finished runs in it are reused)")
     parser.add_argument("--config", help="pretraining config (WorldModelTrainConfig JSON)")
     parser.add_argument("--vae", help="AutoencoderKL directory shared by every variant")

@@ -26,7 +26,7 @@ def _load_config(path: str | None):
 # ----------------------------------------------------------------------------------- train-vae
 def configure_train_vae(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo train-vae`."""
-    parser.add_argument("--episodes", required=True, help="folder of episode bags")
+    parser.add_argument("--episodes", required=True, nargs="+", help="folder(s) of episode bags")
     parser.add_argument("--out", required=True, help="output directory (diffusers AutoencoderKL)")
     parser.add_argument("--config", help="JSON training config (WorldModelTrainConfig fields: vae_*, camera, image_size)")
     parser.add_argument("--steps", type=int, help="override vae_steps")
@@ -53,7 +53,8 @@ def main_train_vae(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------- train-world-model
 def configure_train_world_model(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo train-world-model`."""
-    parser.add_argument("--episodes", required=True, help="folder of episode bags (demonstrations, or policy rollouts with --init)")
+    parser.add_argument("--episodes", required=True, nargs="+",
+                        help="folder(s) of episode bags (demonstrations, or policy rollouts with --init)")
     parser.add_argument("--out", required=True, help="run directory; an existing one with checkpoints is resumed")
     parser.add_argument("--config", help="JSON training config (WorldModelTrainConfig fields)")
     parser.add_argument("--init", help="previous run to fine-tune from (policy behavior alignment)")
@@ -90,7 +91,7 @@ def main_train_world_model(args: argparse.Namespace) -> int:
 def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo eval-world-model`."""
     parser.add_argument("--model", required=True, action="append", help="world-model run (repeat to compare runs)")
-    parser.add_argument("--episodes", required=True, help="folder of held-out episode bags")
+    parser.add_argument("--episodes", required=True, nargs="+", help="folder(s) of held-out episode bags")
     parser.add_argument("--chunks", type=int, default=4, help="chunks of K frames to predict (>= 4 recommended)")
     parser.add_argument("--max-episodes", type=int, default=16)
     parser.add_argument("--include-training", action="store_true",

@@ -8,6 +8,7 @@ without stopping the others.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +67,18 @@ def load_episode_frames(path: str | Path, camera: str, image_size: int) -> Episo
     )
 
 
-def load_episodes(directory: str | Path, camera: str, image_size: int, min_length: int = 1) -> list[EpisodeFrames]:
-    """All readable episodes of a folder; unreadable or too-short ones are logged by path and skipped."""
+def load_episodes(directory: str | Path | Sequence[str | Path], camera: str, image_size: int,
+                  min_length: int = 1) -> list[EpisodeFrames]:
+    """All readable episodes of a folder (or of several, in order); unreadable or too-short ones are
+    logged by path and skipped."""
     from wmpo_core.data.bag import episode_dirs
 
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: episodes directory does not exist")
+    folders = [directory] if isinstance(directory, str | Path) else list(directory)
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: episodes directory does not exist")
     out: list[EpisodeFrames] = []
-    for path in episode_dirs(directory):
+    for path in (p for folder in folders for p in episode_dirs(folder)):
         try:
             ep = load_episode_frames(path, camera, image_size)
         except Exception as exc:  # one bad bag must not stop training on the others
@@ -84,5 +89,5 @@ def load_episodes(directory: str | Path, camera: str, image_size: int, min_lengt
             continue
         out.append(ep)
     if not out:
-        raise ValueError(f"{directory}: no usable episodes (camera {camera!r}, at least {min_length} frames)")
+        raise ValueError(f"{', '.join(map(str, folders))}: no usable episodes (camera {camera!r}, at least {min_length} frames)")
     return out

@@ -191,3 +191,30 @@ def test_hard_negative_mining_returns_the_highest_scoring_quarter():
         logits = [float(model.logits(gather_clips(frames[i].frames, [end], 4))[0]) for i, end, _ in negatives]
     top = {negatives[j] for j in np.argsort(logits)[::-1][: len(negatives) // 4]}
     assert len(hard) == len(negatives) // 4 and set(hard) == top
+
+
+def test_training_on_imagined_replays_keeps_the_real_labels(tmp_path):
+    from test_rl_trainers_imagination import tiny_world_model
+
+    from wmpo_core.reward.train import imagined_replays, train_reward
+
+    eps = [toy_task_episode(16, seed, success=seed % 2 == 0, image_size=SIZE) for seed in range(6)]
+    for ep in eps:
+        ep.success_step = 12 if ep.success else None
+        ep.success_flags = np.arange(16) >= 12 if ep.success else np.zeros(16, bool)
+    wm = tiny_world_model()
+    replays = imagined_replays(wm, eps)
+    assert [r.episode_id for r in replays] == [f"{e.episode_id}~imagined" for e in eps]
+    for real, fake in zip(eps, replays, strict=True):
+        assert fake.frames.shape == real.frames.shape and np.array_equal(fake.frames[0], real.frames[0])
+        assert not np.array_equal(fake.frames[1:], real.frames[1:])  # imagined, not copied
+        assert (fake.success, fake.success_step) == (real.success, real.success_step)
+        assert np.array_equal(fake.success_flags, real.success_flags)
+    cfg = RewardTrainConfig(steps=4, batch_size=4, image_size=SIZE, clip_len=4, stride=4, val_fraction=0.34,
+                            mining_every=2, mining_pool=8, model=TINY)
+    result = train_reward(eps, tmp_path / "r", cfg, world_model=wm, progress=False)
+    # Training sees its real episodes and their replays; validation (for tau) too.
+    n_val = len(json.loads((tmp_path / "r" / "training.json").read_text())["val_ids"])
+    assert 2 <= n_val <= 4
+    assert result["train_episodes"] == 2 * (6 - n_val) and result["val_episodes"] == 2 * n_val
+    assert {"val_f1_real", "val_f1_imagined"} <= set(result)

@@ -23,6 +23,8 @@ def configure_train_reward(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="local pretrained VideoMAE directory (default: tiny, random init)")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--min-frame", type=int, help="success is not declared by clips ending before this frame")
+    parser.add_argument("--world-model", help="also train on imagined replays of the episodes in this world model "
+                        "(tau then calibrated on real and imagined validation episodes)")
 
 
 def main_train_reward(args: argparse.Namespace) -> int:
@@ -37,7 +39,15 @@ def main_train_reward(args: argparse.Namespace) -> int:
         if args.min_frame is not None:
             cfg.min_frame = args.min_frame
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
-        result = train_reward(episodes, args.out, cfg, backbone=args.backbone)
+        world_model = None
+        if args.world_model:
+            from wmpo_core.world_model.model import WorldModel
+
+            world_model = WorldModel.from_pretrained(args.world_model)
+            if world_model.settings.image_size != cfg.image_size:
+                raise ValueError(f"{args.world_model}: {world_model.settings.image_size} px frames, the reward "
+                                 f"config expects {cfg.image_size}")
+        result = train_reward(episodes, args.out, cfg, backbone=args.backbone, world_model=world_model)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     print(json.dumps(result, indent=2))

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.reward.model import RewardModel, RewardSettings, clip_end_indices, gather_clips, load_backbone
-from wmpo_core.world_model.episodes import EpisodeFrames
+from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,16 @@ def train_reward(
     config: RewardTrainConfig | None = None,
     *,
     backbone: str | Path | None = None,
+    world_model: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train on labelled clips, calibrate tau on validation episodes, save to ``out``."""
+    """Train on labelled clips, calibrate tau on validation episodes, save to ``out``.
+
+    With ``world_model``, the imagined replays of the training episodes (:func:`imagined_replays`,
+    the real labels) are training episodes too, and ``tau`` is calibrated on the validation
+    episodes and their replays together: GRPO applies the model to imagined videos, whose blur and
+    artefacts the real frames never show.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     cfg = config or RewardTrainConfig()
@@ -240,6 +247,11 @@ def train_reward(
         val = labelled
     settings = RewardSettings(camera=cfg.camera, image_size=cfg.image_size, clip_len=cfg.clip_len,
                               min_frame=cfg.min_frame, score_stride=cfg.score_stride)
+    val_real = list(val)
+    if world_model is not None:
+        log.info("imagining replays of %d training and %d validation episodes", len(train), len(val))
+        train = train + imagined_replays(world_model, train, cfg.seed)
+        val = val + imagined_replays(world_model, val, cfg.seed + 100_000)
     torch.manual_seed(cfg.seed)
     model = load_backbone(backbone, settings) if backbone else RewardModel.tiny(settings, **cfg.model)
     model.classifier.train()
@@ -284,20 +296,25 @@ def train_reward(
     elapsed = time.perf_counter() - start
     model.classifier.eval()
     scores = model.trajectory_scores([ep.frames for ep in val])
-    tau, f1 = calibrate_tau(scores, [bool(ep.success) for ep in val])
+    val_labels = np.array([bool(ep.success) for ep in val])
+    tau, f1 = calibrate_tau(scores, val_labels)
     model.settings.tau = tau
+    n_real = len(val_real)
+    by_source = {"val_f1_real": f1_score(scores[:n_real] > tau, val_labels[:n_real])}
+    if len(val) > n_real:
+        by_source["val_f1_imagined"] = f1_score(scores[n_real:] > tau, val_labels[n_real:])
     model.save_pretrained(out)
     writer.add_scalar("reward/val_f1", f1, cfg.steps)
     writer.close()
     result = {
-        "tau": tau, "val_f1": f1, "val_episodes": len(val), "train_episodes": len(train),
+        "tau": tau, "val_f1": f1, **by_source, "val_episodes": len(val), "train_episodes": len(train),
         "positive_clips": len(positives), "negative_clips": len(negatives),
         "final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0],
         "seconds_per_step": elapsed / max(cfg.steps, 1),
         "params_millions": sum(p.numel() for p in model.classifier.parameters()) / 1e6, "notes": notes,
     }
     (out / "training.json").write_text(json.dumps(
-        result | {"config": asdict(cfg), "val_ids": [ep.episode_id for ep in val]}, indent=2) + "\n")
+        result | {"config": asdict(cfg), "val_ids": [ep.episode_id for ep in val_real]}, indent=2) + "\n")
     return result
 
 
@@ -317,36 +334,46 @@ def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> di
     }
 
 
-def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
-                                   seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
-    """The reward model on imagined replays of labelled episodes, against their real outcome.
+def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: int = 0,
+                     batch_size: int = 8) -> list[EpisodeFrames]:
+    """Each labelled episode replayed in the world model: its first real frame, then its recorded actions.
 
-    Each episode's recorded actions are replayed in the world model from its first real frame for
-    as many frames as it lasted (what GRPO's reward sees: the real start frame, then imagined ones);
-    the verdict on the imagined video is compared with the episode's real success label.
+    What GRPO's reward sees (the real start frame, then imagined ones) for a known outcome. A replay
+    keeps the episode's label, success step and per-frame success flags (same frame indices) and
+    gets the id ``<id>~imagined``. Episode ``j`` of the list draws from seed ``seed + j``.
     """
     from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
     labelled = [ep for ep in episodes if ep.success is not None and len(ep.frames) > 1]
-    if not labelled:
-        raise ValueError("no labelled episode to imagine")
     k = world_model.chunk_size
-    scores: list[float] = []
+    out: list[EpisodeFrames] = []
     for first in range(0, len(labelled), batch_size):
         part = labelled[first : first + batch_size]
         horizon = max(len(ep.frames) - 1 for ep in part)
         actions = np.zeros((len(part), horizon, part[0].actions.shape[1]), dtype=np.float32)
-        for i, ep in enumerate(part):
+        for i, ep in enumerate(part):  # shorter episodes are padded with zero actions past their end
             actions[i, : len(ep.actions) - 1] = ep.actions[:-1]
         starts = np.stack([ep.frames[:1] for ep in part])
         imagined = imagine(world_model, ReplayPolicy(actions, k), starts, part[0].instruction, horizon,
                            [seed + first + i for i in range(len(part))])
         c = imagined.context_frames
-        videos = [imagined.frames[i, c - 1 : c - 1 + len(ep.frames)] for i, ep in enumerate(part)]
-        scores += model.trajectory_scores(videos).tolist()
-    labels = np.array([bool(ep.success) for ep in labelled])
-    predicted = np.asarray(scores) > model.settings.tau
+        for i, ep in enumerate(part):
+            frames = resize_frames(imagined.frames[i, c - 1 : c - 1 + len(ep.frames)], ep.frames.shape[1])
+            out.append(EpisodeFrames(f"{ep.episode_id}~imagined", frames, ep.actions, ep.success, ep.instruction,
+                                     ep.success_step, ep.success_flags))
+    return out
+
+
+def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
+                                   seed: int = 0) -> dict[str, Any]:
+    """The reward model on imagined replays (:func:`imagined_replays`) against the episodes' real outcome."""
+    replays = imagined_replays(world_model, episodes, seed)
+    if not replays:
+        raise ValueError("no labelled episode to imagine")
+    scores = model.trajectory_scores([ep.frames for ep in replays])
+    labels = np.array([bool(ep.success) for ep in replays])
+    predicted = scores > model.settings.tau
     return classification_report(predicted, labels) | {
-        "tau": model.settings.tau, "episodes": len(labelled), "agreement": float(np.mean(predicted == labels)),
-        "scores": {ep.episode_id: float(x) for ep, x in zip(labelled, scores, strict=True)},
+        "tau": model.settings.tau, "episodes": len(replays), "agreement": float(np.mean(predicted == labels)),
+        "scores": {ep.episode_id.removesuffix("~imagined"): float(x) for ep, x in zip(replays, scores, strict=True)},
     }

@@ -188,7 +188,11 @@ def collect_budget_rollouts(task: str, budget: int, base: str | Path, out: Path,
 def prepare_models(data: BudgetData, work: Path, *, pretrained_world_model: str | Path | None,
                    align: bool, align_steps: int | None, reward: str | Path | None,
                    reward_config: Any = None, demos: str | Path | None = None, progress: bool = False) -> BudgetData:
-    """World model aligned on the rollouts (policy behavior alignment) and reward model, trained unless given."""
+    """World model aligned on the rollouts (policy behavior alignment) and reward model, trained unless given.
+
+    The reward model trains on the rollouts and ``demos`` and on their imagined replays in the aligned
+    world model (the videos it will score during GRPO).
+    """
     from wmpo_core.world_model.episodes import load_episodes
 
     if pretrained_world_model is not None:
@@ -218,8 +222,14 @@ def prepare_models(data: BudgetData, work: Path, *, pretrained_world_model: str 
             episodes = load_episodes(data.rollouts, cfg.camera, cfg.image_size)
             if demos is not None:
                 episodes += load_episodes(demos, cfg.camera, cfg.image_size)
-            log.info("training the reward model on %d episodes into %s", len(episodes), out)
-            train_reward(episodes, out, cfg, progress=progress)
+            world_model = None
+            if data.world_model is not None:
+                from wmpo_core.world_model.model import WorldModel
+
+                world_model = WorldModel.from_pretrained(data.world_model)
+            log.info("training the reward model on %d episodes (and their imagined replays) into %s",
+                     len(episodes), out)
+            train_reward(episodes, out, cfg, world_model=world_model, progress=progress)
         data.reward = out
     return data
 

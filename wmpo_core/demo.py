@@ -50,26 +50,30 @@ from wmpo_core.loop import (
 
 HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
 
-# Time model of the stages (seconds on an otherwise idle 2-core CPU): fixed + per unit x size.
-# Per-step costs were measured as process CPU time (both torch threads summed) on the shared
-# 2-core build machine at the default model sizes, then divided by ~1.7 for two cores:
-# BC 3.1 CPU-s/step, VAE 6.1, world model 6.1, reward 1.7 (batch sizes of their configs).
-# Episode costs: a scripted lift episode through the graph ~48 steps, an unimproved policy
-# runs to the step limit (120 for lift). Each finished stage's real time replaces its estimate.
-GRAPH_START_S = 45.0  # `wmpo record` / `wmpo up`: start 4 node processes, import robosuite, first reset
-ROS_STEP_S = 0.12  # one lockstep control tick through the graph (10 Hz target, 64 px, two cameras)
-DIRECT_STEP_S = 0.06  # one simulator step with a camera plus the policy, no ROS
+# Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
+# Measured on this kind of machine with one torch thread per process (see README "Measured"):
+# BC 0.45 s/step (recipe batch 32), VAE 0.30, world model 0.20 (64 px recipe, batch 8), reward
+# 0.35 (batch 16 clips) plus imagining the replays of its episodes, one GRPO iteration of the lift
+# config (up to 3 rounds of 4 starts x G = 8 imagined trajectories of 96 frames) about 150 s.
+# Episode costs: a scripted lift episode through the graph ~48 steps plus the steps recorded after
+# success, an unimproved policy mostly runs to the step limit (120 for lift). Each finished
+# stage's real time replaces its estimate.
+GRAPH_START_S = 15.0  # `wmpo record` / `wmpo up`: start 4 node processes, import robosuite, first reset (6 s measured)
+ROS_STEP_S = 0.10  # one lockstep control tick through the graph (64 px, two cameras; 0.10 s measured)
+DIRECT_STEP_S = 0.03  # one simulator step with a camera plus the policy, no ROS
 COMMAND_START_S = 12.0  # a `wmpo` training command: python + torch import, data loading
-BC_STEP_S = 1.8  # tiny VLA, batch 16
-VAE_STEP_S = 3.6  # tiny VAE, batch 16 at 64 px
-WM_STEP_S = 3.6  # tiny world model, batch 8
-REWARD_STEP_S = 1.0  # tiny VideoMAE, batch 16 clips of 8 frames
-GRPO_ITER_S = 180.0  # one GRPO iteration with DEMO_GRPO: up to 2 rounds of 2 starts x G = 8 imagined trajectories
-# Imagination dominates GRPO: one iteration at the WMPOConfig defaults (4 starts x 8 trajectories x 64 frames,
-# up to 4 sampling rounds) used over 4 CPU-minutes here without finishing, so the demo samples less per iteration.
-DEMO_GRPO = {"starts_per_round": 2, "max_sampling_rounds": 2}
-DEMO_VAE_STEPS = 60  # the world-model config's default (600) alone would take over half an hour here
+BC_STEP_S = 0.45
+VAE_STEP_S = 0.30
+WM_STEP_S = 0.20
+REWARD_STEP_S = 0.35
+REPLAY_FRAME_S = 0.02  # imagining one frame of a replayed episode for the reward model
+GRPO_ITER_S = 150.0
+DEMO_VAE_STEPS = 400
 LIFT_SUCCESS_STEPS = 48  # a scripted lift succeeds in about this many steps through the graph
+RECIPE_DIR = Path(__file__).parent / "policy" / "recipes"
+RL_CONFIG_DIR = Path(__file__).parent / "rl" / "configs"
+DEFAULT_WM_CONFIG = Path(__file__).parent / "world_model" / "configs" / "sim64.json"
+DEFAULT_REWARD_CONFIG = Path(__file__).parent / "reward" / "configs" / "lift.json"
 
 
 @dataclass
@@ -117,18 +121,25 @@ def _episodes_summary(folder: Path) -> dict[str, Any]:
 
 
 def _record(args: argparse.Namespace, out: Path, stage: str, policy: str, count: int, seed: int,
-            noise: float | None = None) -> dict[str, Any]:
-    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct."""
+            noise: float | None = None, training_data: bool = False) -> dict[str, Any]:
+    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct.
+
+    A learned policy samples at ``--temperature``. Episodes that train the reward model
+    (``training_data``) record ``--steps-after-success`` steps past a success.
+    """
     episodes = out / stage / "episodes"
     if episodes.exists():
         shutil.rmtree(episodes)  # a half-finished earlier attempt: record the stage afresh
+    extra = args.steps_after_success if training_data else None
     if args.direct and policy != "scripted":
         print(f"    {count} episodes directly in the simulator (--direct: no ROS graph)", flush=True)
-        rows = record_in_sim(policy, args.task, count, seed, episodes, max_steps=args.max_steps)
+        rows = record_in_sim(policy, args.task, count, seed, episodes, max_steps=args.max_steps,
+                             temperature=args.temperature, steps_after_success=extra or 0)
         via = "simulator (direct)"
     else:
         rows = record_through_ros(policy, args.task, count, seed, episodes, max_steps=args.max_steps,
-                                  log=_log(out, stage), public_key=_public_key(out), noise=noise)
+                                  log=_log(out, stage), public_key=_public_key(out), noise=noise,
+                                  temperature=args.temperature, extra_steps=extra)
         via = "ROS 2 graph"
     if not rows:
         raise StageError(f"{episodes}: no complete episode was recorded")
@@ -161,13 +172,15 @@ def _stage_record_demos(args: argparse.Namespace, out: Path) -> dict:
     from wmpo_core.rl.config import DEMONSTRATION_SEEDS
 
     seed = DEMONSTRATION_SEEDS.seeds(args.demos, offset=args.seed)[0]
-    return _record(args, out, "record_demos", "scripted", args.demos, seed, noise=args.noise)
+    return _record(args, out, "record_demos", "scripted", args.demos, seed, noise=args.noise, training_data=True)
 
 
 def _stage_train_bc(args: argparse.Namespace, out: Path) -> dict:
     demos = read_json(out / "record_demos" / MARKER)["episodes_dir"]
     run = out / "train_bc" / "run"
     cmd = ["train-policy", "--episodes", demos, "--out", str(run), "--no-progress"]
+    if RECIPE_DIR.joinpath(f"{args.task}_base.json").is_file():  # the task's base-policy recipe, on these demos
+        cmd += ["--recipe", f"{args.task}_base"]
     cmd = _sized(cmd, "--steps", args.bc_steps)
     cmd = _sized(cmd, "--train-config", args.bc_config)
     if (run / "checkpoints").is_dir():
@@ -191,12 +204,12 @@ def _stage_record_rollouts(args: argparse.Namespace, out: Path) -> dict:
     from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
 
     seed = POLICY_ROLLOUT_SEEDS.seeds(args.rollouts, offset=args.seed)[0]
-    return _record(args, out, "record_rollouts", _base(out)["package"], args.rollouts, seed)
+    return _record(args, out, "record_rollouts", _base(out)["package"], args.rollouts, seed, training_data=True)
 
 
 def _wm_config(args: argparse.Namespace, out: Path) -> Path:
-    """--wm-config with the demo's VAE step count applied (train-world-model has no flag for it)."""
-    data = read_json(Path(args.wm_config)) if args.wm_config else {}
+    """--wm-config (default: the 64 px simulator recipe) with the demo's VAE step count applied."""
+    data = read_json(Path(args.wm_config or DEFAULT_WM_CONFIG))
     if args.vae_steps is not None or "vae_steps" not in data:
         data["vae_steps"] = _vae_steps(args)
     path = out / "world_model" / "config.json"
@@ -208,8 +221,6 @@ def _vae_steps(args: argparse.Namespace) -> int:
     """--vae-steps, else the --wm-config value, else the demo's default (60)."""
     if args.vae_steps is not None:
         return args.vae_steps
-    if args.wm_config:
-        return int(read_json(Path(args.wm_config)).get("vae_steps", DEMO_VAE_STEPS))
     return DEMO_VAE_STEPS
 
 
@@ -242,19 +253,23 @@ def _stage_reward(args: argparse.Namespace, out: Path) -> dict:
     run = out / "reward" / "run"
     if run.exists():
         shutil.rmtree(run)  # train-reward has no resume: retrain
-    cmd = ["train-reward", "--episodes", str(data), "--out", str(run)]
-    cmd = _sized(_sized(cmd, "--config", args.reward_config), "--steps", args.reward_steps)
+    # Also on imagined replays of the episodes in the aligned world model: GRPO scores imagined videos.
+    cmd = ["train-reward", "--episodes", str(data), "--out", str(run),
+           "--world-model", read_json(out / "world_model" / MARKER)["aligned"]]
+    config = args.reward_config or (str(DEFAULT_REWARD_CONFIG) if args.task == "lift" else None)
+    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.reward_steps)
     summary = last_json_line(run_wmpo(*cmd, log=_log(out, "reward"), capture=True).stdout, "wmpo train-reward")
     return {"run": str(run), **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
 
 
 def _grpo_config(args: argparse.Namespace, out: Path) -> Path:
-    """--grpo-config, else the demo's lighter sampling (WMPOConfig defaults for everything else)."""
+    """--grpo-config, else the task's shipped WMPO config (lift), else the WMPOConfig defaults."""
     if args.grpo_config:
         return Path(args.grpo_config)
+    shipped = RL_CONFIG_DIR / f"{args.task}_wmpo.json"
     path = out / "grpo" / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(DEMO_GRPO, indent=2) + "\n")
+    path.write_text(json.dumps(read_json(shipped) if shipped.is_file() else {}, indent=2) + "\n")
     return path
 
 
@@ -433,16 +448,17 @@ def _steps(value: int | None, default: int) -> int:
 STAGES: list[Stage] = [
     Stage("keys", "Make a signing key pair", lambda a: 3.0, _stage_keys),
     Stage("record_demos", "Record scripted demonstrations through the ROS 2 graph",
-          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + 3), _stage_record_demos),
+          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + a.steps_after_success), _stage_record_demos),
     Stage("train_bc", "Behavior cloning: the base policy (signed)",
-          lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 2000) * BC_STEP_S, _stage_train_bc),
+          lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 600) * BC_STEP_S, _stage_train_bc),
     Stage("record_rollouts", "Record base-policy rollouts through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.rollouts), _stage_record_rollouts),
     Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
           lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
-          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 1500)) * WM_STEP_S, _stage_world_model),
+          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 500)) * WM_STEP_S, _stage_world_model),
     Stage("reward", "Reward model on demonstrations and rollouts",
-          lambda a: COMMAND_START_S + _steps(a.reward_steps, 300) * REWARD_STEP_S, _stage_reward),
+          lambda a: COMMAND_START_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
+          + (a.demos * LIFT_SUCCESS_STEPS + a.rollouts * _task_steps(a)) * REPLAY_FRAME_S, _stage_reward),
     Stage("grpo", "GRPO in imagination (signed, parent = base)",
           lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S, _stage_grpo),
     Stage("eval_before", "Evaluate the base policy through the ROS 2 graph",
@@ -460,23 +476,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo demo`; the defaults fit in about 45 minutes on a 2-core CPU."""
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
-    parser.add_argument("--demos", type=int, default=16, help="scripted demonstrations (default 16)")
-    parser.add_argument("--rollouts", type=int, default=8, help="base-policy rollouts (default 8)")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="held-out evaluation episodes per policy (default 10)")
+    parser.add_argument("--demos", type=int, default=40, help="scripted demonstrations (default 40)")
+    parser.add_argument("--rollouts", type=int, default=16, help="base-policy rollouts (default 16)")
+    parser.add_argument("--eval-episodes", type=int, default=20, help="held-out evaluation episodes per policy (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="offset of every seed range (default 0)")
     parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default 0)")
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's)")
-    parser.add_argument("--bc-steps", type=int, default=250, help="behavior-cloning steps (default 250)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the learned policies on the robot (0 = greedy; default 1.0)")
+    parser.add_argument("--steps-after-success", type=int, default=8,
+                        help="steps recorded past a success in training episodes, for the reward model (default 8)")
+    parser.add_argument("--bc-steps", type=int, help="behavior-cloning steps (default: the task's base recipe, 600 for lift)")
     parser.add_argument("--vae-steps", type=int, help=f"frame autoencoder steps (default: the --wm-config value, "
                         f"else {DEMO_VAE_STEPS})")
-    parser.add_argument("--wm-steps", type=int, default=120, help="world-model pretraining steps (default 120)")
-    parser.add_argument("--align-steps", type=int, default=40, help="world-model alignment steps (default 40)")
-    parser.add_argument("--reward-steps", type=int, default=100, help="reward-model steps (default 100)")
-    parser.add_argument("--grpo-iterations", type=int, default=2, help="GRPO iterations (default 2)")
+    parser.add_argument("--wm-steps", type=int, default=1200, help="world-model pretraining steps (default 1200)")
+    parser.add_argument("--align-steps", type=int, default=300, help="world-model alignment steps (default 300)")
+    parser.add_argument("--reward-steps", type=int, default=600, help="reward-model steps (default 600)")
+    parser.add_argument("--grpo-iterations", type=int, default=3, help="GRPO iterations (default 3)")
     parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
-    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig")
-    parser.add_argument("--reward-config", help="JSON RewardTrainConfig")
-    parser.add_argument("--grpo-config", help=f"JSON WMPOConfig (default: the defaults with {DEMO_GRPO})")
+    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the 64 px simulator recipe)")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default for lift: the shipped lift config)")
+    parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the task's shipped config, e.g. lift_wmpo.json)")
     parser.add_argument("--direct", action="store_true",
                         help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
     parser.add_argument("--fresh", action="store_true", help="ignore finished stages and start over")

@@ -250,8 +250,8 @@ def train_reward(
     val_real = list(val)
     if world_model is not None:
         log.info("imagining replays of %d training and %d validation episodes", len(train), len(val))
-        train = train + imagined_replays(world_model, train, cfg.seed)
-        val = val + imagined_replays(world_model, val, cfg.seed + 100_000)
+        train = train + imagined_replays(world_model, train, cfg.seed, progress=progress)
+        val = val + imagined_replays(world_model, val, cfg.seed + 100_000, progress=progress)
     torch.manual_seed(cfg.seed)
     model = load_backbone(backbone, settings) if backbone else RewardModel.tiny(settings, **cfg.model)
     model.classifier.train()
@@ -335,7 +335,7 @@ def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> di
 
 
 def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: int = 0,
-                     batch_size: int = 8) -> list[EpisodeFrames]:
+                     batch_size: int = 8, progress: bool = False) -> list[EpisodeFrames]:
     """Each labelled episode replayed in the world model: its first real frame, then its recorded actions.
 
     What GRPO's reward sees (the real start frame, then imagined ones) for a known outcome. A replay
@@ -347,6 +347,7 @@ def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: 
     labelled = [ep for ep in episodes if ep.success is not None and len(ep.frames) > 1]
     k = world_model.chunk_size
     out: list[EpisodeFrames] = []
+    bar = tqdm(total=len(labelled), desc="imagined replays", disable=not progress)
     for first in range(0, len(labelled), batch_size):
         part = labelled[first : first + batch_size]
         horizon = max(len(ep.frames) - 1 for ep in part)
@@ -361,6 +362,8 @@ def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: 
             frames = resize_frames(imagined.frames[i, c - 1 : c - 1 + len(ep.frames)], ep.frames.shape[1])
             out.append(EpisodeFrames(f"{ep.episode_id}~imagined", frames, ep.actions, ep.success, ep.instruction,
                                      ep.success_step, ep.success_flags))
+        bar.update(len(part))
+    bar.close()
     return out
 
 

@@ -11,7 +11,8 @@ Iteration ``i`` of a run directory ``RUN``:
 2. **world_model**: behavior alignment: `wmpo train-world-model --init` the previous
    iteration's world model (the first iteration starts from ``--world-model`` or pretrains
    from scratch) on all episodes so far.
-3. **reward**: `wmpo train-reward` on all episodes so far.
+3. **reward**: `wmpo train-reward` on all episodes so far and their imagined replays in the
+   aligned world model.
 4. **grpo**: `wmpo grpo` in imagination from the current policy: the candidate package.
 5. **gate**: `wmpo eval` of current and candidate on the same held-out start states
    (:data:`~wmpo_core.rl.config.EVALUATION_SEEDS`, never used for collection), then the
@@ -552,7 +553,9 @@ class Loop:
         run = d / "run"
         if run.exists():
             shutil.rmtree(run)  # train-reward has no resume: a half-trained model is retrained
-        args = ["train-reward", "--episodes", str(data), "--out", str(run)]
+        # Also on imagined replays in this iteration's aligned world model: GRPO scores imagined videos.
+        args = ["train-reward", "--episodes", str(data), "--out", str(run),
+                "--world-model", str(self.iter_dir(i) / "world_model" / "run")]
         if cfg.reward_config:
             args += ["--config", cfg.reward_config]
         if cfg.reward_steps:

@@ -108,7 +108,7 @@ def test_trainer_dynamic_sampling_discards_uniform_groups_and_resumes(world_mode
     starts = solid_starts()
     config = WMPOConfig(grpo=GRPOConfig(group_size=4, learning_rate=1e-4, minibatch_size=8), iterations=2,
                         groups_per_batch=2, starts_per_round=4, max_sampling_rounds=3, horizon=K,
-                        checkpoint_every=1)
+                        checkpoint_every=1, package_every=1)
     cut = train_wmpo(tiny_policy(), world_model, frame_rule_reward, starts, tmp_path / "run", config,
                      progress=False, stop_after=1)
     assert not cut["finished"] and (tmp_path / "run" / "checkpoints" / "step-000001").is_dir()
@@ -129,6 +129,12 @@ def test_trainer_dynamic_sampling_discards_uniform_groups_and_resumes(world_mode
     resumed = load_package(tmp_path / "run" / "policy")
     assert resumed.version == manifest["version"]
     # The interrupted and resumed run ends with the weights of an uninterrupted one.
+    # A snapshot package after iteration 1 (the final one is `policy`), loadable for validation.
+    snapshot = load_package(tmp_path / "run" / "packages" / "iter_0001")
+    assert json.loads((tmp_path / "run" / "packages" / "iter_0001" / "manifest.json").read_text())["parent"] == "base-0"
+    assert sorted(p.name for p in (tmp_path / "run" / "packages").iterdir()) == ["iter_0001"]
+    assert any(not torch.equal(a, b) for a, b in zip(snapshot.state_dict().values(), resumed.state_dict().values(),
+                                                      strict=True))
     straight = tiny_policy()
     train_wmpo(straight, world_model, frame_rule_reward, starts, tmp_path / "straight", config, progress=False)
     assert read_log(tmp_path / "straight")[-1]["gradient_steps"] >= 1

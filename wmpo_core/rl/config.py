@@ -125,10 +125,15 @@ class WMPOConfig:
     horizon: int = 64  # imagined frames per trajectory (WMPO: 184-384)
     checkpoint_every: int = 5  # iterations
     keep_checkpoints: int = 2
+    # Also write a policy package every this many iterations (out/packages/iter_<n>), to choose one on
+    # validation start states afterwards; 0 = only the final package.
+    package_every: int = 0
     seed: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field."""
+        if int(self.package_every) < 0:
+            raise ValueError(f"config.package_every: expected 0 or a positive integer, got {self.package_every!r}")
         for name in ("iterations", "groups_per_batch", "starts_per_round", "max_sampling_rounds", "horizon",
                      "checkpoint_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 POLICY_DIR = "policy"
+PACKAGES_DIR = "packages"
 LOG_FILE = "log.jsonl"
 RESULT_FILE = "result.json"
 
@@ -284,6 +285,12 @@ def train_wmpo(
         run_log.write(row, step=iteration + 1)
         bar.set_postfix(success=f"{row['imagination_success_rate']:.2f}", kept=f"{row['kept_fraction']:.2f}")
         done = iteration + 1
+        if config.package_every and done % config.package_every == 0 and done < config.iterations and main_process:
+            snapshot = out / PACKAGES_DIR / f"iter_{done:04d}"
+            if not (snapshot / "manifest.json").is_file():
+                save_package(policy, snapshot, parent=base_version, data=summarize_training_data(
+                    starts.ids, method="wmpo", iterations=done, group_size=grpo.group_size,
+                    horizon=config.horizon, **(data_summary or {})))
         if done % config.checkpoint_every == 0 or done == end:
             if main_process:
                 save_checkpoint(out / CHECKPOINTS_DIR, model=policy, optimizer=raw_optimizer, generators={},

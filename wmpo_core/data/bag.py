@@ -1068,16 +1068,20 @@ def _success_per_frame(arrays: EpisodeArrays, images: dict[str, list[tuple[int, 
     """(first success step, per-frame flags) in aligned frame indices.
 
     A ``/wmpo/success`` value belongs to the newest image received by the time it arrived (the
-    observation it was judged on); frames without a value of their own keep the previous one.
+    observation it was judged on), unless it came more than half a control period after that
+    image: then it judged a later observation that was not recorded (an outcome sent at the end of
+    the episode). Frames without a value of their own keep the previous one.
     """
     cam = next(iter(arrays.frames))
     raw = np.array([e[0] for e in images[cam]], dtype=np.int64)  # sorted by _align
     aligned = arrays.frame_stamps_ns[cam]
+    half_period = 0.5e9 / float(arrays.metadata.control_hz or 20.0)
     flags = np.zeros(len(aligned), dtype=bool)
     first: int | None = None
     for log_ns, value in sorted(messages):
         seen = raw[max(int(np.searchsorted(raw, log_ns, side="right")) - 1, 0)]
-        index = int(np.searchsorted(aligned, seen, side="left"))
+        index = int(np.searchsorted(aligned, seen, side="left")) + int(log_ns - seen > half_period)
+        index = min(index, len(aligned))
         flags[index:] = value  # later messages overwrite from their own frame on
         if value and first is None:
             first = index

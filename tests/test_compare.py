@@ -80,12 +80,13 @@ def test_compare_json_rows(tmp_path, capsys):
     for i in range(2):
         write_episode_bag(tmp_path / "demos", moving_square_episode(4, seed=i, image_size=SIZE, success=True))
     (tmp_path / "wmpo.json").write_text(json.dumps({
-        "iterations": 1, "groups_per_batch": 1, "starts_per_round": 2, "max_sampling_rounds": 1, "horizon": 4,
+        "iterations": 2, "package_every": 1, "groups_per_batch": 1, "starts_per_round": 2, "max_sampling_rounds": 1,
+        "horizon": 4,
         "grpo": {"group_size": 2, "minibatch_size": 4}}))
     argv = ["compare", "--task", "lift", "--budget", "8", "--episodes", "2", "--max-steps", "8", "--json",
             "--base", str(base), "--world-model", str(tmp_path / "wm"), "--reward", str(tmp_path / "reward"),
             "--demos", str(tmp_path / "demos"), "--wmpo-config", str(tmp_path / "wmpo.json"),
-            "--work", str(tmp_path / "work"), "--temperature", "1.0"]
+            "--work", str(tmp_path / "work"), "--temperature", "1.0", "--validation-episodes", "2"]
     code = main(argv)
     captured = capsys.readouterr()
     out = captured.out
@@ -116,6 +117,14 @@ def test_compare_json_rows(tmp_path, capsys):
     aligned = json.loads((tmp_path / "work" / "world_model" / "episodes.json").read_text())
     assert aligned["init"] == str(tmp_path / "wm") and len(aligned["episodes"]) == 8
     assert (tmp_path / "work" / "results.jsonl").read_text().strip() == out.strip()
+    # WMPO wrote a snapshot after iteration 1: the snapshot and the final package met on validation seeds.
+    from wmpo_core.rl.config import VALIDATION_SEEDS
+
+    chosen = json.loads((tmp_path / "work" / "wmpo" / "validation.json").read_text())
+    assert [c["package"] for c in chosen["candidates"]] == [str(tmp_path / "work" / "wmpo" / "packages" / "iter_0001"),
+                                                          str(tmp_path / "work" / "wmpo" / "policy")]
+    assert chosen["seeds"] == [VALIDATION_SEEDS.start, VALIDATION_SEEDS.start + 2]
+    assert rows[-1]["package"] == chosen["selected"]
     # A re-run trains nothing and evaluates nothing again: the same rows from the stored evaluations.
     assert len(list((tmp_path / "work" / "evaluations").glob("*.json"))) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file()}

@@ -203,6 +203,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                              "(0 = greedy; default 1.0)")
     parser.add_argument("--steps-after-success", type=int, default=8,
                         help="rollouts keep recording this many steps past a success, for the reward model (default 8)")
+    parser.add_argument("--validation-episodes", type=int, default=50,
+                        help="validation start states that choose among a run's snapshot packages (default 50)")
     parser.add_argument("--work", type=Path, help="where trained methods go (default: compare-<task>-P<budget>)")
     parser.add_argument("--max-steps", type=int, help="episode horizon for training and evaluation (default: the task's)")
     parser.add_argument("--wmpo-config", help="JSON WMPOConfig for a WMPO trained here")
@@ -239,7 +241,8 @@ def main_compare(args: argparse.Namespace) -> int:
             {"dpo": args.dpo, "grpo-sim": args.grpo_sim, "wmpo": args.wmpo},
             max_steps=args.max_steps, world_model=args.world_model, reward=args.reward, episodes=args.demos,
             configs=configs, pool=pool, temperature=args.temperature, align=not args.no_align,
-            align_steps=args.align_steps, steps_after_success=args.steps_after_success, progress=not args.json,
+            align_steps=args.align_steps, steps_after_success=args.steps_after_success,
+            validation_episodes=args.validation_episodes, progress=not args.json,
         )
         results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
                           temperature=args.temperature, cache=work / "evaluations")

@@ -251,6 +251,7 @@ def train_missing(
     align: bool = True,
     align_steps: int | None = None,
     steps_after_success: int = 8,
+    validation_episodes: int = 50,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Packages of every method: given ones as they are, the others trained from ``base`` into ``work``.
@@ -261,7 +262,8 @@ def train_missing(
     pretrained on demonstrations) and trains the reward model on them (plus ``episodes``), then
     imagines from the real first frames of the rollouts and ``episodes``. Online GRPO spends the same
     budget in the simulator itself. A method that cannot be trained is left out with a warning; an
-    earlier run's package in ``work`` is reused.
+    earlier run's package in ``work`` is reused. A run that wrote snapshot packages (``packages/``)
+    is represented by the one that does best on ``validation_episodes`` validation start states.
     """
     from wmpo_core.data.bag import episode_dirs
     from wmpo_core.registry.package import load_package
@@ -290,7 +292,7 @@ def train_missing(
             continue
         run = work / method
         if (run / "policy" / "manifest.json").is_file():
-            out[method] = run / "policy"
+            out[method] = select_on_validation(run, task, pool, temperature, validation_episodes, max_steps)
             continue
         if method == "dpo":
             from wmpo_core.rl.rollouts import trajectories_from_episodes
@@ -333,8 +335,36 @@ def train_missing(
                        wmpo_config, progress=progress,
                        data_summary={"task": task, "budget": budget, "world_model": str(models.world_model),
                                      "reward": str(models.reward), "seed_range": seed_range})
-        out[method] = run / "policy"
+        out[method] = select_on_validation(run, task, pool, temperature, validation_episodes, max_steps)
     return out
+
+
+def select_on_validation(run: Path, task: str, pool: SimulatorPool, temperature: float, episodes: int,
+                         max_steps: int | None = None) -> Path:
+    """The package of ``run`` to compare: its final ``policy``, or, when the run wrote snapshots
+    (``packages/iter_*``), the candidate with the most successes on ``VALIDATION_SEEDS`` (the final
+    one on ties). The scores go to ``run/validation.json``; a finished selection is reused.
+    """
+    from wmpo_core.loop import write_json_atomic
+    from wmpo_core.rl.config import VALIDATION_SEEDS
+
+    final = run / "policy"
+    snapshots = sorted(p for p in (run / "packages").glob("iter_*") if (p / "manifest.json").is_file())
+    if not snapshots or episodes < 1:
+        return final
+    record = run / "validation.json"
+    if record.is_file():
+        return Path(read_json(record)["selected"])
+    seeds = VALIDATION_SEEDS.seeds(episodes)
+    rows = []
+    for package in [*snapshots, final]:
+        r = evaluate_package(run.name, package, seeds, pool, max_steps, temperature)
+        rows.append({"package": str(package), "successes": r.successes, "episodes": r.episodes})
+        log.info("%s: %d/%d on validation seeds", package, r.successes, r.episodes)
+    best = max(range(len(rows)), key=lambda i: (rows[i]["successes"], i))  # later wins ties
+    write_json_atomic(record, {"selected": rows[best]["package"], "temperature": temperature,
+                               "seeds": [seeds[0], seeds[-1] + 1], "candidates": rows})
+    return Path(rows[best]["package"])
 
 
 def merge_start_states(a: Any, b: Any) -> Any:

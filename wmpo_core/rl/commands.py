@@ -211,6 +211,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget from the flags)")
     parser.add_argument("--grpo-sim-config", help="JSON SimGRPOConfig for an online GRPO trained here")
     parser.add_argument("--reward-config", help="JSON RewardTrainConfig for a reward model trained here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr, --json or not)")
 
 
 def main_compare(args: argparse.Namespace) -> int:
@@ -242,7 +243,7 @@ def main_compare(args: argparse.Namespace) -> int:
             max_steps=args.max_steps, world_model=args.world_model, reward=args.reward, episodes=args.demos,
             configs=configs, pool=pool, temperature=args.temperature, align=not args.no_align,
             align_steps=args.align_steps, steps_after_success=args.steps_after_success,
-            validation_episodes=args.validation_episodes, progress=not args.json,
+            validation_episodes=args.validation_episodes, progress=not args.quiet,
         )
         results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
                           temperature=args.temperature, cache=work / "evaluations")

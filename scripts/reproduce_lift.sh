@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The commands behind the README's lift measurements, in order. Each step is skipped when
+# its output already exists, so an interrupted run continues where it stopped.
+# Usage: bash scripts/reproduce_lift.sh [RUN_DIR]   (default: runs/lift)
+# Takes about 5-6 hours on a 2-core CPU; the README names the step behind each number.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+R="${1:-$ROOT/runs/lift}"
+C="$ROOT/wmpo_core"
+mkdir -p "$R"
+cd "$R"
+
+step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
+  local out="$1"; shift
+  if [ -e "$out" ]; then echo "== $out exists, skipped"; return; fi
+  echo "== $*"; "$@"
+}
+
+# Base policy: 80 clean scripted demonstrations, behavior cloning (600 steps).
+step lift_base/package_step0000600 wmpo train-policy --recipe lift_base --out lift_base
+BASE=lift_base/package_step0000600
+
+# Scripted episodes with noise (successes and failures) for the world and reward models.
+step lift_noisy   wmpo collect-sim --task lift --episodes 60 --seed 5000 --noise 0.3 --steps-after-success 16 --out lift_noisy
+step lift_noisy5  wmpo collect-sim --task lift --episodes 80 --seed 6000 --noise 0.5 --steps-after-success 16 --out lift_noisy5
+step lift_noisy10 wmpo collect-sim --task lift --episodes 80 --seed 7000 --noise 1.0 --steps-after-success 16 --out lift_noisy10
+
+# Held-out episodes (start states no training run sees): base-policy rollouts and noisy scripted ones.
+step heldout_rollouts wmpo collect-sim --task lift --episodes 48 --seed 105000 --policy "$BASE" --temperature 1.0 --out heldout_rollouts
+step heldout_noisy    wmpo collect-sim --task lift --episodes 24 --seed 9000 --noise 0.3 --out heldout_noisy
+mkdir -p heldout_all && ln -sf "$R"/heldout_rollouts/* "$R"/heldout_noisy/* heldout_all/
+
+# Frame autoencoder and world-model pretraining (5000 steps of the 64 px recipe).
+step vae64   wmpo train-vae --episodes lift_base/demos lift_noisy --out vae64 --steps 400
+step wm_long wmpo train-world-model --episodes lift_base/demos lift_noisy --out wm_long --vae vae64 \
+  --config "$C/world_model/configs/sim64.json" --steps 5000
+
+# A second pretrained world model on every scripted episode (clean and noisy, 300), the one
+# WMPO aligns and imagines in for the results table.
+step wm_all wmpo train-world-model --episodes lift_base/demos lift_noisy lift_noisy5 lift_noisy10 --out wm_all \
+  --vae vae64 --config "$C/world_model/configs/sim64.json" --steps 5000
+
+# The results table: P = 128 base rollouts shared by DPO, world-model alignment and the
+# reward model; online GRPO in the simulator limited to the same 128 episodes. compare
+# reuses whatever a previous run of it finished (cmp_lift/results.jsonl has every row).
+wmpo compare --task lift --budget 128 --base "$BASE" --work cmp_lift --world-model wm_all --align-steps 500 \
+  --dpo-config "$C/rl/configs/lift_dpo.json" --grpo-sim-config "$C/rl/configs/lift_grpo_sim.json" \
+  --wmpo-config "$C/rl/configs/lift_wmpo.json" --reward-config "$C/reward/configs/lift.json" \
+  --demos lift_noisy lift_noisy5 lift_noisy10 --episodes 100 --temperature 1.0 --json
+
+# World-model fidelity and its ablations on the held-out base rollouts (one command; it
+# reuses the variants it already trained).
+wmpo ablate-world-model --demos lift_base/demos lift_noisy \
+  --rollouts cmp_lift/rollouts/episodes --heldout heldout_rollouts --out ablation --pretrained wm_long --align-steps 500
+
+# Reward model on real episodes only, evaluated on held-out real episodes and on their
+# imagined replays in the aligned world model.
+step reward_real wmpo train-reward --episodes cmp_lift/rollouts/episodes lift_noisy lift_noisy5 --out reward_real \
+  --config "$C/reward/configs/lift.json" --min-frame 0
+wmpo eval-reward --model reward_real --episodes heldout_all --world-model ablation/aligned --json > reward_real.heldout.json
+echo "done: see $R/cmp_lift/results.jsonl, $R/ablation/ablation.json, $R/reward_real.heldout.json"

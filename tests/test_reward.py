@@ -218,3 +218,43 @@ def test_training_on_imagined_replays_keeps_the_real_labels(tmp_path):
     assert 2 <= n_val <= 4
     assert result["train_episodes"] == 2 * (6 - n_val) and result["val_episodes"] == 2 * n_val
     assert {"val_f1_real", "val_f1_imagined"} <= set(result)
+
+
+def test_calibrate_reward_sets_tau_on_imagined_replays_and_keeps_the_input(tmp_path, capsys):
+    """`calibrate-reward`: tau is the F1-best threshold on the imagined replays' scores, written to a copy."""
+    from test_rl_trainers_imagination import tiny_world_model
+
+    episodes = tmp_path / "episodes"
+    for seed in range(4):
+        write_episode_bag(episodes, toy_task_episode(12 + 3 * seed, seed, success=seed % 2 == 0, image_size=SIZE))
+    torch.manual_seed(0)
+    RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, tau=0.999), **TINY).save_pretrained(tmp_path / "reward")
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    original = (tmp_path / "reward" / "reward.json").read_text()
+    assert wmpo(["calibrate-reward", "--model", str(tmp_path / "reward"), "--world-model", str(tmp_path / "wm"),
+                 "--episodes", str(episodes), "--out", str(tmp_path / "calibrated"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "reward" / "reward.json").read_text() == original  # the input is untouched
+    scores = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())["scores"]
+    from wmpo_core.world_model.episodes import load_episodes
+
+    outcome = {ep.episode_id: bool(ep.success) for ep in load_episodes(episodes, "agentview", SIZE)}
+    assert sorted(outcome) == sorted(scores) and sum(outcome.values()) == 2
+    tau, f1 = calibrate_tau([scores[k] for k in outcome], list(outcome.values()))
+    assert record["tau_before"] == pytest.approx(0.999) and record["tau"] == pytest.approx(tau)
+    assert record["f1"] == pytest.approx(f1) and record["f1"] >= record["f1_before"]
+    # eval-reward on the same replays (same seeds) agrees with what calibration measured
+    assert wmpo(["eval-reward", "--model", str(tmp_path / "calibrated"), "--episodes", str(episodes),
+                 "--world-model", str(tmp_path / "wm"), "--json"]) == 0
+    imagined = json.loads(capsys.readouterr().out)["imagined"]
+    assert imagined["tau"] == pytest.approx(tau) and imagined["f1"] == pytest.approx(f1)
+    assert imagined["scores"] == pytest.approx(scores, abs=1e-5)
+    # refused: writing over the input, and episodes of one outcome only
+    assert wmpo(["calibrate-reward", "--model", str(tmp_path / "reward"), "--world-model", str(tmp_path / "wm"),
+                 "--episodes", str(episodes), "--out", str(tmp_path / "reward")]) == 2
+    assert "must differ" in capsys.readouterr().err
+    only = tmp_path / "only_failures"
+    write_episode_bag(only, toy_task_episode(12, 7, success=False, image_size=SIZE))
+    assert wmpo(["calibrate-reward", "--model", str(tmp_path / "reward"), "--world-model", str(tmp_path / "wm"),
+                 "--episodes", str(only), "--out", str(tmp_path / "c2")]) == 2
+    assert "successes and failures" in capsys.readouterr().err and not (tmp_path / "c2").exists()

@@ -30,6 +30,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "imagine": ("wmpo_core.world_model.commands", "real vs imagined video for one episode"),
     "train-reward": ("wmpo_core.reward.commands", "train the video success classifier"),
     "eval-reward": ("wmpo_core.reward.commands", "precision / recall / F1 of the reward model"),
+    "calibrate-reward": ("wmpo_core.reward.commands", "set the reward threshold on imagined replays"),
     "grpo": ("wmpo_core.rl.commands", "GRPO in imagination"),
     "grpo-sim": ("wmpo_core.rl.commands", "baseline: online GRPO in the simulator"),
     "dpo": ("wmpo_core.rl.commands", "baseline: offline DPO on success/failure pairs"),

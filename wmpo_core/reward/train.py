@@ -380,3 +380,30 @@ def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episode
         "tau": model.settings.tau, "episodes": len(replays), "agreement": float(np.mean(predicted == labels)),
         "scores": {ep.episode_id.removesuffix("~imagined"): float(x) for ep, x in zip(replays, scores, strict=True)},
     }
+
+
+def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
+                             seed: int = 0) -> dict[str, Any]:
+    """Set ``model.settings.tau`` to the F1-best threshold on imagined replays of ``episodes``.
+
+    GRPO scores imagined video, whose score distribution differs from real video's; the threshold
+    calibrated on real validation clips can call almost every imagined trajectory a failure (or a
+    success). ``episodes`` must be labelled and must not be the ones the reward is evaluated on.
+    Returns the replay scores and what the threshold was before and after.
+    """
+    replays = imagined_replays(world_model, episodes, seed)
+    if not replays:
+        raise ValueError("no labelled episode to imagine")
+    labels = np.array([bool(ep.success) for ep in replays])
+    if labels.all() or not labels.any():
+        raise ValueError(f"calibration needs successes and failures; got {int(labels.sum())} of {len(labels)} "
+                         "successful")
+    scores = model.trajectory_scores([ep.frames for ep in replays])
+    before = model.settings.tau
+    before_f1 = f1_score(scores > before, labels)
+    tau, f1 = calibrate_tau(scores, labels)
+    model.settings.tau = tau
+    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "episodes": len(replays),
+            "successes": int(labels.sum()),
+            "scores": {ep.episode_id.removesuffix("~imagined"): float(x) for ep, x in zip(replays, scores, strict=True)}}
+

@@ -59,4 +59,15 @@ wmpo ablate-world-model --demos lift_base/demos lift_noisy \
 step reward_real wmpo train-reward --episodes cmp_lift/rollouts/episodes lift_noisy lift_noisy5 --out reward_real \
   --config "$C/reward/configs/lift.json" --min-frame 0
 wmpo eval-reward --model reward_real --episodes heldout_all --world-model ablation/aligned --json > reward_real.heldout.json
-echo "done: see $R/cmp_lift/results.jsonl, $R/ablation/ablation.json, $R/reward_real.heldout.json"
+
+# The WMPO row of the table: the real-episode reward model with its threshold re-chosen on
+# imagined replays of 64 of the budget's rollouts, GRPO in the world model compare aligned,
+# the other rows reused from cmp_lift.
+step reward_imagined wmpo calibrate-reward --model reward_real --world-model cmp_lift/world_model \
+  --episodes cmp_lift/rollouts/episodes --max-episodes 64 --out reward_imagined
+mkdir -p cmp_cal && for d in rollouts grpo-sim evaluations; do [ -e cmp_cal/$d ] || cp -r cmp_lift/$d cmp_cal/; done
+wmpo compare --task lift --budget 128 --base "$BASE" --work cmp_cal --dpo cmp_lift/dpo/policy \
+  --world-model cmp_lift/world_model --no-align --reward reward_imagined --demos lift_noisy lift_noisy5 lift_noisy10 \
+  --wmpo-config "$C/rl/configs/lift_wmpo.json" --grpo-sim-config "$C/rl/configs/lift_grpo_sim.json" \
+  --episodes 100 --temperature 1.0 --json
+echo "done: see $R/cmp_cal/results.jsonl, $R/ablation/ablation.json, $R/reward_real.heldout.json"

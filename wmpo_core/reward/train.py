@@ -367,18 +367,25 @@ def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: 
     return out
 
 
-def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
-                                   seed: int = 0) -> dict[str, Any]:
-    """The reward model on imagined replays (:func:`imagined_replays`) against the episodes' real outcome."""
+def _scores_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
+                           seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(episode ids, real outcomes, trajectory scores) of the imagined replays of ``episodes``."""
     replays = imagined_replays(world_model, episodes, seed)
     if not replays:
         raise ValueError("no labelled episode to imagine")
     scores = model.trajectory_scores([ep.frames for ep in replays])
     labels = np.array([bool(ep.success) for ep in replays])
+    return [ep.episode_id.removesuffix("~imagined") for ep in replays], labels, scores
+
+
+def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
+                                   seed: int = 0) -> dict[str, Any]:
+    """The reward model on imagined replays (:func:`imagined_replays`) against the episodes' real outcome."""
+    ids, labels, scores = _scores_on_imagination(model, world_model, episodes, seed)
     predicted = scores > model.settings.tau
     return classification_report(predicted, labels) | {
-        "tau": model.settings.tau, "episodes": len(replays), "agreement": float(np.mean(predicted == labels)),
-        "scores": {ep.episode_id.removesuffix("~imagined"): float(x) for ep, x in zip(replays, scores, strict=True)},
+        "tau": model.settings.tau, "episodes": len(ids), "agreement": float(np.mean(predicted == labels)),
+        "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)},
     }
 
 
@@ -391,19 +398,13 @@ def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Seq
     success). ``episodes`` must be labelled and must not be the ones the reward is evaluated on.
     Returns the replay scores and what the threshold was before and after.
     """
-    replays = imagined_replays(world_model, episodes, seed)
-    if not replays:
-        raise ValueError("no labelled episode to imagine")
-    labels = np.array([bool(ep.success) for ep in replays])
+    ids, labels, scores = _scores_on_imagination(model, world_model, episodes, seed)
     if labels.all() or not labels.any():
         raise ValueError(f"calibration needs successes and failures; got {int(labels.sum())} of {len(labels)} "
                          "successful")
-    scores = model.trajectory_scores([ep.frames for ep in replays])
     before = model.settings.tau
     before_f1 = f1_score(scores > before, labels)
     tau, f1 = calibrate_tau(scores, labels)
     model.settings.tau = tau
-    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "episodes": len(replays),
-            "successes": int(labels.sum()),
-            "scores": {ep.episode_id.removesuffix("~imagined"): float(x) for ep, x in zip(replays, scores, strict=True)}}
-
+    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "episodes": len(ids),
+            "successes": int(labels.sum()), "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)}}

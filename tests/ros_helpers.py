@@ -56,11 +56,15 @@ def write_params(path: Path, params: Mapping[str, Any]) -> Path:
 class NodeProcess:
     """A node running in its own process; output goes to `log_path`."""
 
-    def __init__(self, cmd: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, cmd: list[str], env: Mapping[str, str], log_path: Path, *, sigint_ignored: bool = False) -> None:
+        """``sigint_ignored``: start it the way a non-interactive shell starts a background job
+        (``cmd &``), with SIGINT inherited as ignored."""
         self.cmd = cmd
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+        self.proc = subprocess.Popen(cmd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=preexec)
         self.returncode: int | None = None
 
     @property

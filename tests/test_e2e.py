@@ -85,7 +85,8 @@ def test_wmpo_record_two_episodes(tmp_path: Path) -> None:
 def test_wmpo_up_survives_nan_chunk_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     out = tmp_path / "episodes"
     cmd = WMPO + ["up", "--sim", "--task", "lift", "--output-dir", str(out)]
-    with RosProbe(48) as probe, NodeProcess(cmd, ros_env(48), tmp_path / "up.log") as up:
+    # Started as a background job of a script would be (SIGINT inherited as ignored): SIGINT must still stop it.
+    with RosProbe(48) as probe, NodeProcess(cmd, ros_env(48), tmp_path / "up.log", sigint_ignored=True) as up:
         applied = probe.subscribe(JointTrajectory, "wmpo/applied_action", COMMAND_QOS)
         chunks = probe.publisher(JointTrajectory, "wmpo/action_chunk", COMMAND_QOS)
         probe.wait_for(lambda: "simulated lift ready" in up.output(), 180, "graph up", up)

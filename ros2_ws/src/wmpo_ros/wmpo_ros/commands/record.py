@@ -24,7 +24,7 @@ from wmpo_ros.commands.up import (
     NodeDied,
     add_graph_arguments,
     graph_from_args,
-    sigterm_as_interrupt,
+    interrupt_signals,
 )
 from wmpo_ros.graph import Graph, GraphError
 
@@ -283,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     client: GraphClient | None = None
     results: list[dict[str, Any]] = []
     code = 0
-    with sigterm_as_interrupt():
+    with interrupt_signals():
         try:
             procs.start()
             client = GraphClient(graph, procs)

@@ -217,16 +217,23 @@ class GraphProcesses:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM behaves like Ctrl-C (orderly shutdown) while the graph runs."""
+def interrupt_signals():
+    """SIGINT and SIGTERM both mean an orderly shutdown (KeyboardInterrupt) while the graph runs.
+
+    Installed explicitly, SIGINT included: a process started in the background by a
+    non-interactive shell (``nohup wmpo up &``, a CI step, a supervisor script) inherits SIGINT
+    as *ignored*, and Python then leaves it ignored, so a supervisor's ``kill -INT`` would be
+    lost and the graph would only stop when killed, without finalizing its bag.
+    """
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[wmpo up] graph {graph.source} namespace '/{graph.namespace}': {', '.join(graph.nodes)} "
           f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')})", flush=True)
     procs = GraphProcesses(graph, log_dir=args.log_dir)
-    with sigterm_as_interrupt():
+    with interrupt_signals():
         try:
             procs.start()
             return procs.wait()

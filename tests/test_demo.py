@@ -119,5 +119,9 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     assert all(s["seconds"] is not None for s in data["stages"] if s["name"] != "report")  # measured times
     assert (out / "report.html").is_file() and "<svg" in (out / "report.html").read_text()
     assert (out / "robot" / "policies" / after["version"] / "signature.json").is_file()
+    # 2 scripted successes and 2 failing rollouts: GRPO used the reward calibrated on their imagined replays.
+    reward = json.loads((out / "reward" / "stage.json").read_text())
+    assert reward["run"] == str(out / "reward" / "calibrated") and reward["calibration_episodes"] == 4, reward
+    assert f"--reward {reward['run']} " in (out / "grpo" / "commands.log").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "$ wmpo" not in again.stdout and "reused" in again.stdout

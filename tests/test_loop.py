@@ -168,6 +168,13 @@ def test_loop_resumes_after_kill_without_redoing_stages(workspace: Path, tmp_pat
     metrics = json.loads((it / "metrics.json").read_text())
     assert metrics["collect"]["mode"].startswith("simulator, direct")
     assert metrics["collect"]["episodes"] == 2 and metrics["world_model"]["episodes"] == 4  # 2 demos + 2 collected
+    # 2 scripted successes + 2 failures (8 steps): the reward threshold is calibrated on their imagined
+    # replays in this iteration's world model, and GRPO scores with that calibrated copy.
+    reward = metrics["reward"]
+    assert reward["run"] == str(it / "reward" / "calibrated") and reward["calibration_episodes"] == 4, reward
+    calibration = json.loads((it / "reward" / "calibrated" / "calibration.json").read_text())
+    assert calibration["tau"] == reward["tau"] and len(calibration["scores"]) == 4
+    assert f"--reward {it / 'reward' / 'calibrated'}" in out
     chain = json.loads((run / "versions.json").read_text())["versions"]
     assert len(chain) == 1 + int(metrics["publish"]["pushed"])
 

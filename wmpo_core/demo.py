@@ -4,7 +4,8 @@
 2. behavior cloning: the base policy (`wmpo train-policy`), signed (`wmpo export`)
 3. record base-policy rollouts through the ROS 2 graph (`wmpo record --policy BASE`)
 4. world model: pretrain on the demonstrations, align on the rollouts (`wmpo train-world-model [--init]`)
-5. reward model on demonstrations + rollouts (`wmpo train-reward`)
+5. reward model on demonstrations + rollouts (`wmpo train-reward`), its threshold calibrated on
+   imagined replays of them (`wmpo calibrate-reward`)
 6. GRPO in imagination (`wmpo grpo`), signed with the base as parent (`wmpo export`)
 7. evaluate the base policy through the ROS 2 graph on held-out start states
 8. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
@@ -45,6 +46,7 @@ from wmpo_core.loop import (
     record_through_ros,
     run_stage,
     run_wmpo,
+    train_calibrated_reward,
     wmpo_command,
 )
 
@@ -249,17 +251,9 @@ def _all_episodes(out: Path, stage: str) -> Path:
 
 
 def _stage_reward(args: argparse.Namespace, out: Path) -> dict:
-    data = _all_episodes(out, "reward")
-    run = out / "reward" / "run"
-    if run.exists():
-        shutil.rmtree(run)  # train-reward has no resume: retrain
-    # Also on imagined replays of the episodes in the aligned world model: GRPO scores imagined videos.
-    cmd = ["train-reward", "--episodes", str(data), "--out", str(run),
-           "--world-model", read_json(out / "world_model" / MARKER)["aligned"]]
     config = args.reward_config or (str(DEFAULT_REWARD_CONFIG) if args.task == "lift" else None)
-    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.reward_steps)
-    summary = last_json_line(run_wmpo(*cmd, log=_log(out, "reward"), capture=True).stdout, "wmpo train-reward")
-    return {"run": str(run), **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
+    return train_calibrated_reward(_all_episodes(out, "reward"), Path(read_json(out / "world_model" / MARKER)["aligned"]),
+                                   out / "reward", config=config, steps=args.reward_steps, log=_log(out, "reward"))
 
 
 def _grpo_config(args: argparse.Namespace, out: Path) -> Path:
@@ -456,7 +450,7 @@ STAGES: list[Stage] = [
     Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
           lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
           + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 500)) * WM_STEP_S, _stage_world_model),
-    Stage("reward", "Reward model on demonstrations and rollouts",
+    Stage("reward", "Reward model on demonstrations and rollouts, threshold calibrated in imagination",
           lambda a: COMMAND_START_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
           + (a.demos * LIFT_SUCCESS_STEPS + a.rollouts * _task_steps(a)) * REPLAY_FRAME_S, _stage_reward),
     Stage("grpo", "GRPO in imagination (signed, parent = base)",

@@ -11,8 +11,8 @@ Iteration ``i`` of a run directory ``RUN``:
 2. **world_model**: behavior alignment: `wmpo train-world-model --init` the previous
    iteration's world model (the first iteration starts from ``--world-model`` or pretrains
    from scratch) on all episodes so far.
-3. **reward**: `wmpo train-reward` on all episodes so far and their imagined replays in the
-   aligned world model.
+3. **reward**: `wmpo train-reward` on all episodes so far, then `wmpo calibrate-reward`: the
+   success threshold re-chosen on imagined replays of those episodes in the aligned world model.
 4. **grpo**: `wmpo grpo` in imagination from the current policy: the candidate package.
 5. **gate**: `wmpo eval` of current and candidate on the same held-out start states
    (:data:`~wmpo_core.rl.config.EVALUATION_SEEDS`, never used for collection), then the
@@ -157,6 +157,46 @@ def last_json_line(text: str, what: str) -> dict[str, Any]:
         return json.loads(text)  # an indented multi-line JSON document
     except json.JSONDecodeError as exc:
         raise StageError(f"{what}: no JSON in its output") from exc
+
+
+def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config: str | None = None,
+                            steps: int | None = None, log: Path | None = None) -> dict[str, Any]:
+    """`wmpo train-reward` on the real episodes in ``data``, then `wmpo calibrate-reward` in ``world_model``.
+
+    The classifier learns from real video only (adding imagined replays to its training set made
+    it worse on real video); its success threshold is then re-chosen on imagined replays of the
+    same labelled episodes, because GRPO scores imagined video and those scores run higher or
+    lower than real video's. Writes ``out/run`` (trained) and ``out/calibrated``; returns the
+    summary with ``run`` = the model GRPO should use. With one outcome only among the episodes
+    there is nothing to calibrate against: ``run`` is the trained model and the summary says why.
+    """
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)  # train-reward has no resume: a half-trained model is retrained
+    args = ["train-reward", "--episodes", str(data), "--out", str(run)]
+    if config:
+        args += ["--config", config]
+    if steps:
+        args += ["--steps", str(steps)]
+    summary = last_json_line(run_wmpo(*args, log=log, capture=True).stdout, "wmpo train-reward")
+    result: dict[str, Any] = {"trained": str(run),
+                              **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
+    rows = list_complete_episodes(data)
+    successes = sum(1 for r in rows if r["success"])
+    if not 0 < successes < len(rows):
+        why = f"{successes} of {len(rows)} labelled episodes succeeded (calibration needs both outcomes)"
+        print(f"    reward threshold not calibrated on imagined replays: {why}; GRPO uses the real-video threshold",
+              flush=True)
+        return result | {"run": str(run), "calibration_skipped": why}
+    calibrated = out / "calibrated"
+    if calibrated.exists():
+        shutil.rmtree(calibrated)
+    proc = run_wmpo("calibrate-reward", "--model", str(run), "--world-model", str(world_model), "--episodes",
+                    str(data), "--out", str(calibrated), "--json", log=log, capture=True)
+    cal = last_json_line(proc.stdout, "wmpo calibrate-reward")
+    return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"],
+                     "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"],
+                     "calibration_episodes": cal["episodes"]}
 
 
 # ============================================================================ collection
@@ -547,23 +587,12 @@ class Loop:
                 "final_loss": summary.get("final_loss")}
 
     def stage_reward(self, i: int, d: Path) -> dict[str, Any]:
-        """Train the reward model on all episodes so far."""
+        """Train the reward model on all episodes so far; calibrate its threshold in this iteration's world model."""
         cfg = self.config
         data, n = self._all_data(i, d)
-        run = d / "run"
-        if run.exists():
-            shutil.rmtree(run)  # train-reward has no resume: a half-trained model is retrained
-        # Also on imagined replays in this iteration's aligned world model: GRPO scores imagined videos.
-        args = ["train-reward", "--episodes", str(data), "--out", str(run),
-                "--world-model", str(self.iter_dir(i) / "world_model" / "run")]
-        if cfg.reward_config:
-            args += ["--config", cfg.reward_config]
-        if cfg.reward_steps:
-            args += ["--steps", str(cfg.reward_steps)]
-        proc = run_wmpo(*args, log=d / "commands.log", capture=True)
-        summary = last_json_line(proc.stdout, "wmpo train-reward")
-        return {"run": str(run), "episodes": n,
-                **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
+        summary = train_calibrated_reward(data, self.iter_dir(i) / "world_model" / "run", d,
+                                          config=cfg.reward_config, steps=cfg.reward_steps, log=d / "commands.log")
+        return {"episodes": n, **summary}
 
     def stage_grpo(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:
         """GRPO in imagination from the current policy; the candidate is ``d/run/policy``."""
@@ -572,7 +601,7 @@ class Loop:
         run = d / "run"
         data, n = self._all_data(i, d)
         args = ["grpo", "--policy", current["package"], "--world-model", str(it / "world_model" / "run"),
-                "--reward", str(it / "reward" / "run"), "--episodes", str(data), "--out", str(run),
+                "--reward", read_json(it / "reward" / MARKER)["run"], "--episodes", str(data), "--out", str(run),
                 "--budget", str(n), "--quiet"]
         if cfg.grpo_config:
             args += ["--config", cfg.grpo_config]

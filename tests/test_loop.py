@@ -186,3 +186,24 @@ def test_loop_resumes_after_kill_without_redoing_stages(workspace: Path, tmp_pat
     changed[changed.index("--episodes-per-iter") + 1] = "3"
     fourth = subprocess.run(changed, capture_output=True, text=True, env=env, timeout=120)
     assert fourth.returncode == 1 and "episodes_per_iter" in fourth.stderr
+
+    # The run's report: initial version, the iteration's candidate and the robot's version after the gate,
+    # all on the same held-out start states; a second report reuses the evaluations.
+    report = subprocess.run(WMPO + ["loop-report", "--out", str(run), "--episodes", "2", "--json"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = [json.loads(line) for line in report.stdout.splitlines() if line.startswith("{")]
+    assert [(r["iteration"], r["role"]) for r in rows] == [(None, "initial"), (0, "candidate"), (0, "robot after")]
+    assert rows[0]["version"] == chain[0]["version"] and rows[2]["version"] == chain[-1]["version"]
+    assert rows[1]["pushed"] == metrics["publish"]["pushed"]
+    assert all(r["episodes"] == 2 and len(r["per_episode_success"]) == 2 and r["seeds"] == rows[0]["seeds"]
+               for r in rows)
+    evals = (run / "report" / "commands.log").read_text().count("$ wmpo eval")
+    assert evals == len({r["version"] for r in rows})  # each package once
+    again = subprocess.run(WMPO + ["loop-report", "--out", str(run), "--episodes", "2"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert again.returncode == 0 and "initial" in again.stdout and "robot after" in again.stdout
+    assert (run / "report" / "commands.log").read_text().count("$ wmpo eval") == evals
+    missing = subprocess.run(WMPO + ["loop-report", "--out", str(tmp_path / "nothing")], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert missing.returncode == 1 and "loop-report" in missing.stderr

@@ -36,6 +36,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("wmpo_core.rl.commands", "baseline: offline DPO on success/failure pairs"),
     "compare": ("wmpo_core.rl.commands", "results table: base, DPO, online GRPO, WMPO"),
     "loop": ("wmpo_core.loop", "lifelong learning: collect, align, improve, gate, push"),
+    "loop-report": ("wmpo_core.loop", "evaluate every policy of a loop run on the same held-out start states"),
     "keygen": ("wmpo_core.registry.commands", "make an Ed25519 signing key pair"),
     "export": ("wmpo_core.registry.commands", "package and sign a policy"),
     "verify": ("wmpo_core.registry.commands", "verify a policy package offline"),

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "lifelong learning: collect, align world and reward models, GRPO in imagination, gate, push"
+HELP_loop_report = "evaluate every policy of a loop run (robot version and candidate per iteration) on the same held-out start states"
 MARKER = "stage.json"
 ITERATION_STAGES = ("collect", "world_model", "reward", "grpo", "gate", "publish")
 # Offsets inside the shared seed ranges (wmpo_core.rl.config) that keep the loop's start states
@@ -775,4 +776,104 @@ def main(args: argparse.Namespace) -> int:
               + (f"pushed {pub['version']}" if pub["pushed"] else f"kept {pub['version']}"))
     print(f"wmpo loop: {len(results)} iteration(s) finished; version chain in {loop.versions.path}; "
           f"current version {loop.versions.current['version']}")
+    return 0
+
+
+# ============================================================================ report
+def report_rows(run_dir: Path, episodes: int, seed_offset: int = 0, temperature: float | None = None,
+                log: Path | None = None) -> list[dict[str, Any]]:
+    """Every policy of a loop run on the same ``episodes`` held-out start states.
+
+    One row for the initial version, then per finished iteration one for GRPO's candidate
+    and one for the version the robot ran after the gate. The start states are
+    :data:`~wmpo_core.rl.config.EVALUATION_SEEDS` from ``seed_offset`` (0: the results
+    table's; the gate draws from offset 50000 on, so the two never share a state). Each
+    package is evaluated once; results are kept in ``RUN/report/`` and reused.
+    """
+    from wmpo_core.rl.config import EVALUATION_SEEDS
+
+    stored = read_json(run_dir / "loop.json")
+    chain = VersionChain(run_dir / "versions.json")
+    if not chain.entries:
+        raise StageError(f"{run_dir}: no version chain (versions.json); is this a `wmpo loop` run?")
+    temp = stored.get("temperature", 0.0) if temperature is None else temperature
+    first = EVALUATION_SEEDS.seeds(episodes, offset=seed_offset)[0]
+    cache = run_dir / "report"
+
+    def score(package: str, version: str) -> dict[str, Any]:
+        path = cache / f"{version}_seed{first}_n{episodes}_t{temp:g}.json"
+        if path.is_file():
+            return read_json(path)
+        result = evaluate(package, stored["task"], episodes, first, max_steps=stored.get("max_steps"), log=log,
+                          temperature=temp)
+        lengths = [r["length"] for r in result["per_episode"] if r["success"]]
+        keep = {k: result[k] for k in ("success_rate", "ci95", "episodes", "successes")}
+        keep["mean_success_length"] = sum(lengths) / len(lengths) if lengths else None
+        keep["per_episode_success"] = [bool(r["success"]) for r in result["per_episode"]]
+        write_json_atomic(path, keep)
+        return keep
+
+    by_version = {e["version"]: e for e in chain.entries}
+    initial = chain.entries[0]
+    rows = [{"iteration": None, "role": "initial", "version": initial["version"], "pushed": None,
+             **score(initial["package"], initial["version"])}]
+    i = 0
+    while (run_dir / f"iter_{i:03d}" / "publish" / MARKER).is_file():
+        it = run_dir / f"iter_{i:03d}"
+        grpo, gate, publish = (read_json(it / s / MARKER) for s in ("grpo", "gate", "publish"))
+        cand_version = grpo.get("version") or f"iter{i}-candidate"
+        rows.append({"iteration": i, "role": "candidate", "version": cand_version, "pushed": publish["pushed"],
+                     "gate": gate["decision"]["reason"], **score(grpo["candidate"], cand_version)})
+        robot = by_version.get(publish["version"])
+        if robot is None:
+            raise StageError(f"{it / 'publish' / MARKER}: version {publish['version']} is not in {chain.path}")
+        rows.append({"iteration": i, "role": "robot after", "version": robot["version"], "pushed": publish["pushed"],
+                     **score(robot["package"], robot["version"])})
+        i += 1
+    for r in rows:
+        r["seeds"] = [first, first + episodes - 1]
+        r["temperature"] = temp
+    return rows
+
+
+def configure_loop_report(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo loop-report`."""
+    parser.add_argument("--out", type=Path, required=True, help="run directory of `wmpo loop`")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per policy (default 100)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="offset in the evaluation seed range (default 0: the start states of `wmpo compare`)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON row per policy")
+
+
+def main_loop_report(args: argparse.Namespace) -> int:
+    """Evaluate the run's versions and print the table."""
+    if args.episodes < 1:
+        print("wmpo loop-report: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    run_dir = Path(args.out).resolve()
+    try:
+        rows = report_rows(run_dir, args.episodes, args.seed_offset, args.temperature,
+                           log=run_dir / "report" / "commands.log")
+    except (StageError, OSError, ValueError, KeyError) as exc:
+        print(f"wmpo loop-report: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir.name}: {args.episodes} held-out episodes per policy, seeds "
+                        f"{rows[0]['seeds'][0]}-{rows[0]['seeds'][1]}, temperature {rows[0]['temperature']:g}")
+    for col in ("iteration", "policy", "version", "success", "95% CI", "mean success length", "gate"):
+        table.add_column(col)
+    for r in rows:
+        lo, hi = r["ci95"]
+        length = r.get("mean_success_length")
+        table.add_row("-" if r["iteration"] is None else str(r["iteration"]), r["role"], str(r["version"])[:16],
+                      f"{r['successes']}/{r['episodes']}", f"{100 * lo:.1f}-{100 * hi:.1f}%",
+                      f"{length:.1f}" if length else "-", r.get("gate", "") if r["role"] == "candidate" else "")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: rich would fold to 80 columns
     return 0

@@ -872,7 +872,7 @@ def main_loop_report(args: argparse.Namespace) -> int:
     for r in rows:
         lo, hi = r["ci95"]
         length = r.get("mean_success_length")
-        table.add_row("-" if r["iteration"] is None else str(r["iteration"]), r["role"], str(r["version"])[:16],
+        table.add_row("-" if r["iteration"] is None else str(r["iteration"]), r["role"], str(r["version"]),
                       f"{r['successes']}/{r['episodes']}", f"{100 * lo:.1f}-{100 * hi:.1f}%",
                       f"{length:.1f}" if length else "-", r.get("gate", "") if r["role"] == "candidate" else "")
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: rich would fold to 80 columns

@@ -175,6 +175,8 @@ def test_loop_resumes_after_kill_without_redoing_stages(workspace: Path, tmp_pat
     calibration = json.loads((it / "reward" / "calibrated" / "calibration.json").read_text())
     assert calibration["tau"] == reward["tau"] and len(calibration["scores"]) == 4
     assert f"--reward {it / 'reward' / 'calibrated'}" in out
+    # The loop's own 2 episodes all failed, so it calibrated on every training episode and said so.
+    assert "calibrating on all training episodes" in out and reward["calibrated_on"] == [str(it / "reward" / "data")]
     chain = json.loads((run / "versions.json").read_text())["versions"]
     assert len(chain) == 1 + int(metrics["publish"]["pushed"])
 

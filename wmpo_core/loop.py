@@ -12,7 +12,8 @@ Iteration ``i`` of a run directory ``RUN``:
    iteration's world model (the first iteration starts from ``--world-model`` or pretrains
    from scratch) on all episodes so far.
 3. **reward**: `wmpo train-reward` on all episodes so far, then `wmpo calibrate-reward`: the
-   success threshold re-chosen on imagined replays of those episodes in the aligned world model.
+   success threshold re-chosen on imagined replays, in the aligned world model, of the
+   episodes the loop collected (all training episodes when those have one outcome only).
 4. **grpo**: `wmpo grpo` in imagination from the current policy: the candidate package.
 5. **gate**: `wmpo eval` of current and candidate on the same held-out start states
    (:data:`~wmpo_core.rl.config.EVALUATION_SEEDS`, never used for collection), then the
@@ -161,15 +162,18 @@ def last_json_line(text: str, what: str) -> dict[str, Any]:
 
 
 def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config: str | None = None,
-                            steps: int | None = None, log: Path | None = None) -> dict[str, Any]:
+                            steps: int | None = None, log: Path | None = None,
+                            calibrate_on: list[Path] | None = None) -> dict[str, Any]:
     """`wmpo train-reward` on the real episodes in ``data``, then `wmpo calibrate-reward` in ``world_model``.
 
     The classifier learns from real video only (adding imagined replays to its training set made
-    it worse on real video); its success threshold is then re-chosen on imagined replays of the
-    same labelled episodes, because GRPO scores imagined video and those scores run higher or
-    lower than real video's. Writes ``out/run`` (trained) and ``out/calibrated``; returns the
-    summary with ``run`` = the model GRPO should use. With one outcome only among the episodes
-    there is nothing to calibrate against: ``run`` is the trained model and the summary says why.
+    it worse on real video); its success threshold is then re-chosen on imagined replays of
+    labelled episodes, because GRPO scores imagined video and those scores run higher or lower
+    than real video's. The replays are of ``calibrate_on`` (e.g. the current policy's own
+    episodes, whose imagined look is what GRPO will score) when those hold both outcomes, else of
+    all of ``data``. Writes ``out/run`` (trained) and ``out/calibrated``; returns the summary
+    with ``run`` = the model GRPO should use. With one outcome only there is nothing to
+    calibrate against: ``run`` is the trained model and the summary says why.
     """
     run = out / "run"
     if run.exists():
@@ -182,10 +186,22 @@ def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config:
     summary = last_json_line(run_wmpo(*args, log=log, capture=True).stdout, "wmpo train-reward")
     result: dict[str, Any] = {"trained": str(run),
                               **{k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}}
-    rows = list_complete_episodes(data)
-    successes = sum(1 for r in rows if r["success"])
-    if not 0 < successes < len(rows):
-        why = f"{successes} of {len(rows)} labelled episodes succeeded (calibration needs both outcomes)"
+
+    def outcomes(folders: list[Path]) -> tuple[int, int]:
+        rows = [r for f in folders for r in list_complete_episodes(f)]
+        return sum(1 for r in rows if r["success"]), len(rows)
+
+    folders = [data]
+    if calibrate_on:
+        wins, n = outcomes(calibrate_on)
+        if 0 < wins < n:
+            folders = list(calibrate_on)
+        else:
+            print(f"    calibration: {wins} of {n} of the policy's episodes succeeded; calibrating on all "
+                  "training episodes instead", flush=True)
+    successes, total = outcomes(folders)
+    if not 0 < successes < total:
+        why = f"{successes} of {total} labelled episodes succeeded (calibration needs both outcomes)"
         print(f"    reward threshold not calibrated on imagined replays: {why}; GRPO uses the real-video threshold",
               flush=True)
         return result | {"run": str(run), "calibration_skipped": why}
@@ -193,11 +209,11 @@ def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config:
     if calibrated.exists():
         shutil.rmtree(calibrated)
     proc = run_wmpo("calibrate-reward", "--model", str(run), "--world-model", str(world_model), "--episodes",
-                    str(data), "--out", str(calibrated), "--json", log=log, capture=True)
+                    *map(str, folders), "--out", str(calibrated), "--json", log=log, capture=True)
     cal = last_json_line(proc.stdout, "wmpo calibrate-reward")
     return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"],
                      "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"],
-                     "calibration_episodes": cal["episodes"]}
+                     "calibration_episodes": cal["episodes"], "calibrated_on": [str(f) for f in folders]}
 
 
 # ============================================================================ collection
@@ -591,8 +607,11 @@ class Loop:
         """Train the reward model on all episodes so far; calibrate its threshold in this iteration's world model."""
         cfg = self.config
         data, n = self._all_data(i, d)
+        # Calibrated on the policy's own episodes so far: GRPO scores imagined trajectories of the policy.
+        collected = [self.iter_dir(j) / "collect" / "episodes" for j in range(i + 1)]
         summary = train_calibrated_reward(data, self.iter_dir(i) / "world_model" / "run", d,
-                                          config=cfg.reward_config, steps=cfg.reward_steps, log=d / "commands.log")
+                                          config=cfg.reward_config, steps=cfg.reward_steps, log=d / "commands.log",
+                                          calibrate_on=collected)
         return {"episodes": n, **summary}
 
     def stage_grpo(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:

@@ -70,4 +70,14 @@ wmpo compare --task lift --budget 128 --base "$BASE" --work cmp_cal --dpo cmp_li
   --world-model cmp_lift/world_model --no-align --reward reward_imagined --demos lift_noisy lift_noisy5 lift_noisy10 \
   --wmpo-config "$C/rl/configs/lift_wmpo.json" --grpo-sim-config "$C/rl/configs/lift_grpo_sim.json" \
   --episodes 100 --temperature 1.0 --json
-echo "done: see $R/cmp_cal/results.jsonl, $R/ablation/ablation.json, $R/reward_real.heldout.json"
+# Lifelong loop, 3 iterations from the base policy: each collects 32 rollouts with the current
+# version, aligns the world model (from compare's) and retrains the reward model on everything
+# so far (the 128 budget rollouts and the noisy scripted episodes included), GRPO for 4
+# iterations, gates on 40 held-out states, pushes. Then every version on the table's 100 states.
+mkdir -p loop_demos && for d in cmp_lift/rollouts/episodes lift_noisy lift_noisy5; do
+  for e in "$R/$d"/*/; do ln -sfn "$e" "loop_demos/$(basename "$e")"; done; done
+wmpo loop --iterations 3 --out loop --policy "$BASE" --collect-direct --episodes-per-iter 32 --demos loop_demos \
+  --world-model cmp_lift/world_model --wm-steps 300 --reward-config "$C/reward/configs/lift.json" --reward-steps 1000 \
+  --grpo-config "$C/rl/configs/lift_wmpo.json" --grpo-iterations 4 --gate-episodes 40 --gate-alpha 0.2 --temperature 1.0
+wmpo loop-report --out loop --episodes 100
+echo "done: see $R/cmp_cal/results.jsonl, $R/ablation/ablation.json, $R/reward_real.heldout.json, $R/loop/report"

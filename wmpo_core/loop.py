@@ -193,13 +193,14 @@ def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config:
 
     folders = [data]
     if calibrate_on:
-        wins, n = outcomes(calibrate_on)
-        if 0 < wins < n:
+        successes, total = outcomes(calibrate_on)
+        if 0 < successes < total:
             folders = list(calibrate_on)
         else:
-            print(f"    calibration: {wins} of {n} of the policy's episodes succeeded; calibrating on all "
+            print(f"    calibration: {successes} of {total} of the policy's episodes succeeded; calibrating on all "
                   "training episodes instead", flush=True)
-    successes, total = outcomes(folders)
+    if folders == [data]:
+        successes, total = outcomes(folders)
     if not 0 < successes < total:
         why = f"{successes} of {total} labelled episodes succeeded (calibration needs both outcomes)"
         print(f"    reward threshold not calibrated on imagined replays: {why}; GRPO uses the real-video threshold",

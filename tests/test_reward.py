@@ -258,3 +258,50 @@ def test_calibrate_reward_sets_tau_on_imagined_replays_and_keeps_the_input(tmp_p
     assert wmpo(["calibrate-reward", "--model", str(tmp_path / "reward"), "--world-model", str(tmp_path / "wm"),
                  "--episodes", str(only), "--out", str(tmp_path / "c2")]) == 2
     assert "successes and failures" in capsys.readouterr().err and not (tmp_path / "c2").exists()
+
+
+def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_hold_both_outcomes(tmp_path, capsys):
+    """The loop's reward step: real-only training, then tau re-chosen on imagined replays of the
+    policy's own episodes when they hold a success and a failure, else of all training episodes
+    (and it says so), else not at all (every episode succeeded)."""
+    from test_rl_trainers_imagination import tiny_world_model
+
+    from wmpo_core.loop import train_calibrated_reward
+
+    def folder(name: str, outcomes: list[bool], first_seed: int):
+        path = tmp_path / name
+        for i, success in enumerate(outcomes):
+            write_episode_bag(path, toy_task_episode(16, first_seed + i, success=success, image_size=SIZE))
+        return path
+
+    data = folder("data", [True, False, True, False], 0)
+    own = folder("own", [True, False], 10)
+    own_failures = folder("own_failures", [False, False], 20)
+    successes = folder("successes", [True, True], 30)  # negatives from their early frames
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    config = tmp_path / "reward.json"
+    config.write_text(json.dumps({"batch_size": 4, "image_size": SIZE, "clip_len": 4, "stride": 4,
+                                  "val_fraction": 0.5, "score_stride": 4, "model": TINY}))
+
+    def ids(path):
+        return sorted(json.loads((path / "calibration.json").read_text())["scores"])
+
+    from wmpo_core.world_model.episodes import load_episodes
+
+    def episode_ids(path):
+        return sorted(ep.episode_id for ep in load_episodes(path, "agentview", SIZE))
+
+    r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "a", config=str(config), steps=2, calibrate_on=[own])
+    assert r["run"] == str(tmp_path / "a" / "calibrated") and r["calibrated_on"] == [str(own)], r
+    assert r["calibration_episodes"] == 2 and ids(tmp_path / "a" / "calibrated") == episode_ids(own)
+    assert "calibrating on all training episodes" not in capsys.readouterr().out
+
+    r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "b", config=str(config), steps=2,
+                                calibrate_on=[own_failures])
+    assert "0 of 2 of the policy's episodes succeeded; calibrating on all training episodes" in capsys.readouterr().out
+    assert r["run"] == str(tmp_path / "b" / "calibrated") and r["calibrated_on"] == [str(data)], r
+    assert r["calibration_episodes"] == 4 and ids(tmp_path / "b" / "calibrated") == episode_ids(data)
+
+    r = train_calibrated_reward(successes, tmp_path / "wm", tmp_path / "c", config=str(config), steps=2)
+    assert r["run"] == str(tmp_path / "c" / "run") and "calibration needs both outcomes" in r["calibration_skipped"]
+    assert not (tmp_path / "c" / "calibrated").exists()

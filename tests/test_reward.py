@@ -22,6 +22,7 @@ from wmpo_core.reward.train import (
     bce_loss,
     calibrate_tau,
     labelled_clip_ends,
+    roc_auc,
 )
 from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
 
@@ -51,6 +52,13 @@ def test_bce_training_step_reduces_loss_on_separable_clips():
         opt.step()
     after = bce_loss(model, clips, labels).item()
     assert after < 0.5 * first.item(), f"BCE went from {first.item():.3f} to {after:.3f}"
+
+
+def test_roc_auc_on_hand_made_scores():
+    # successes 0.4, 0.7, 0.9 against failures 0.1, 0.5, 0.6: 1 + 3 + 3 of 9 pairs ranked right
+    assert roc_auc([0.1, 0.4, 0.5, 0.6, 0.7, 0.9], [False, True, False, False, True, True]) == pytest.approx(7 / 9)
+    assert roc_auc([0.2, 0.2, 0.9], [True, False, False]) == pytest.approx(0.25)  # a tie counts half
+    assert roc_auc([0.3, 0.6], [True, True]) is None
 
 
 def test_calibrate_tau_on_hand_made_scores():
@@ -243,12 +251,14 @@ def test_calibrate_reward_sets_tau_on_imagined_replays_and_keeps_the_input(tmp_p
     tau, f1 = calibrate_tau([scores[k] for k in outcome], list(outcome.values()))
     assert record["tau_before"] == pytest.approx(0.999) and record["tau"] == pytest.approx(tau)
     assert record["f1"] == pytest.approx(f1) and record["f1"] >= record["f1_before"]
+    assert record["auc"] == pytest.approx(roc_auc([scores[k] for k in outcome], list(outcome.values())))
     # eval-reward on the same replays (same seeds) agrees with what calibration measured
     assert wmpo(["eval-reward", "--model", str(tmp_path / "calibrated"), "--episodes", str(episodes),
                  "--world-model", str(tmp_path / "wm"), "--json"]) == 0
     imagined = json.loads(capsys.readouterr().out)["imagined"]
     assert imagined["tau"] == pytest.approx(tau) and imagined["f1"] == pytest.approx(f1)
     assert imagined["scores"] == pytest.approx(scores, abs=1e-5)
+    assert imagined["auc"] == pytest.approx(record["auc"], abs=1e-6)
     # refused: writing over the input, and episodes of one outcome only
     assert wmpo(["calibrate-reward", "--model", str(tmp_path / "reward"), "--world-model", str(tmp_path / "wm"),
                  "--episodes", str(episodes), "--out", str(tmp_path / "reward")]) == 2
@@ -294,6 +304,7 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "a", config=str(config), steps=2, calibrate_on=[own])
     assert r["run"] == str(tmp_path / "a" / "calibrated") and r["calibrated_on"] == [str(own)], r
     assert r["calibration_episodes"] == 2 and ids(tmp_path / "a" / "calibrated") == episode_ids(own)
+    assert r["imagined_auc"] in (0.0, 0.5, 1.0)  # one success against one failure
     assert "calibrating on all training episodes" not in capsys.readouterr().out
 
     r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "b", config=str(config), steps=2,

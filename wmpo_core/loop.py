@@ -213,7 +213,7 @@ def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config:
                     *map(str, folders), "--out", str(calibrated), "--json", log=log, capture=True)
     cal = last_json_line(proc.stdout, "wmpo calibrate-reward")
     return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"],
-                     "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"],
+                     "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"], "imagined_auc": cal["auc"],
                      "calibration_episodes": cal["episodes"], "calibrated_on": [str(f) for f in folders]}
 
 

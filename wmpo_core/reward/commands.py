@@ -14,6 +14,10 @@ def _error(message: str) -> int:
     return 2
 
 
+def _auc(value: float | None) -> str:
+    return "n/a (one outcome)" if value is None else f"{value:.3f}"
+
+
 def configure_train_reward(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo train-reward`."""
     parser.add_argument("--episodes", required=True, nargs="+",
@@ -89,7 +93,8 @@ def main_eval_reward(args: argparse.Namespace) -> int:
         rows = [("real episodes", report)] + ([("imagined replays", report["imagined"])] if "imagined" in report else [])
         for name, r in rows:
             print(f"{name}: episodes {r['episodes']}  tau {r['tau']:.3f}  precision {r['precision']:.3f}  "
-                  f"recall {r['recall']:.3f}  f1 {r['f1']:.3f}  (tp {r['tp']} fp {r['fp']} fn {r['fn']} tn {r['tn']})")
+                  f"recall {r['recall']:.3f}  f1 {r['f1']:.3f}  auc {_auc(r['auc'])}  "
+                  f"(tp {r['tp']} fp {r['fp']} fn {r['fn']} tn {r['tn']})")
         print(f"best tau on the real episodes {report['oracle_tau']:.3f} -> f1 {report['oracle_f1']:.3f}")
     return 0
 
@@ -137,6 +142,7 @@ def main_calibrate_reward(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2))
     else:
         print(f"tau {result['tau_before']:.3f} -> {result['tau']:.3f} on {result['episodes']} imagined replays "
-              f"({result['successes']} successes): F1 {result['f1_before']:.3f} -> {result['f1']:.3f}; wrote {out}")
+              f"({result['successes']} successes): F1 {result['f1_before']:.3f} -> {result['f1']:.3f}, "
+              f"AUC {_auc(result['auc'])}; wrote {out}")
     return 0
 

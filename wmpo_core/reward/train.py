@@ -178,6 +178,22 @@ def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the chance a random success outscores a random failure (ties count
+    half), the threshold-free measure of how well ``scores`` rank the outcomes; None with one class.
+
+    Written here as the Mann-Whitney U statistic over all pairs (a few hundred episodes at most)
+    because scipy is only a dependency of the ``sim`` extra and scikit-learn is none at all.
+    """
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"roc_auc: {s.size} scores and {y.size} labels")
+    pos, neg = s[y][:, None], s[~y][None, :]
+    if pos.size == 0 or neg.size == 0:
+        return None
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
 def classification_report(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Precision, recall, F1, accuracy and counts of boolean predictions."""
     predicted, labels = np.asarray(predicted, bool), np.asarray(labels, bool)
@@ -328,6 +344,7 @@ def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> di
     report = classification_report(scores > model.settings.tau, labels)
     best_tau, best_f1 = calibrate_tau(scores, labels)
     return report | {
+        "auc": roc_auc(scores, labels),
         "tau": model.settings.tau, "episodes": len(labelled), "min_frame": model.settings.min_frame,
         "oracle_tau": best_tau, "oracle_f1": best_f1,
         "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)},
@@ -384,6 +401,7 @@ def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episode
     ids, labels, scores = _scores_on_imagination(model, world_model, episodes, seed)
     predicted = scores > model.settings.tau
     return classification_report(predicted, labels) | {
+        "auc": roc_auc(scores, labels),
         "tau": model.settings.tau, "episodes": len(ids), "agreement": float(np.mean(predicted == labels)),
         "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)},
     }
@@ -406,5 +424,6 @@ def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Seq
     before_f1 = f1_score(scores > before, labels)
     tau, f1 = calibrate_tau(scores, labels)
     model.settings.tau = tau
-    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "episodes": len(ids),
+    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "auc": roc_auc(scores, labels),
+            "episodes": len(ids),
             "successes": int(labels.sum()), "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)}}

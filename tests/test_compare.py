@@ -26,6 +26,23 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def test_every_shipped_trainer_config_parses_and_validates():
+    """The configs the README's commands pass (`--wmpo-config`, `--dpo-config`, ...) load with their class."""
+    from pathlib import Path
+
+    from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig, load_config
+
+    folder = Path(__file__).resolve().parents[1] / "wmpo_core" / "rl" / "configs"
+    kinds = {"wmpo": WMPOConfig, "grpo_sim": SimGRPOConfig, "dpo": DPOTrainConfig}
+    files = sorted(folder.glob("*.json"))
+    assert len(files) >= 4, files
+    for path in files:
+        kind = next(k for k in sorted(kinds, key=len, reverse=True) if f"_{k}" in path.stem)
+        load_config(kinds[kind], path).validate()  # unknown fields and bad values raise, naming the file
+    g8 = load_config(WMPOConfig, folder / "lift_wmpo_g8.json")
+    assert (g8.groups_per_batch, g8.starts_per_round, g8.iterations) == (8, 8, 8)
+
+
 def test_seed_ranges_are_disjoint_and_checked():
     assert_disjoint()
     for i, a in enumerate(SEED_RANGES):

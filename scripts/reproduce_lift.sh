@@ -104,8 +104,12 @@ wmpo loop-report --out loop --episodes 100
 # The reward in imagination, threshold-free: AUC of the table's reward on real videos and on imagined
 # replays, for the 128 budget rollouts (seen by the world model and the reward) and for the loop's
 # 96 rollouts (seen by neither).
-wmpo eval-reward --model reward_imagined --episodes cmp_lift/rollouts/episodes --world-model cmp_lift/world_model \
-  --json > auc_budget.json
-wmpo eval-reward --model reward_imagined --episodes loop/iter_000/collect/episodes loop/iter_001/collect/episodes \
-  loop/iter_002/collect/episodes --world-model cmp_lift/world_model --json > auc_unseen.json
+auc() {  # auc OUT EPISODE_FOLDER...: eval-reward once, keep the JSON
+  local out="$1"; shift
+  [ -s "$out" ] && { echo "== $out exists, skipped"; return; }
+  wmpo eval-reward --model reward_imagined --episodes "$@" --world-model cmp_lift/world_model --json > "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+auc auc_budget.json cmp_lift/rollouts/episodes
+auc auc_unseen.json loop/iter_000/collect/episodes loop/iter_001/collect/episodes loop/iter_002/collect/episodes
 echo "done: see $R/cmp_cal/results.jsonl, $R/cmp_g8/results.jsonl, $R/confirm, $R/ablation/ablation.json, $R/reward_real.heldout.json, $R/loop/report"

@@ -425,5 +425,5 @@ def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Seq
     tau, f1 = calibrate_tau(scores, labels)
     model.settings.tau = tau
     return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "auc": roc_auc(scores, labels),
-            "episodes": len(ids),
-            "successes": int(labels.sum()), "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)}}
+            "episodes": len(ids), "successes": int(labels.sum()),
+            "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)}}

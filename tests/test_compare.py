@@ -148,3 +148,11 @@ def test_compare_json_rows(tmp_path, capsys):
     assert main(argv) == 0
     assert capsys.readouterr().out == out
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "results.jsonl")
+    # --seed-offset: the same packages on other evaluation start states (nothing is trained again).
+    assert main([*argv, "--seed-offset", "5"]) == 0
+    moved = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["version"] for r in moved] == [r["version"] for r in rows]
+    first = EVALUATION_SEEDS.start + 5
+    assert len(list((tmp_path / "work" / "evaluations").glob(f"*-seeds{first}-2-*.json"))) == 4
+    # nothing retrained, the earlier evaluations kept as they were (the new ones sit beside them)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "results.jsonl")

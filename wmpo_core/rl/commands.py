@@ -186,6 +186,9 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="simulated task: lift, stack, square")
     parser.add_argument("--budget", type=int, required=True, help="P: real trajectories each trained method may use")
     parser.add_argument("--episodes", type=int, default=100, help="held-out evaluation episodes per method (default 100)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first evaluation start state = 900000 + this (default 0; e.g. 10000 for states "
+                             "no earlier comparison has seen)")
     parser.add_argument("--json", action="store_true", help="print one JSON row per method")
     parser.add_argument("--base", required=True, help="base policy package")
     parser.add_argument("--dpo", help="DPO package (default: train one from --base with the budget)")
@@ -246,7 +249,7 @@ def main_compare(args: argparse.Namespace) -> int:
             validation_episodes=args.validation_episodes, progress=not args.quiet,
         )
         results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
-                          temperature=args.temperature, cache=work / "evaluations")
+                          seed_offset=args.seed_offset, temperature=args.temperature, cache=work / "evaluations")
     except (OSError, ValueError, PackageError) as exc:
         return _error("compare", str(exc))
     finally:

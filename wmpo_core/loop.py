@@ -191,15 +191,15 @@ def train_calibrated_reward(data: Path, world_model: Path, out: Path, *, config:
         rows = [r for f in folders for r in list_complete_episodes(f)]
         return sum(1 for r in rows if r["success"]), len(rows)
 
-    folders = [data]
-    if calibrate_on:
-        successes, total = outcomes(calibrate_on)
-        if 0 < successes < total:
-            folders = list(calibrate_on)
-        else:
+    folders = list(calibrate_on or [])
+    if folders:
+        successes, total = outcomes(folders)
+        if not 0 < successes < total:
             print(f"    calibration: {successes} of {total} of the policy's episodes succeeded; calibrating on all "
                   "training episodes instead", flush=True)
-    if folders == [data]:
+            folders = []
+    if not folders:  # the counts below always belong to the folders calibrated on
+        folders = [data]
         successes, total = outcomes(folders)
     if not 0 < successes < total:
         why = f"{successes} of {total} labelled episodes succeeded (calibration needs both outcomes)"

@@ -4,7 +4,7 @@
 
 At 64 px the frame autoencoder gives 16 x 16 latents; the 64 px recipe (`sim64.json`) cuts
 them into 4 x 4 patches, so each transformer token covers 16 x 16 pixels of the frame, while
-the lift cube is about 4 x 4 pixels. This prints, for each patch size, the tokens per frame,
+the lift cube is a few pixels across. This prints, for each patch size, the tokens per frame,
 the pixels per token, the parameters, and the seconds of one training step (forward and
 backward on a batch of windows) and of one imagined chunk (the sampler's denoising passes for
 a group of trajectories), in rounds that alternate the sizes, with each size's ratio to the

@@ -16,6 +16,11 @@ step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
   if [ -e "$out" ]; then echo "== $out exists, skipped"; return; fi
   echo "== $*"; "$@"
 }
+step_json() {  # step_json FILE COMMAND...: COMMAND's standard output into FILE, unless FILE exists
+  local out="$1"; shift
+  if [ -s "$out" ]; then echo "== $out exists, skipped"; return; fi
+  echo "== $* > $out"; mkdir -p "$(dirname "$out")"; "$@" > "$out.tmp"; mv "$out.tmp" "$out"
+}
 
 # Base policy: 80 clean scripted demonstrations, behavior cloning (600 steps).
 step lift_base/package_step0000600 wmpo train-policy --recipe lift_base --out lift_base
@@ -58,7 +63,7 @@ wmpo ablate-world-model --demos lift_base/demos lift_noisy \
 # imagined replays in the aligned world model.
 step reward_real wmpo train-reward --episodes cmp_lift/rollouts/episodes lift_noisy lift_noisy5 --out reward_real \
   --config "$C/reward/configs/lift.json" --min-frame 0
-wmpo eval-reward --model reward_real --episodes heldout_all --world-model ablation/aligned --json > reward_real.heldout.json
+step_json reward_real.heldout.json wmpo eval-reward --model reward_real --episodes heldout_all --world-model ablation/aligned --json
 
 # The WMPO row of the table: the real-episode reward model with its threshold re-chosen on
 # imagined replays of 64 of the budget's rollouts, GRPO in the world model compare aligned,
@@ -79,11 +84,8 @@ wmpo compare --task lift --budget 128 --base "$BASE" --work cmp_g8 --dpo cmp_lif
   --episodes 100 --temperature 1.0 --json
 
 # Confirmation on 200 start states nothing has seen (seeds 910000-910199), paired across methods.
-confirm() {  # confirm PACKAGE NAME: evaluate once, keep the JSON
-  mkdir -p confirm
-  [ -s "confirm/$2.json" ] && { echo "== confirm/$2.json exists, skipped"; return; }
-  wmpo eval --policy "$1" --task lift --episodes 200 --seed 910000 --temperature 1.0 --json > "confirm/$2.json.tmp"
-  mv "confirm/$2.json.tmp" "confirm/$2.json"
+confirm() {  # confirm PACKAGE NAME
+  step_json "confirm/$2.json" wmpo eval --policy "$1" --task lift --episodes 200 --seed 910000 --temperature 1.0 --json
 }
 confirm "$BASE" base
 confirm cmp_lift/dpo/policy dpo
@@ -104,12 +106,8 @@ wmpo loop-report --out loop --episodes 100
 # The reward in imagination, threshold-free: AUC of the table's reward on real videos and on imagined
 # replays, for the 128 budget rollouts (seen by the world model and the reward) and for the loop's
 # 96 rollouts (seen by neither).
-auc() {  # auc OUT EPISODE_FOLDER...: eval-reward once, keep the JSON
-  local out="$1"; shift
-  [ -s "$out" ] && { echo "== $out exists, skipped"; return; }
-  wmpo eval-reward --model reward_imagined --episodes "$@" --world-model cmp_lift/world_model --json > "$out.tmp"
-  mv "$out.tmp" "$out"
-}
-auc auc_budget.json cmp_lift/rollouts/episodes
-auc auc_unseen.json loop/iter_000/collect/episodes loop/iter_001/collect/episodes loop/iter_002/collect/episodes
+step_json auc_budget.json wmpo eval-reward --model reward_imagined --world-model cmp_lift/world_model --json \
+  --episodes cmp_lift/rollouts/episodes
+step_json auc_unseen.json wmpo eval-reward --model reward_imagined --world-model cmp_lift/world_model --json \
+  --episodes loop/iter_000/collect/episodes loop/iter_001/collect/episodes loop/iter_002/collect/episodes
 echo "done: see $R/cmp_cal/results.jsonl, $R/cmp_g8/results.jsonl, $R/confirm, $R/ablation/ablation.json, $R/reward_real.heldout.json, $R/loop/report"

@@ -75,6 +75,29 @@ def test_package_trained_on_evaluation_seeds_is_refused(tmp_path):
 
 
 @pytest.mark.sim
+def test_paired_against_base_hand_computed():
+    """Wins, losses and the one-sided sign test on five shared start states; the table shows them."""
+    from wmpo_core.rl.compare import MethodResult, format_table, paired_against
+
+    def result(method, outcomes, seeds=(1, 2, 3, 4, 5)):
+        k = sum(outcomes)
+        return MethodResult(method=method, success_rate=k / max(len(outcomes), 1), ci95=[0.0, 1.0], mean_success_length=None,
+                            successes=k, episodes=len(outcomes), package="p", version="v", seeds=list(seeds),
+                            outcomes=list(outcomes))
+
+    base = result("base", [True, False, False, True, False])
+    other = result("wmpo", [True, True, True, False, False])
+    # wins at seeds 2 and 3, a loss at seed 4: P(X >= 2), X ~ Binomial(3, 1/2) = (3 + 1) / 8
+    assert paired_against(base, other) == {"wins": 2, "losses": 1, "p_one_sided": 0.5}
+    assert paired_against(base, result("wmpo", [True] * 5))["p_one_sided"] == 1 / 8  # 3 wins, no loss
+    assert paired_against(base, result("dpo", other.outcomes, seeds=(6, 7, 8, 9, 10))) is None  # other states
+    assert paired_against(base, result("dpo", [])) is None  # an evaluation cached without outcomes
+    other.paired_vs_base = paired_against(base, other)
+    table = format_table("lift", 8, [base, other])
+    assert "2/1, p = 0.5" in table.splitlines()[-1] and "p =" not in table.splitlines()[-2]
+    assert "outcomes" not in other.row() and other.row()["paired_vs_base"]["wins"] == 2
+
+
 def test_compare_json_rows(tmp_path, capsys):
     """Base from a package; P = 8 base rollouts collected once (4 start states x G = 2, sampled) feed DPO and
     align the world model; online GRPO spends its own 8; WMPO is trained here in imagination."""
@@ -116,6 +139,12 @@ def test_compare_json_rows(tmp_path, capsys):
         lo, hi = r["ci95"]
         assert 0.0 <= lo <= r["success_rate"] <= hi <= 1.0 and hi > lo
         assert (r["mean_success_length"] is None) == (r["successes"] == 0)
+    # Paired against the base on the same start states: wins - losses is the difference in successes.
+    assert rows[0]["paired_vs_base"] is None
+    for r in rows[1:]:
+        pair = r["paired_vs_base"]
+        assert pair["wins"] - pair["losses"] == r["successes"] - rows[0]["successes"], r
+        assert 0.0 < pair["p_one_sided"] <= 1.0
     for method in ("dpo", "grpo-sim", "wmpo"):
         manifest = json.loads((tmp_path / "work" / method / "policy" / "manifest.json").read_text())
         assert manifest["parent"] == rows[0]["version"], method

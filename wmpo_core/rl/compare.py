@@ -43,12 +43,30 @@ class MethodResult:
     version: str
     temperature: float = 0.0
     seeds: list[int] = field(default_factory=list)
+    outcomes: list[bool] = field(default_factory=list)  # success per start state, in ``seeds`` order
+    # Paired against the base row on the same start states (None for the base, or when an evaluation
+    # cached before outcomes were recorded lacks them): wins, losses, one-sided sign-test p.
+    paired_vs_base: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
-        """The ``--json`` row: method, success_rate, ci95, mean_success_length, and the counts behind them."""
+        """The ``--json`` row: method, success_rate, ci95, mean_success_length, the counts behind them and
+        ``paired_vs_base``."""
         out = asdict(self)
         out.pop("seeds")
+        out.pop("outcomes")
         return out
+
+
+def paired_against(base: MethodResult, other: MethodResult) -> dict[str, Any] | None:
+    """Wins (start states only ``other`` solved), losses (only ``base`` solved) and the one-sided exact
+    sign-test p-value that ``other`` is better; None unless both carry outcomes for the same seeds."""
+    from wmpo_core.loop import sign_test_p_value
+
+    if not base.outcomes or not other.outcomes or base.seeds != other.seeds:
+        return None
+    wins = sum(1 for b, o in zip(base.outcomes, other.outcomes) if o and not b)
+    losses = sum(1 for b, o in zip(base.outcomes, other.outcomes) if b and not o)
+    return {"wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses)}
 
 
 def evaluation_seeds(count: int, offset: int = 0) -> list[int]:
@@ -122,13 +140,14 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
 
     policy = load_package(package)
     env = pool.env_for(policy)
-    successes, lengths = 0, []
+    successes, lengths, outcomes = 0, [], []
     for seed in seeds:
         policy.reset()
         torch.manual_seed(seed)
         result = run_episode(env, lambda obs: policy.predict_chunk(obs.images, env.instruction, temperature=temperature),
                              seed=seed, max_steps=max_steps, record_frames=False)
         successes += int(result.success)
+        outcomes.append(bool(result.success))
         if result.success:
             lengths.append(result.length)
     lo, hi = wilson_interval(successes, len(seeds))
@@ -136,7 +155,7 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
         method=method, success_rate=successes / len(seeds), ci95=[lo, hi],
         mean_success_length=sum(lengths) / len(lengths) if lengths else None,
         successes=successes, episodes=len(seeds), package=str(package), version=policy.version,
-        temperature=temperature, seeds=list(seeds),
+        temperature=temperature, seeds=list(seeds), outcomes=outcomes,
     )
 
 
@@ -403,11 +422,16 @@ def compare(
     own_pool = pool is None
     pool = pool or SimulatorPool(task)
     try:
-        return [_cached_evaluation(m, packages[m], seeds, pool, max_steps, temperature, cache)
-                for m in METHODS if m in packages]
+        results = [_cached_evaluation(m, packages[m], seeds, pool, max_steps, temperature, cache)
+                   for m in METHODS if m in packages]
     finally:
         if own_pool:
             pool.close()
+    base = next((r for r in results if r.method == "base"), None)
+    for r in results:
+        if base is not None and r is not base:
+            r.paired_vs_base = paired_against(base, r)
+    return results
 
 
 def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: SimulatorPool, max_steps: int | None,
@@ -423,7 +447,9 @@ def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: Simul
     path = cache / key
     if path.is_file():
         log.info("%s: evaluation reused from %s", method, path)
-        return MethodResult(**read_json(path))
+        saved = read_json(path)
+        saved.pop("paired_vs_base", None)  # a property of the comparison, recomputed there
+        return MethodResult(**saved)
     result = evaluate_package(method, package, seeds, pool, max_steps, temperature)
     write_json_atomic(path, asdict(result))
     return result
@@ -434,10 +460,14 @@ def format_table(task: str, budget: int, results: list[MethodResult]) -> str:
     how = "greedy" if not results or results[0].temperature == 0 else f"sampled at temperature {results[0].temperature:g}"
     lines = [f"{task}, budget P = {budget} real trajectories, {results[0].episodes if results else 0} "
              f"held-out start states each, {how}",
-             f"{'method':<10} {'success':>8} {'95% CI':>15} {'mean success length':>20}"]
+             f"{'method':<10} {'success':>8} {'95% CI':>15} {'mean success length':>20} "
+             f"{'vs base: wins/losses, sign-test p':>34}"]
     for r in results:
         length = "-" if r.mean_success_length is None else f"{r.mean_success_length:.1f}"
-        lines.append(f"{r.method:<10} {r.success_rate:>8.1%} {f'{r.ci95[0]:.1%}-{r.ci95[1]:.1%}':>15} {length:>20}")
+        pair = r.paired_vs_base
+        paired = "" if pair is None else f"{pair['wins']}/{pair['losses']}, p = {pair['p_one_sided']:.2g}"
+        lines.append(f"{r.method:<10} {r.success_rate:>8.1%} {f'{r.ci95[0]:.1%}-{r.ci95[1]:.1%}':>15} {length:>20} "
+                     f"{paired:>34}".rstrip())
     return "\n".join(lines)
 
 

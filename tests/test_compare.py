@@ -185,3 +185,11 @@ def test_compare_json_rows(tmp_path, capsys):
     assert len(list((tmp_path / "work" / "evaluations").glob(f"*-seeds{first}-2-*.json"))) == 4
     # nothing retrained, the earlier evaluations kept as they were (the new ones sit beside them)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "results.jsonl")
+    # --jobs 2: two evaluations dropped from the cache run again in two spawned processes, same rows.
+    dropped = sorted((tmp_path / "work" / "evaluations").glob(f"*-seeds{first}-2-*.json"))[:2]
+    for path in dropped:
+        path.unlink()
+    assert main([*argv, "--seed-offset", "5", "--jobs", "2"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()] == moved
+    assert all(path.is_file() for path in dropped)
+    assert main([*argv, "--jobs", "0"]) == 2 and "--jobs" in capsys.readouterr().err

@@ -214,6 +214,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget from the flags)")
     parser.add_argument("--grpo-sim-config", help="JSON SimGRPOConfig for an online GRPO trained here")
     parser.add_argument("--reward-config", help="JSON RewardTrainConfig for a reward model trained here")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="evaluate the methods in this many processes at once (default 1; one core each)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr, --json or not)")
 
 
@@ -249,7 +251,8 @@ def main_compare(args: argparse.Namespace) -> int:
             validation_episodes=args.validation_episodes, progress=not args.quiet,
         )
         results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
-                          seed_offset=args.seed_offset, temperature=args.temperature, cache=work / "evaluations")
+                          seed_offset=args.seed_offset, temperature=args.temperature, cache=work / "evaluations",
+                          jobs=args.jobs)
     except (OSError, ValueError, PackageError) as exc:
         return _error("compare", str(exc))
     finally:

@@ -406,11 +406,14 @@ def compare(
     pool: SimulatorPool | None = None,
     temperature: float = 0.0,
     cache: Path | None = None,
+    jobs: int = 1,
 ) -> list[MethodResult]:
     """Evaluate every package on the same held-out seeds; one :class:`MethodResult` per method, table order.
 
     With ``cache`` (a folder), a package version already evaluated there with the same seeds and
     settings is not run again (a comparison re-run to add a method re-evaluates only that one).
+    With ``jobs`` > 1 the methods still to evaluate run in that many worker processes, each with its
+    own simulator (the results do not depend on it: every episode is seeded by its start state).
     """
     if n_eval < 1:
         raise ValueError(f"--episodes: expected a positive number of evaluation episodes, got {n_eval}")
@@ -419,19 +422,52 @@ def compare(
         check_training_seeds(package, seeds)
         if method != "base":
             check_budget(package, budget)
-    own_pool = pool is None
-    pool = pool or SimulatorPool(task)
-    try:
-        results = [_cached_evaluation(m, packages[m], seeds, pool, max_steps, temperature, cache)
-                   for m in METHODS if m in packages]
-    finally:
-        if own_pool:
-            pool.close()
+    if jobs < 1:
+        raise ValueError(f"--jobs: expected a positive number of processes, got {jobs}")
+    methods = [m for m in METHODS if m in packages]
+    if jobs > 1:
+        results = _evaluate_in_processes(task, methods, packages, seeds, max_steps, temperature, cache, jobs)
+    else:
+        own_pool = pool is None
+        pool = pool or SimulatorPool(task)
+        try:
+            results = [_cached_evaluation(m, packages[m], seeds, pool, max_steps, temperature, cache) for m in methods]
+        finally:
+            if own_pool:
+                pool.close()
     base = next((r for r in results if r.method == "base"), None)
     for r in results:
         if base is not None and r is not base:
             r.paired_vs_base = paired_against(base, r)
     return results
+
+
+def _evaluate_one_in_process(task: str, method: str, package: Path, seeds: list[int], max_steps: int | None,
+                             temperature: float, cache: Path | None) -> MethodResult:
+    """Worker of :func:`_evaluate_in_processes`: one method with a simulator of its own, one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    pool = SimulatorPool(task)
+    try:
+        return _cached_evaluation(method, package, seeds, pool, max_steps, temperature, cache)
+    finally:
+        pool.close()
+
+
+def _evaluate_in_processes(task: str, methods: list[str], packages: dict[str, Path], seeds: list[int],
+                           max_steps: int | None, temperature: float, cache: Path | None,
+                           jobs: int) -> list[MethodResult]:
+    """The methods' evaluations spread over ``jobs`` spawned processes, returned in ``methods`` order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may hold a simulator's GL context and torch's thread pool.
+    with ProcessPoolExecutor(max_workers=min(jobs, len(methods)) or 1,
+                             mp_context=multiprocessing.get_context("spawn")) as executor:
+        futures = [executor.submit(_evaluate_one_in_process, task, m, packages[m], seeds, max_steps, temperature,
+                                   cache) for m in methods]
+        return [f.result() for f in futures]
 
 
 def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: SimulatorPool, max_steps: int | None,

@@ -74,7 +74,6 @@ def test_package_trained_on_evaluation_seeds_is_refused(tmp_path):
         check_budget(leaky, 16)
 
 
-@pytest.mark.sim
 def test_paired_against_base_hand_computed():
     """Wins, losses and the one-sided sign test on five shared start states; the table shows them."""
     from wmpo_core.rl.compare import MethodResult, format_table, paired_against
@@ -98,6 +97,7 @@ def test_paired_against_base_hand_computed():
     assert "outcomes" not in other.row() and other.row()["paired_vs_base"]["wins"] == 2
 
 
+@pytest.mark.sim
 def test_compare_json_rows(tmp_path, capsys):
     """Base from a package; P = 8 base rollouts collected once (4 start states x G = 2, sampled) feed DPO and
     align the world model; online GRPO spends its own 8; WMPO is trained here in imagination."""

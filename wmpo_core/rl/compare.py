@@ -426,7 +426,12 @@ def compare(
         raise ValueError(f"--jobs: expected a positive number of processes, got {jobs}")
     methods = [m for m in METHODS if m in packages]
     if jobs > 1:
-        results = _evaluate_in_processes(task, methods, packages, seeds, max_steps, temperature, cache, jobs)
+        # Cached rows are read here; only the evaluations still to run go to worker processes.
+        found = {m: _read_cached(_cache_file(m, packages[m], seeds, max_steps, temperature, cache)) for m in methods}
+        missing = [m for m in methods if found[m] is None]
+        found.update(zip(missing, _evaluate_in_processes(task, missing, packages, seeds, max_steps, temperature,
+                                                         cache, jobs)))
+        results = [found[m] for m in methods]
     else:
         own_pool = pool is None
         pool = pool or SimulatorPool(task)
@@ -462,8 +467,10 @@ def _evaluate_in_processes(task: str, methods: list[str], packages: dict[str, Pa
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    if not methods:
+        return []
     # spawn, not fork: the parent may hold a simulator's GL context and torch's thread pool.
-    with ProcessPoolExecutor(max_workers=min(jobs, len(methods)) or 1,
+    with ProcessPoolExecutor(max_workers=min(jobs, len(methods)),
                              mp_context=multiprocessing.get_context("spawn")) as executor:
         futures = [executor.submit(_evaluate_one_in_process, task, m, packages[m], seeds, max_steps, temperature,
                                    cache) for m in methods]
@@ -474,21 +481,36 @@ def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: Simul
                        temperature: float, cache: Path | None) -> MethodResult:
     """``evaluate_package``, reusing an earlier result for the same package version, seeds and settings."""
     from wmpo_core.loop import write_json_atomic
+
+    path = _cache_file(method, package, seeds, max_steps, temperature, cache)
+    cached = _read_cached(path)
+    if cached is not None:
+        return cached
+    result = evaluate_package(method, package, seeds, pool, max_steps, temperature)
+    if path is not None:
+        write_json_atomic(path, asdict(result))
+    return result
+
+
+def _cache_file(method: str, package: Path, seeds: list[int], max_steps: int | None, temperature: float,
+                cache: Path | None) -> Path | None:
+    """Where the evaluation of this package version with these seeds and settings is stored (None: no cache)."""
     from wmpo_core.registry.package import read_package_manifest
 
     if cache is None:
-        return evaluate_package(method, package, seeds, pool, max_steps, temperature)
+        return None
     version = read_package_manifest(package)["version"]
-    key = f"{method}-{version}-T{temperature:g}-seeds{seeds[0]}-{len(seeds)}-steps{max_steps or 'task'}.json"
-    path = cache / key
-    if path.is_file():
-        log.info("%s: evaluation reused from %s", method, path)
-        saved = read_json(path)
-        saved.pop("paired_vs_base", None)  # a property of the comparison, recomputed there
-        return MethodResult(**saved)
-    result = evaluate_package(method, package, seeds, pool, max_steps, temperature)
-    write_json_atomic(path, asdict(result))
-    return result
+    return cache / f"{method}-{version}-T{temperature:g}-seeds{seeds[0]}-{len(seeds)}-steps{max_steps or 'task'}.json"
+
+
+def _read_cached(path: Path | None) -> MethodResult | None:
+    """The stored evaluation at ``path``, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    log.info("evaluation reused from %s", path)
+    saved = read_json(path)
+    saved.pop("paired_vs_base", None)  # a property of the comparison, recomputed there
+    return MethodResult(**saved)
 
 
 def format_table(task: str, budget: int, results: list[MethodResult]) -> str:

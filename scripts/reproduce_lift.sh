@@ -11,16 +11,7 @@ C="$ROOT/wmpo_core"
 mkdir -p "$R"
 cd "$R"
 
-step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
-  local out="$1"; shift
-  if [ -e "$out" ]; then echo "== $out exists, skipped"; return; fi
-  echo "== $*"; "$@"
-}
-step_json() {  # step_json FILE COMMAND...: COMMAND's standard output into FILE, unless FILE exists
-  local out="$1"; shift
-  if [ -s "$out" ]; then echo "== $out exists, skipped"; return; fi
-  echo "== $* > $out"; mkdir -p "$(dirname "$out")"; "$@" > "$out.tmp"; mv "$out.tmp" "$out"
-}
+source "$ROOT/scripts/steps.sh"
 
 # Base policy: 80 clean scripted demonstrations, behavior cloning (600 steps).
 step lift_base/package_step0000600 wmpo train-policy --recipe lift_base --out lift_base

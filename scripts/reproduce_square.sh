@@ -2,9 +2,9 @@
 # The commands behind the README's square table, in order. Each step is skipped when its output
 # already exists, so an interrupted run continues where it stopped.
 # Usage: bash scripts/reproduce_square.sh [RUN_DIR]   (default: runs/square)
-# About 2 hours on a 2-core CPU (the README names the step behind each number); the world-model
-# branch and the comparison's rollouts/baselines are independent until the final compare, so
-# running the two halves in two shells halves the wall time.
+# About 3 hours on a 2-core CPU run as it stands (one core per step); the world-model branch and
+# the comparison's rollouts/baselines are independent until the final compare, which is how the
+# README's run took about 2 hours in two shells.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
@@ -13,14 +13,11 @@ C="$ROOT/wmpo_core"
 mkdir -p "$R"
 cd "$R"
 # Episodes are cut at 300 steps in training and evaluation (the task allows 400): the scripted
-# demonstrator finishes in 114-179 steps, and a failing 400-step episode costs a third more.
+# demonstrator's successful demonstrations take 95-275 steps, and a failing 400-step episode
+# costs a third more.
 H=300
 
-step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
-  local out="$1"; shift
-  if [ -e "$out" ]; then echo "== $out exists, skipped"; return; fi
-  echo "== $*"; "$@"
-}
+source "$ROOT/scripts/steps.sh"
 
 # Base policy: 80 clean scripted demonstrations, behavior cloning (1000 steps).
 step sq_base/package_step0001000 wmpo train-policy --recipe square_base --out sq_base
@@ -51,5 +48,5 @@ step wmpo_sq/policy wmpo grpo --policy "$BASE" --world-model wm_sq_aligned --rew
 
 # The table: the baselines' evaluations are reused, WMPO's is added.
 wmpo compare --task square --budget 128 --max-steps $H --base "$BASE" --work cmp_sq \
-  --dpo cmp_sq/dpo/policy --grpo-sim cmp_sq/grpo-sim/policy --wmpo wmpo_sq/policy --episodes 100 --temperature 1.0 --json
+  --dpo cmp_sq/dpo/policy --grpo-sim cmp_sq/grpo-sim/policy --wmpo wmpo_sq/policy --episodes 100 --temperature 1.0 --jobs 2 --json
 echo "done: see $R/cmp_sq/results.jsonl"

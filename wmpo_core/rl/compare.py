@@ -64,8 +64,8 @@ def paired_against(base: MethodResult, other: MethodResult) -> dict[str, Any] | 
 
     if not base.outcomes or not other.outcomes or base.seeds != other.seeds:
         return None
-    wins = sum(1 for b, o in zip(base.outcomes, other.outcomes) if o and not b)
-    losses = sum(1 for b, o in zip(base.outcomes, other.outcomes) if b and not o)
+    wins = sum(1 for b, o in zip(base.outcomes, other.outcomes, strict=True) if o and not b)
+    losses = sum(1 for b, o in zip(base.outcomes, other.outcomes, strict=True) if b and not o)
     return {"wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses)}
 
 
@@ -430,7 +430,7 @@ def compare(
         found = {m: _read_cached(_cache_file(m, packages[m], seeds, max_steps, temperature, cache)) for m in methods}
         missing = [m for m in methods if found[m] is None]
         found.update(zip(missing, _evaluate_in_processes(task, missing, packages, seeds, max_steps, temperature,
-                                                         cache, jobs)))
+                                                         cache, jobs), strict=True))
         results = [found[m] for m in methods]
     else:
         own_pool = pool is None

@@ -47,12 +47,16 @@ def test_predict_json_matches_the_policy(package, tmp_path, capsys):
 @pytest.mark.sim
 def test_eval_scripted_and_package_with_video(package, tmp_path, capsys):
     rc = wmpo(["eval", "--policy", "scripted", "--task", "lift", "--episodes", "1", "--seed", "3", "--json"])
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert rc == 0 and report["episodes"] == 1 and report["success_rate"] == 1.0  # the demonstrator lifts
+    assert "episode 1/1 seed 3: success" in captured.err  # progress on stderr, JSON alone on stdout
     assert report["ci95"][0] < 1.0 == report["ci95"][1]
     rc = wmpo(["eval", "--policy", str(package), "--task", "lift", "--episodes", "1", "--max-steps", "8",
-               "--video", str(tmp_path / "videos"), "--json"])
-    report = json.loads(capsys.readouterr().out)
+               "--video", str(tmp_path / "videos"), "--json", "--quiet"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "episode" not in captured.err
     assert rc == 0 and report["mean_length"] == 8 and report["success_rate"] == 0.0  # untrained
     video = tmp_path / "videos" / "lift_seed0_fail.mp4"
     assert video.stat().st_size > 1000

@@ -130,6 +130,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="policy sampling temperature (0 = greedy)")
     parser.add_argument("--video", type=Path, help="write one mp4 per episode into this folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no per-episode progress lines on stderr")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -139,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         report = evaluate_policy(args.policy, args.task, args.episodes, args.seed, args.video, args.max_steps,
-                                 args.temperature, progress=not args.json)
+                                 args.temperature, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo eval: {exc}", file=sys.stderr)
         return 2

@@ -63,3 +63,20 @@ def test_eval_scripted_and_package_with_video(package, tmp_path, capsys):
     import imageio.v2 as imageio
 
     assert len(imageio.mimread(video)) == 9  # start frame + 8 steps
+
+
+@pytest.mark.sim
+def test_eval_jobs_split_seeds_and_give_the_same_report(tmp_path, capsys):
+    argv = ["eval", "--policy", "scripted", "--task", "lift", "--episodes", "3", "--seed", "11", "--json"]
+    assert wmpo(argv) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert wmpo(argv + ["--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    two = json.loads(captured.out)
+    assert two["seeds"] == [11, 12, 13] and [r["seed"] for r in two["per_episode"]] == [11, 12, 13]
+    assert two["per_episode"] == one["per_episode"] and two["successes"] == one["successes"] == 3
+    assert len({r["length"] for r in one["per_episode"]}) > 1  # lengths differ by start state: the order is checked
+    assert wmpo(argv + ["--jobs", "0"]) == 2 and "--jobs" in capsys.readouterr().err
+    missing = tmp_path / "no_such_policy"
+    assert wmpo(["eval", "--policy", str(missing), "--task", "lift", "--episodes", "2", "--jobs", "2"]) == 2
+    assert "no_such_policy" in capsys.readouterr().err  # a worker's error reaches the user

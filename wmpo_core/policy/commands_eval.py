@@ -76,17 +76,53 @@ def make_policy_fn(policy_arg: str, task: str, seed: int, temperature: float = 0
 
 
 def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_dir: Path | None = None,
-                    max_steps: int | None = None, temperature: float = 0.0, progress: bool = True) -> EvalReport:
-    """Run ``episodes`` seeded episodes (seeds ``seed .. seed+episodes-1``) and count successes."""
+                    max_steps: int | None = None, temperature: float = 0.0, progress: bool = True,
+                    jobs: int = 1) -> EvalReport:
+    """Run ``episodes`` seeded episodes (seeds ``seed .. seed+episodes-1``) and count successes.
+
+    With ``jobs`` > 1 the seeds are split into that many contiguous ranges, each run in a spawned
+    process with its own simulator and one torch thread. The report is the same as with one job:
+    every episode is seeded by its start state (simulator and sampling alike).
+    """
+    if episodes < 1:
+        raise ValueError(f"--episodes: expected a positive number, got {episodes}")
+    if jobs < 1:
+        raise ValueError(f"--jobs: expected a positive number of processes, got {jobs}")
+    start = time.perf_counter()
+    seeds = [seed + i for i in range(episodes)]
+    jobs = min(jobs, episodes)
+    if jobs == 1:
+        label, per_episode = _evaluate_seeds(policy_arg, task, seeds, seed, episodes, video_dir, max_steps,
+                                             temperature, progress)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        bounds = np.linspace(0, episodes, jobs + 1).round().astype(int)
+        chunks = [seeds[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        # spawn, not fork: the parent may hold torch's thread pool; a worker's failure is raised here.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
+            futures = [executor.submit(_evaluate_seeds_in_process, policy_arg, task, chunk, seed, episodes,
+                                       video_dir, max_steps, temperature, progress) for chunk in chunks]
+            parts = [f.result() for f in futures]
+        label = parts[0][0]
+        per_episode = [row for _, rows in parts for row in rows]
+    return EvalReport(task, label, episodes, sum(r["success"] for r in per_episode),
+                      float(np.mean([r["length"] for r in per_episode])), seeds, per_episode,
+                      time.perf_counter() - start)
+
+
+def _evaluate_seeds(policy_arg: str, task: str, seeds: list[int], first_seed: int, total: int,
+                    video_dir: Path | None, max_steps: int | None, temperature: float,
+                    progress: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(policy label, one row per seed): the episodes of ``seeds`` in one simulator."""
     from wmpo_core.sim import make_env, run_episode
 
-    fn, label, image_size, cameras, reset = make_policy_fn(policy_arg, task, seed, temperature)
+    fn, label, image_size, cameras, reset = make_policy_fn(policy_arg, task, first_seed, temperature)
     env = make_env(task, image_size=image_size, cameras=tuple(cameras))
-    start = time.perf_counter()
     per_episode = []
     try:
-        for i in range(episodes):
-            s = seed + i
+        for s in seeds:
             reset()
             torch.manual_seed(s)  # sampled actions (temperature > 0) depend on the episode seed only, not on batching
             result = run_episode(env, lambda obs: fn(obs, env.instruction), seed=s, max_steps=max_steps,
@@ -98,13 +134,17 @@ def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_
                                                result.frames, env.control_hz))
             per_episode.append(row)
             if progress:
-                print(f"episode {i + 1}/{episodes} seed {s}: {'success' if result.success else 'failure'} "
-                      f"after {result.length} steps", file=sys.stderr)
+                print(f"episode {s - first_seed + 1}/{total} seed {s}: {'success' if result.success else 'failure'} "
+                      f"after {result.length} steps", file=sys.stderr, flush=True)
     finally:
         env.close()
-    return EvalReport(task, label, episodes, sum(r["success"] for r in per_episode),
-                      float(np.mean([r["length"] for r in per_episode])) if per_episode else 0.0,
-                      [seed + i for i in range(episodes)], per_episode, time.perf_counter() - start)
+    return label, per_episode
+
+
+def _evaluate_seeds_in_process(*args: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Worker of :func:`evaluate_policy` with ``jobs`` > 1: :func:`_evaluate_seeds` with one torch thread."""
+    torch.set_num_threads(1)
+    return _evaluate_seeds(*args)
 
 
 def write_video(path: Path, frames: dict[str, np.ndarray], fps: float) -> Path:
@@ -131,16 +171,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, help="write one mp4 per episode into this folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no per-episode progress lines on stderr")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes, each with its own simulator and one torch thread, over contiguous "
+                             "seed ranges (the report does not depend on it)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Evaluate and print the report."""
-    if args.episodes <= 0:
-        print("wmpo eval: --episodes must be positive", file=sys.stderr)
-        return 2
     try:
         report = evaluate_policy(args.policy, args.task, args.episodes, args.seed, args.video, args.max_steps,
-                                 args.temperature, progress=not args.quiet)
+                                 args.temperature, progress=not args.quiet, jobs=args.jobs)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo eval: {exc}", file=sys.stderr)
         return 2

@@ -60,6 +60,18 @@ def _masked_mean(x: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:
     return (x * mask).sum() / n_valid
 
 
+def _token_share(accelerator: Any, mask: Tensor) -> float:
+    """world * local valid tokens / all ranks' valid tokens (1 in one process).
+
+    A collective call: every rank must make it once per gradient step.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return 1.0
+    local = mask.detach().float().sum().reshape(1).to(accelerator.device)
+    total = float(accelerator.reduce(local.clone(), reduction="sum"))
+    return accelerator.num_processes * float(local) / max(total, 1.0)
+
+
 def grpo_loss(
     logp_new: Tensor,
     logp_old: Tensor,
@@ -162,15 +174,22 @@ def policy_log_probs(policy: ActionTokenPolicy, batch: GRPOBatch, temperature: f
 
 
 def grpo_update(
-    policy: ActionTokenPolicy, optimizer: torch.optim.Optimizer, batch: GRPOBatch, config: GRPOConfig
+    policy: ActionTokenPolicy, optimizer: torch.optim.Optimizer, batch: GRPOBatch, config: GRPOConfig,
+    accelerator: Any = None,
 ) -> dict[str, float]:
-    """One gradient step of the GRPO objective on ``batch``; returns the logged statistics."""
+    """One gradient step of the GRPO objective on ``batch``; returns the logged statistics.
+
+    With an ``accelerator`` of several processes (DDP, which averages gradients over ranks) each
+    rank's loss is weighted by its share of the valid tokens of all ranks, so the step is the
+    token-level average over the global batch, as in one process, even when the ranks' shares
+    differ (imagined trajectories end at different lengths). The logged statistics stay local.
+    """
     logp_new, entropy = policy_log_probs(policy, batch, config.temperature)
     loss, stats = grpo_loss(
         logp_new, batch.logp_old, batch.advantages, batch.mask, config.clip_low, config.clip_high, entropy
     )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * _token_share(accelerator, batch.mask)).backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()

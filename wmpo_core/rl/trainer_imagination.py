@@ -92,10 +92,12 @@ def grpo_epochs(
     advantages: Tensor,
     config: GRPOConfig,
     generator: torch.Generator,
+    accelerator: Any = None,
 ) -> dict[str, float]:
     """``update_epochs`` shuffled passes over ``batch`` in minibatches of ``minibatch_size`` trajectories.
 
-    Returns the mean of every logged statistic over the gradient steps, plus their count.
+    Returns the mean of every logged statistic over the gradient steps, plus their count. With
+    several processes every rank must hold the same number of trajectories (the same number of steps).
     """
     steps: list[dict[str, float]] = []
     n = batch.num_trajectories
@@ -104,7 +106,8 @@ def grpo_epochs(
         for first in range(0, n, config.minibatch_size):
             idx = order[first : first + config.minibatch_size]
             minibatch = batch.select(idx)
-            steps.append(grpo_update(grpo_policy, optimizer, minibatch.grpo_batch(policy, advantages[idx]), config))
+            steps.append(grpo_update(grpo_policy, optimizer, minibatch.grpo_batch(policy, advantages[idx]), config,
+                                     accelerator))
     out = {k: float(np.mean([s[k] for s in steps])) for k in steps[0]} if steps else {}
     out["gradient_steps"] = float(len(steps))
     if steps:
@@ -270,7 +273,8 @@ def train_wmpo(
             advantages = group_relative_advantages(batch.group_rewards(), grpo.advantage_eps).flatten()
             policy.train()
             update_generator = torch.Generator().manual_seed(_round_seed(config.seed, iteration, 10_007, rank))
-            row.update(grpo_epochs(grpo_policy, policy, optimizer, batch, advantages, grpo, update_generator))
+            row.update(grpo_epochs(grpo_policy, policy, optimizer, batch, advantages, grpo, update_generator,
+                                   accelerator))
         else:
             log.warning("iteration %d: no informative group on some rank; policy update skipped", iteration + 1)
             row["gradient_steps"] = 0.0

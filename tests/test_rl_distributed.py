@@ -1,0 +1,160 @@
+"""GRPO in imagination across 2 processes (accelerate on gloo, as `accelerate launch` runs it on CPU).
+
+Real tiny VLA forward/backward, real tiny world model, real DDP all-reduce between processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from test_rl_trainers_imagination import K, frame_rule_reward, solid_starts, tiny_policy, tiny_world_model
+
+from wmpo_core.rl.grpo import GRPOBatch, GRPOConfig, grpo_loss, grpo_update
+from wmpo_core.rl.trainer_imagination import GRPOPolicy, PolicyLogProbs
+
+WORLD = 2
+CONFIG = GRPOConfig(learning_rate=0.5, max_grad_norm=1e6)  # no clipping of the gradient norm: compare raw steps
+SHARDS = (slice(0, 3), slice(3, 5))  # rank 0: rows 0-2 (66 valid tokens), rank 1: rows 3-4 (33)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accelerator(rank: int, port: int):
+    """What `accelerate launch --cpu --num_processes 2` sets up for each process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def _leave(accelerator) -> None:
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+    # As in the BC DDP test: tearing down the gloo group after the worker returns can deadlock on
+    # the GIL; the results are on disk, so leave at once.
+    os._exit(0)
+
+
+def fixed_batch(policy) -> GRPOBatch:
+    """5 rows with uneven valid-token counts, old log-probs off the current ones (ratios on both clip sides)."""
+    rng = np.random.default_rng(3)
+    n = 5
+    images = [{"agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)} for _ in range(n)]
+    observations = policy.prepare_batch(images, ["lift the cube"] * n)
+    tokens = torch.from_numpy(policy.action_tokenizer.encode(rng.uniform(-1, 1, (n, K * 7))))
+    with torch.no_grad():
+        logp = policy.log_prob(observations, tokens, temperature=CONFIG.temperature)
+    logp_old = logp + torch.from_numpy(rng.normal(0.0, 0.4, logp.shape)).float()
+    mask = torch.ones_like(logp)
+    mask[1, 10:] = 0
+    mask[3, 5:] = 0
+    advantages = torch.tensor([1.0, -0.5, 0.8, -1.2, 0.3])
+    return GRPOBatch(observations, tokens, logp_old, advantages, mask)
+
+
+def shard(batch: GRPOBatch, rows: slice) -> GRPOBatch:
+    return GRPOBatch(batch.observations.index(rows), batch.action_tokens[rows], batch.logp_old[rows],
+                     batch.advantages[rows], batch.mask[rows])
+
+
+def _update_worker(rank: int, port: int, out_dir: str) -> None:
+    accelerator = _accelerator(rank, port)
+    policy = tiny_policy().eval()  # eval: no dropout, so both runs see the same forward
+    batch = shard(fixed_batch(policy), SHARDS[rank])
+    module, optimizer = accelerator.prepare(PolicyLogProbs(policy), torch.optim.SGD(policy.parameters(), lr=0.5))
+    grpo_update(GRPOPolicy(module), optimizer, batch, CONFIG, accelerator)
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, os.path.join(out_dir, "ddp.safetensors"))
+    _leave(accelerator)
+
+
+def test_grpo_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
+    mp.spawn(_update_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ddp = load_file(str(tmp_path / "ddp.safetensors"))
+
+    single = tiny_policy().eval()
+    before = {k: v.clone() for k, v in single.state_dict().items()}
+    grpo_update(GRPOPolicy(PolicyLogProbs(single)), torch.optim.SGD(single.parameters(), lr=0.5),
+                fixed_batch(single), CONFIG)
+    moved = [k for k in before if not torch.equal(before[k], single.state_dict()[k])]
+    assert len(moved) > 10
+    for name, value in single.state_dict().items():
+        # float32 all-reduce sums in another order: agreement to 1e-4 relative / 1e-6 absolute
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+    # The check can fail: averaging the two ranks' own token means (what DDP alone does) is another step.
+    naive = tiny_policy().eval()
+    module = GRPOPolicy(PolicyLogProbs(naive))
+    whole = fixed_batch(naive)
+    losses = []
+    for rows in SHARDS:
+        part = shard(whole, rows)
+        logp, entropy = module.log_prob_and_entropy(part.observations, part.action_tokens, CONFIG.temperature)
+        losses.append(grpo_loss(logp, part.logp_old, part.advantages, part.mask, CONFIG.clip_low,
+                                CONFIG.clip_high, entropy)[0])
+    ((losses[0] + losses[1]) / 2).backward()
+    with torch.no_grad():
+        for p in naive.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    gap = max(float((naive.state_dict()[k] - single.state_dict()[k]).abs().max()) for k in moved)
+    assert gap > 1e-3, "the shards' token counts must differ enough to tell the weightings apart"
+
+
+def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
+    from wmpo_core.rl.config import WMPOConfig
+    from wmpo_core.rl.trainer_imagination import train_wmpo
+
+    accelerator = _accelerator(rank, port)
+    seen: list[str] = []
+
+    def reward(trajectories):
+        seen.extend(hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest() for frames in trajectories)
+        return frame_rule_reward(trajectories)
+
+    config = WMPOConfig(grpo=GRPOConfig(group_size=4, learning_rate=1e-3, minibatch_size=8), iterations=2,
+                        groups_per_batch=2, starts_per_round=4, max_sampling_rounds=3, horizon=K, checkpoint_every=1)
+    policy = tiny_policy()
+    train_wmpo(policy, tiny_world_model(), reward, solid_starts(), os.path.join(out_dir, "run"), config,
+               accelerator=accelerator, progress=False)
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()},
+              os.path.join(out_dir, f"rank{rank}.safetensors"))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+    _leave(accelerator)
+
+
+@pytest.mark.timeout(600)
+def test_train_wmpo_on_two_processes_shards_imagination_and_keeps_one_policy(tmp_path):
+    mp.spawn(_trainer_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    from wmpo_core.registry.package import load_package
+    from wmpo_core.rl.trainer_imagination import read_log
+
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
+    base = tiny_policy().state_dict()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in base), "the ranks' policies drifted apart"
+    assert any(not torch.equal(ranks[0][k], base[k]) for k in base), "no update happened"
+    # Each rank imagined its own trajectories (its own start states and sampling seeds).
+    seen = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in range(WORLD)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    # One log, one package, written by the main process; updates counted over both ranks.
+    rows = read_log(tmp_path / "run")
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert all(r["groups_updated"] % WORLD == 0 for r in rows) and sum(r["gradient_steps"] for r in rows) >= 1
+    package = load_package(tmp_path / "run" / "policy")
+    for name, value in package.state_dict().items():
+        assert torch.equal(value, ranks[0][name]), name

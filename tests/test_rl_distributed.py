@@ -25,13 +25,13 @@ CONFIG = GRPOConfig(learning_rate=0.5, max_grad_norm=1e6)  # no clipping of the 
 SHARDS = (slice(0, 3), slice(3, 5))  # rank 0: rows 0-2 (66 valid tokens), rank 1: rows 3-4 (33)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _accelerator(rank: int, port: int):
+def start_rank(rank: int, port: int):
     """What `accelerate launch --cpu --num_processes 2` sets up for each process."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
@@ -41,7 +41,7 @@ def _accelerator(rank: int, port: int):
     return Accelerator(cpu=True)
 
 
-def _leave(accelerator) -> None:
+def leave(accelerator) -> None:
     accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()
     # As in the BC DDP test: tearing down the gloo group after the worker returns can deadlock on
@@ -72,18 +72,18 @@ def shard(batch: GRPOBatch, rows: slice) -> GRPOBatch:
 
 
 def _update_worker(rank: int, port: int, out_dir: str) -> None:
-    accelerator = _accelerator(rank, port)
+    accelerator = start_rank(rank, port)
     policy = tiny_policy().eval()  # eval: no dropout, so both runs see the same forward
     batch = shard(fixed_batch(policy), SHARDS[rank])
     module, optimizer = accelerator.prepare(PolicyLogProbs(policy), torch.optim.SGD(policy.parameters(), lr=0.5))
     grpo_update(GRPOPolicy(module), optimizer, batch, CONFIG, accelerator)
     if rank == 0:
         save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, os.path.join(out_dir, "ddp.safetensors"))
-    _leave(accelerator)
+    leave(accelerator)
 
 
 def test_grpo_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_update_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_update_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
 
     single = tiny_policy().eval()
@@ -119,7 +119,7 @@ def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
     from wmpo_core.rl.config import WMPOConfig
     from wmpo_core.rl.trainer_imagination import train_wmpo
 
-    accelerator = _accelerator(rank, port)
+    accelerator = start_rank(rank, port)
     seen: list[str] = []
 
     def reward(trajectories):
@@ -135,12 +135,12 @@ def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
               os.path.join(out_dir, f"rank{rank}.safetensors"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(seen, f)
-    _leave(accelerator)
+    leave(accelerator)
 
 
 @pytest.mark.timeout(600)
 def test_train_wmpo_on_two_processes_shards_imagination_and_keeps_one_policy(tmp_path):
-    mp.spawn(_trainer_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_trainer_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     from wmpo_core.registry.package import load_package
     from wmpo_core.rl.trainer_imagination import read_log
 

@@ -128,11 +128,14 @@ class WorldModel:
             return torch.zeros_like(context[:, -1:])
         return context[:, -1:]
 
-    def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
+                      transformer: torch.nn.Module | None = None) -> torch.Tensor:
         """Denoising MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
 
         One diffusion step per window for its predicted frames; context frames at ``context_noise_step``.
         The regression target follows the scheduler's ``prediction_type`` (epsilon, v or x0).
+        ``transformer``: the module to run instead of ``self.transformer``, e.g. its DDP wrapper
+        (which all-reduces the gradients but has no ``config``).
         """
         b, c, k = latents.shape[0], self.context_frames, self.chunk_size
         context, target = latents[:, :c], latents[:, c:]
@@ -151,7 +154,7 @@ class WorldModel:
             dim=1,
         )
         inputs = torch.cat([self.noise_context(context, ctx_noise), noisy_target], dim=1)
-        out = self.transformer(inputs, timesteps, actions.to(latents))[:, c:]
+        out = (transformer or self.transformer)(inputs, timesteps, actions.to(latents))[:, c:]
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
             goal = noise

@@ -261,54 +261,60 @@ def train_world_model(
     resume_from = latest_checkpoint(ckpt_dir)
     if resume_from is not None:
         _check_resumable(resume_from, config)
+    # Data parallel (`accelerate launch`): every rank trains on its own windows and noise, DDP
+    # all-reduces the gradients, and only the main process writes files.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main_process, rank = accelerator.is_main_process, accelerator.process_index
 
     if init is None and vae_path is None:
         vae_path = out / "vae_trained"
-        if not (vae_path / "config.json").is_file():
+        if main_process and not (vae_path / "config.json").is_file():
             train_vae(
                 episodes, vae_path, steps=config.vae_steps, batch_size=config.vae_batch_size, lr=config.vae_lr,
                 kl_weight=config.vae_kl_weight, image_size=config.image_size,
                 tiny=TinyVAEConfig(image_size=config.image_size, **config.tiny_vae), seed=config.seed,
                 progress=progress,
             )
+        accelerator.wait_for_everyone()  # the other ranks load the autoencoder the main process trained
     wm = build_world_model(config, vae_path=vae_path, init=init)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    (out / "episodes.json").write_text(json.dumps(
-        {"init": str(init) if init else None, "episodes": [ep.episode_id for ep in episodes]}, indent=1) + "\n")
+    if main_process:
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        (out / "episodes.json").write_text(json.dumps(
+            {"init": str(init) if init else None, "episodes": [ep.episode_id for ep in episodes]}, indent=1) + "\n")
 
     windows = LatentWindows(wm, episodes)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     transformer = wm.transformer.train()
     transformer.requires_grad_(True)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMAModel(transformer.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
-    # One stream per rank so data-parallel ranks draw different windows and noise.
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    # The windows and noise of a step are a pure function of (seed, step, rank): ranks draw
+    # different ones, and a resumed run (on any number of ranks) repeats them without RNG state.
+    generator = torch.Generator()
     step, losses_before = 0, []
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=transformer, optimizer=optimizer,
-                                generators={"train": generator}, ema=ema)
+        state = load_checkpoint(resume_from, model=transformer, optimizer=optimizer, generators={}, ema=ema)
         step = int(state["step"])
         losses_before = state.get("losses", [])
         log.info("resuming %s from step %d", out, step)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    wm.transformer = transformer
-    writer = SummaryWriter(str(out / "tb"), purge_step=step)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)  # wm keeps the unwrapped module
+    writer = SummaryWriter(str(out / "tb"), purge_step=step) if main_process else None
 
     def checkpoint() -> None:
-        if accelerator.is_main_process:
+        if main_process:
             save_checkpoint(ckpt_dir, model=accelerator.unwrap_model(transformer), optimizer=optimizer,
-                            generators={"train": generator}, ema=ema,
+                            generators={}, ema=ema,
                             state={"step": step, "losses": losses_before + losses, "config": asdict(config)})
 
     losses: list[float] = []
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     start_time = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=step, desc="train-world-model", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc="train-world-model", disable=not (progress and main_process))
     while step < end:
+        generator.manual_seed((config.seed * 1_000_003 + step) * 1_009 + rank)
         idx = torch.randint(0, len(windows), (config.batch_size,), generator=generator)
         latents, actions = windows.batch(idx)
-        loss = wm.training_loss(latents.to(accelerator.device), actions.to(accelerator.device), generator)
+        loss = wm.training_loss(latents.to(accelerator.device), actions.to(accelerator.device), generator,
+                                transformer=transformer)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), config.grad_clip)
@@ -319,20 +325,21 @@ def train_world_model(
         bar.update(1)
         if step % config.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.4f}")
-            writer.add_scalar("world_model/loss", losses[-1], step)
-            writer.add_scalar("world_model/grad_norm", float(grad_norm), step)
+            if writer is not None:
+                writer.add_scalar("world_model/loss", losses[-1], step)
+                writer.add_scalar("world_model/grad_norm", float(grad_norm), step)
         if step % config.checkpoint_every == 0 or step == end:
             checkpoint()
     bar.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
     elapsed = time.perf_counter() - start_time
     finished = step >= config.steps
-    if finished and accelerator.is_main_process:
+    if finished and main_process:
         raw = accelerator.unwrap_model(transformer)
         ema_copy = VideoDiffusionTransformer.from_config(raw.config)
         ema_copy.load_state_dict(raw.state_dict())
         ema.copy_to(ema_copy.parameters())
-        wm.transformer = raw
         wm.save_pretrained(out, transformer=ema_copy)
     result = {
         "step": step,
@@ -342,7 +349,9 @@ def train_world_model(
         "transformer_params_millions": sum(p.numel() for p in wm.transformer.parameters()) / 1e6,
         "windows": len(windows),
     }
-    (out / "trainer_state.json").write_text(json.dumps({k: v for k, v in result.items() if k != "losses"}
-                                                       | {"final_loss": float(np.mean(losses[-20:])) if losses else None},
-                                                       indent=2) + "\n")
+    if main_process:  # the losses are the main process's own (each rank's batch is its own)
+        (out / "trainer_state.json").write_text(json.dumps(
+            {k: v for k, v in result.items() if k != "losses"}
+            | {"final_loss": float(np.mean(losses[-20:])) if losses else None}, indent=2) + "\n")
+    accelerator.wait_for_everyone()  # no rank returns before the model is saved
     return result

@@ -81,9 +81,12 @@ def main_train_world_model(args: argparse.Namespace) -> int:
         result = train_world_model(episodes, args.out, cfg, vae_path=args.vae, init=args.init)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
-    summary = {k: v for k, v in result.items() if k != "losses"}
-    summary["final_loss"] = float(np.mean(result["losses"][-20:])) if result["losses"] else None
-    print(json.dumps(summary, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under `accelerate launch`, not one per rank
+        summary = {k: v for k, v in result.items() if k != "losses"}
+        summary["final_loss"] = float(np.mean(result["losses"][-20:])) if result["losses"] else None
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -54,7 +54,10 @@ def main_train_reward(args: argparse.Namespace) -> int:
         result = train_reward(episodes, args.out, cfg, backbone=args.backbone, world_model=world_model)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
-    print(json.dumps(result, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under `accelerate launch`, not one per rank
+        print(json.dumps(result, indent=2))
     return 0
 
 

@@ -141,9 +141,15 @@ def mine_hard_negatives(model: RewardModel, negatives: Sequence[tuple[int, int, 
     return [items[j] for j in order]
 
 
-def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on the single success logit (computed here: num_labels=1 would make HF use MSE)."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(model.logits(clips), labels.float().to(model.device))
+def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor,
+             classifier: torch.nn.Module | None = None) -> torch.Tensor:
+    """Binary cross-entropy on the single success logit (computed here: num_labels=1 would make HF use MSE).
+
+    ``classifier``: the module to run instead of ``model.classifier``, e.g. its DDP wrapper.
+    """
+    logits = model.logits(clips) if classifier is None else classifier(
+        pixel_values=model.pixel_values(clips)).logits[:, 0]
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float().to(model.device))
 
 
 def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
@@ -247,12 +253,19 @@ def train_reward(
     the real labels) are training episodes too, and ``tau`` is calibrated on the validation
     episodes and their replays together: GRPO applies the model to imagined videos, whose blur and
     artefacts the real frames never show.
+
+    Under ``accelerate launch`` every rank draws its own balanced batches, DDP all-reduces the
+    gradients, and only the main process writes ``out``.
     """
+    from accelerate import Accelerator
     from torch.utils.tensorboard import SummaryWriter
 
     cfg = config or RewardTrainConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main_process, rank = accelerator.is_main_process, accelerator.process_index
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
     labelled = [ep for ep in episodes if ep.success is not None]
     if not labelled:
         raise ValueError("no episode has a success label; label them first (`~/label` of the recorder)")
@@ -281,16 +294,18 @@ def train_reward(
     if not positives or not negatives:
         raise ValueError(f"training clips: {len(positives)} positive and {len(negatives)} negative; need both "
                          "(at least one successful and one failed or long-enough episode)")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    aug_rng = np.random.default_rng(cfg.seed)
+    # Rank 0 draws what a single process draws; the other ranks draw their own batches and crops.
+    generator = torch.Generator().manual_seed(cfg.seed + rank * 1_000_003)
+    aug_rng = np.random.default_rng(cfg.seed + rank * 1_000_003)
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    writer = SummaryWriter(str(out / "tb"))
+    classifier, optimizer = accelerator.prepare(model.classifier, optimizer)
+    writer = SummaryWriter(str(out / "tb")) if main_process else None
     losses: list[float] = []
     start = time.perf_counter()
     half = cfg.batch_size // 2
     n_hard = round(cfg.hard_negative_fraction * (cfg.batch_size - half))
     hard: list[tuple[int, int, int]] = []
-    for step in tqdm(range(cfg.steps), desc="train-reward", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc="train-reward", disable=not (progress and main_process)):
         if n_hard and step >= cfg.mining_every and step % cfg.mining_every == 0:
             hard = mine_hard_negatives(model, negatives, train, cfg.mining_pool, generator)
         # Balanced batches: successes are rarer than failures and early clips.
@@ -302,13 +317,14 @@ def train_reward(
         clips = np.stack([gather_clips(train[i].frames, [end], settings.clip_len)[0] for i, end, _ in pick])
         clips = augment_clips(clips, aug_rng, cfg.flip, cfg.shift_px)
         labels = torch.tensor([label for _, _, label in pick])
-        loss = bce_loss(model, clips, labels)
+        loss = bce_loss(model, clips, labels, classifier)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.classifier.parameters(), cfg.grad_clip)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(classifier.parameters(), cfg.grad_clip)
         optimizer.step()
         losses.append(loss.item())
-        writer.add_scalar("reward/loss", losses[-1], step)
+        if writer is not None:
+            writer.add_scalar("reward/loss", losses[-1], step)
     elapsed = time.perf_counter() - start
     model.classifier.eval()
     scores = model.trajectory_scores([ep.frames for ep in val])
@@ -319,9 +335,6 @@ def train_reward(
     by_source = {"val_f1_real": f1_score(scores[:n_real] > tau, val_labels[:n_real])}
     if len(val) > n_real:
         by_source["val_f1_imagined"] = f1_score(scores[n_real:] > tau, val_labels[n_real:])
-    model.save_pretrained(out)
-    writer.add_scalar("reward/val_f1", f1, cfg.steps)
-    writer.close()
     result = {
         "tau": tau, "val_f1": f1, **by_source, "val_episodes": len(val), "train_episodes": len(train),
         "positive_clips": len(positives), "negative_clips": len(negatives),
@@ -329,8 +342,13 @@ def train_reward(
         "seconds_per_step": elapsed / max(cfg.steps, 1),
         "params_millions": sum(p.numel() for p in model.classifier.parameters()) / 1e6, "notes": notes,
     }
-    (out / "training.json").write_text(json.dumps(
-        result | {"config": asdict(cfg), "val_ids": [ep.episode_id for ep in val_real]}, indent=2) + "\n")
+    if main_process:  # the losses are the main process's own (each rank's batches are its own)
+        model.save_pretrained(out)
+        writer.add_scalar("reward/val_f1", f1, cfg.steps)
+        writer.close()
+        (out / "training.json").write_text(json.dumps(
+            result | {"config": asdict(cfg), "val_ids": [ep.episode_id for ep in val_real]}, indent=2) + "\n")
+    accelerator.wait_for_everyone()  # no rank returns before the model is saved
     return result
 
 

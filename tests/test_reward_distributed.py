@@ -46,8 +46,12 @@ def test_two_process_reward_training_combines_ranks_and_saves_once(tmp_path):
 
     # One process with the same config draws rank 0's batches: same first loss, other final weights,
     # because the two-process steps also carried rank 1's gradients.
-    torch.set_num_threads(1)
-    single = train_reward(episodes(), tmp_path / "single", CONFIG, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank ran
+    try:
+        single = train_reward(episodes(), tmp_path / "single", CONFIG, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert single["first_loss"] == pytest.approx(ranks[0]["first_loss"], rel=1e-5)
     one = RewardModel.from_pretrained(tmp_path / "single").classifier.state_dict()
     two = saved.classifier.state_dict()

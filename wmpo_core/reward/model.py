@@ -117,9 +117,12 @@ class RewardModel:
         std = torch.tensor(s.pixel_std, device=self.device)
         return ((x - mean) / std).permute(0, 1, 4, 2, 3)
 
-    def logits(self, clips: np.ndarray) -> torch.Tensor:
-        """One success logit per clip, (N,). Differentiable."""
-        return self.classifier(pixel_values=self.pixel_values(clips)).logits[:, 0]
+    def logits(self, clips: np.ndarray, classifier: torch.nn.Module | None = None) -> torch.Tensor:
+        """One success logit per clip, (N,). Differentiable.
+
+        ``classifier``: the module to run instead of ``self.classifier``, e.g. its DDP wrapper.
+        """
+        return (classifier or self.classifier)(pixel_values=self.pixel_values(clips)).logits[:, 0]
 
     @torch.no_grad()
     def clip_scores(self, frames: np.ndarray, stride: int | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

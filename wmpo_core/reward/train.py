@@ -147,9 +147,8 @@ def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor,
 
     ``classifier``: the module to run instead of ``model.classifier``, e.g. its DDP wrapper.
     """
-    logits = model.logits(clips) if classifier is None else classifier(
-        pixel_values=model.pixel_values(clips)).logits[:, 0]
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float().to(model.device))
+    return torch.nn.functional.binary_cross_entropy_with_logits(model.logits(clips, classifier),
+                                                                labels.float().to(model.device))
 
 
 def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:

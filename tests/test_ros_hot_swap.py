@@ -445,6 +445,52 @@ def test_long_load_answers_loading_then_reports(rig):
         rig.probe.call(SetParameters, f"{NODE}/set_parameters", request)
 
 
+def test_node_serves_while_a_load_runs(rig, tmp_path):
+    """A slow load never blocks the node's executor: while the ~/load_policy reply is pending, the
+    node answers parameter requests and keeps planning chunks. The package (a 72 MB model, about
+    0.35 s to verify and build here) needs a camera the node does not receive, so it is refused
+    only once it is built, and the serving policy stays."""
+    serving = rig.versions.last().data
+    big = build_package(tmp_path / "big", 7, "big-1", rig.packages.trusted, hidden_size=512, num_layers=4,
+                        intermediate_size=2048, num_heads=8, num_kv_heads=8, cameras=["agentview", "wrist"])
+    final, _ = push_local(big, rig.robot_dir)
+    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(final))
+    request = SetParameters.Request(parameters=[Parameter(name="policy_path", value=value)])
+    assert rig.probe.call(SetParameters, f"{NODE}/set_parameters", request).results[0].successful
+    start = len(rig.chunks)
+    windows_before = len(rig.load_windows())
+    node = rig.probe.node
+    client, params = node.create_client(Trigger, f"{NODE}/load_policy"), node.create_client(GetParameters, f"{NODE}/get_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=20.0) and params.wait_for_service(timeout_sec=20.0)
+        reply = client.call_async(Trigger.Request())
+        answered = []  # wall-clock times of parameter answers received while the load reply was pending
+        deadline = time.monotonic() + 60.0
+        while not reply.done():
+            assert time.monotonic() < deadline, "no ~/load_policy reply within 60 s"
+            answer = params.call_async(GetParameters.Request(names=["policy_path"]))
+            while not answer.done() and not reply.done() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if answer.done():
+                answered.append(time.time_ns())
+        response = reply.result()
+    finally:
+        node.destroy_client(client)
+        node.destroy_client(params)
+    assert not response.success and "needs camera(s) ['wrist']" in response.message, response.message
+    assert rig.versions.last().data == serving and rig.policy_path() == str(rig.robot_dir / serving)
+    rig.probe.wait_for(lambda: len(rig.load_windows()) > windows_before, 10, "the load in the node log", rig.proc)
+    begin, end = rig.load_windows()[-1]
+    # an answer received 20 ms after the load began was served after it began (loopback delivers in ~1 ms)
+    during = [t for t in answered if begin + 20_000_000 < t < end]
+    assert end - begin > 100_000_000, f"the load took only {(end - begin) / 1e6:.0f} ms: too fast to show anything"
+    assert len(during) >= 3, (f"{len(during)} parameter answers during a {(end - begin) / 1e6:.0f} ms load "
+                              f"({len(answered)} while the reply was pending): the load blocked the executor")
+    rig.wait_chunks(4)
+    _assert_no_gap(rig, start)
+    print(f"load of {(end - begin) / 1e6:.0f} ms: {len(during)} parameter answers during it")
+
+
 def test_twenty_pushes_under_load(rig):
     """20 pushes back to back (copy into the robot folder, policy_path, ~/load_policy), from the rig's
     own participant: each `wmpo push` process is a new DDS participant, and on a loaded 2-core

@@ -1,8 +1,9 @@
 """Policy node: observations in, action chunks out.
 
 Subscribes the configured cameras (`camera/<name>/image_raw`), `joint_states`,
-`wmpo/instruction` (latched) and, for backends that need it, `/sim/state`. An inference
-thread (never a subscription callback) plans a chunk from the newest observation every
+`wmpo/instruction` (latched) and, for backends that need it, `/sim/state`; one executor
+thread runs the callbacks, which only store. An inference thread (never a subscription
+callback) plans a chunk from the newest observation every
 `replan_every` control periods and publishes it on `wmpo/action_chunk` with
 header.stamp = the stamp of the primary camera's image it used. Publishes
 `wmpo/policy_version` (latched), the camera-to-action latency on `~/latency_ms` and
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
@@ -117,14 +117,12 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(JointTrajectory, ACTION_CHUNK_TOPIC, COMMAND_QOS)
         self.version_pub = self.create_publisher(String, POLICY_VERSION_TOPIC, LATCHED_QOS)
         self.latency_pub = self.create_publisher(Float64, "~/latency_ms", COMMAND_QOS)
-        inputs = MutuallyExclusiveCallbackGroup()
         for cam in self.camera_names:
-            self.create_subscription(Image, image_topic(cam), lambda msg, cam=cam: self._on_image(cam, msg), IMAGE_QOS,
-                                     callback_group=inputs)
-        self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_states, SENSOR_QOS, callback_group=inputs)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED_QOS, callback_group=inputs)
+            self.create_subscription(Image, image_topic(cam), lambda msg, cam=cam: self._on_image(cam, msg), IMAGE_QOS)
+        self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_states, SENSOR_QOS)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED_QOS)
         if self._backend.needs_state:
-            self.create_subscription(String, SIM_STATE_TOPIC, self._on_state, COMMAND_QOS, callback_group=inputs)
+            self.create_subscription(String, SIM_STATE_TOPIC, self._on_state, COMMAND_QOS)
         self.diag = Diagnostics(self, "inference", hardware_id=f"policy:{self.backend_name}")
         self.diag.set_status(OK, "waiting for observations")
         self._publish_version()
@@ -314,7 +312,12 @@ class PolicyNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `policy_node`."""
-    return run_node(PolicyNode, args)
+    # One executor thread (the inference thread is separate): with rclpy's MultiThreadedExecutor the
+    # executor's own Python overhead starved the inference thread of the interpreter lock while
+    # ~/load_policy ran (gaps of 20-48 control periods in 4 of 12 runs of the 20-push test;
+    # single-threaded: 12 of 12 within 5 periods). Nothing here blocks the executor: callbacks only
+    # store, and the load / rollback services are coroutines (wmpo_ros.policy_swap).
+    return run_node(PolicyNode, args, multithreaded=False)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ ROS face (:class:`PolicySwapService`, attached to the policy node):
 - parameters `policy_path` (writable; `wmpo push` sets it), `trusted_keys` (read-only:
   a PEM public key or a folder of them; empty = no package is ever loaded) and
   `load_timeout_s`;
-- `~/load_policy` (std_srvs/Trigger) loads `policy_path`. It blocks until the load is
-  done or `load_timeout_s` passed: a finished load answers `success` with the version and
-  timings, a refusal answers `success=false` with every reason; a load still running at
-  the timeout answers `success=true` with a message starting with "loading", and its
+- `~/load_policy` (std_srvs/Trigger) loads `policy_path`. The reply waits until the load
+  is done or `load_timeout_s` passed: a finished load answers `success` with the version
+  and timings, a refusal answers `success=false` with every reason; a load still running
+  at the timeout answers `success=true` with a message starting with "loading", and its
   outcome follows on `wmpo/policy_version` and /diagnostics (`load_state`, `last_load`).
-  Requests queue: a second load waits for the first.
+  Requests queue: a second load waits for the first. The service callbacks are coroutines:
+  while a reply waits, the node's executor thread goes on delivering images and
+  parameter requests (the policy node spins one executor thread, see policy_node.main).
 - `~/rollback` (std_srvs/Trigger) returns to the previous version (`success=false` when
   there is none).
 
@@ -216,7 +218,7 @@ class PolicySwapService:
     """`~/load_policy`, `~/rollback` and the load parameters on a policy node (see the module docstring)."""
 
     def __init__(self, node: Any) -> None:
-        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+        from rclpy.callback_groups import ReentrantCallbackGroup
         from std_srvs.srv import Trigger
 
         self.node = node
@@ -229,9 +231,12 @@ class PolicySwapService:
         self.counts = {"loads": 0, "refused": 0, "rollbacks": 0, "rollbacks_refused": 0}
         self._diag({"policy_path": self.slot.active_path, "previous_version": "", "load_state": "idle",
                     "trusted_keys": self.trusted_keys or "(none: every package is refused)", **self.counts})
-        # one group per service: a blocking load never delays the node's inputs or the other service
-        node.create_service(Trigger, LOAD_SERVICE, self._on_load, callback_group=MutuallyExclusiveCallbackGroup())
-        node.create_service(Trigger, ROLLBACK_SERVICE, self._on_rollback, callback_group=MutuallyExclusiveCallbackGroup())
+        # Not the node's default group: that one is mutually exclusive, and a reply awaiting a load
+        # would hold it, so no image, timer or parameter callback could run until the load is done.
+        # Reentrant: a second request waits in the loader's queue, not in the executor.
+        services = ReentrantCallbackGroup()
+        node.create_service(Trigger, LOAD_SERVICE, self._on_load, callback_group=services)
+        node.create_service(Trigger, ROLLBACK_SERVICE, self._on_rollback, callback_group=services)
 
     def _diag(self, values: Mapping[str, Any]) -> None:
         diag = getattr(self.node, "diag", None)
@@ -246,11 +251,33 @@ class PolicySwapService:
         except (TypeError, ValueError):
             return 5.0  # a mistyped override must not break loading
 
-    def _wait(self, future: concurrent.futures.Future[LoadResult], what: str, response: Any) -> Any:
+    async def _wait(self, future: concurrent.futures.Future[LoadResult], what: str, response: Any) -> Any:
+        """Fill `response` from the outcome of `future`, or with "loading" once `load_timeout_s` passed.
+
+        Awaited in the executor thread without blocking it: the loader thread (or a timer
+        thread at the timeout) completes an rclpy future, which wakes the executor.
+        """
+        from rclpy.task import Future
+
+        waiter: Future = Future(executor=self.node.executor)
+        # a done callback is what makes completing the future from another thread wake the executor
+        # (rclpy queues the callback as a task and triggers the executor's guard condition)
+        waiter.add_done_callback(lambda _: None)
+        once = threading.Lock()
+
+        def finish(result: LoadResult | None) -> None:
+            with once:
+                if not waiter.done():
+                    waiter.set_result(result)
+
+        future.add_done_callback(lambda f: finish(f.result()))  # the slot's futures never raise
         timeout = self.load_timeout_s
-        try:
-            result = future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
+        timer = threading.Timer(timeout, finish, (None,))
+        timer.daemon = True
+        timer.start()
+        result = await waiter
+        timer.cancel()
+        if result is None:
             response.success = True
             response.message = (f"loading {what}: not finished after {timeout:g} s; the outcome follows on "
                                 f"wmpo/policy_version and /diagnostics")
@@ -258,15 +285,15 @@ class PolicySwapService:
         response.success, response.message = result.ok, result.message
         return response
 
-    def _on_load(self, request: Any, response: Any) -> Any:
+    async def _on_load(self, request: Any, response: Any) -> Any:
         path = str(self.node.get_parameter(POLICY_PATH_PARAM).value or "")
         self._diag({"load_state": f"loading {path}"})
         self.node.get_logger().info(f"load requested: {path}")
-        return self._wait(self.slot.request_load(path, self.trusted_keys), path, response)
+        return await self._wait(self.slot.request_load(path, self.trusted_keys), path, response)
 
-    def _on_rollback(self, request: Any, response: Any) -> Any:
+    async def _on_rollback(self, request: Any, response: Any) -> Any:
         self.node.get_logger().info("rollback requested")
-        return self._wait(self.slot.rollback(), "rollback", response)
+        return await self._wait(self.slot.rollback(), "rollback", response)
 
     def _report(self, result: LoadResult) -> None:
         """Loader thread: log, diagnostics, and `policy_path` back to the active package after a refusal / rollback."""

@@ -281,7 +281,10 @@ def request_policy_load(
     ros_node = None
     executor = SingleThreadedExecutor(context=context)
     try:
-        ros_node = rclpy.create_node(f"wmpo_push_{secrets.token_hex(3)}", context=context)
+        # a short-lived participant: no parameter services and no /rosout publisher, so the robot's
+        # nodes have fewer endpoints to discover and match while it exists
+        ros_node = rclpy.create_node(f"wmpo_push_{secrets.token_hex(3)}", context=context,
+                                     start_parameter_services=False, enable_rosout=False)
         executor.add_node(ros_node)
 
         def call(srv_type, name: str, request):

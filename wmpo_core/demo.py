@@ -53,8 +53,8 @@ from wmpo_core.loop import (
 HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
 
 # Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
-# Measured on this kind of machine with one torch thread per process (see README "Measured"):
-# BC 0.45 s/step (recipe batch 32), VAE 0.30, world model 0.20 (64 px recipe, batch 8), reward
+# Measured on this kind of machine, torch's default threads (2) per training command:
+# BC 0.42 s/step (recipe batch 32), VAE 0.48, world model 0.20 (64 px recipe, batch 8), reward
 # 0.35 (batch 16 clips) plus imagining the replays of its episodes, one GRPO iteration of the lift
 # config (up to 3 rounds of 4 starts x G = 8 imagined trajectories of 96 frames) about 150 s.
 # Episode costs: a scripted lift episode through the graph ~48 steps plus the steps recorded after
@@ -64,8 +64,8 @@ GRAPH_START_S = 15.0  # `wmpo record` / `wmpo up`: start 4 node processes, impor
 ROS_STEP_S = 0.10  # one lockstep control tick through the graph (64 px, two cameras; 0.10 s measured)
 DIRECT_STEP_S = 0.03  # one simulator step with a camera plus the policy, no ROS
 COMMAND_START_S = 12.0  # a `wmpo` training command: python + torch import, data loading
-BC_STEP_S = 0.45
-VAE_STEP_S = 0.30
+BC_STEP_S = 0.42
+VAE_STEP_S = 0.48
 WM_STEP_S = 0.20
 REWARD_STEP_S = 0.35
 REPLAY_FRAME_S = 0.02  # imagining one frame of a replayed episode for the reward model
@@ -185,6 +185,10 @@ def _stage_train_bc(args: argparse.Namespace, out: Path) -> dict:
         cmd += ["--recipe", f"{args.task}_base"]
     cmd = _sized(cmd, "--steps", args.bc_steps)
     cmd = _sized(cmd, "--train-config", args.bc_config)
+    if args.bc_config is None:
+        # The recipe pins one torch thread (right beside other jobs); the demo runs one stage at a
+        # time, so BC gets every core: 1.35x faster on 2 cores (README "Two commands").
+        cmd += ["--threads", "0"]
     if (run / "checkpoints").is_dir():
         cmd.append("--resume")
     run_wmpo(*cmd, log=_log(out, "train_bc"))

@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--save-every", type=int, help="checkpoint period in steps")
     parser.add_argument("--seed", type=int, help="seed of initialization, split and data order")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process; 0 = torch's choice (default: the recipe's, else torch's choice)")
     parser.add_argument("--decoding", choices=("parallel", "autoregressive"), help="override the config's decoding mode")
     parser.add_argument("--all-episodes", action="store_true", help="also clone failed episodes")
     parser.add_argument("--parent", help="parent policy version recorded in the package manifest")

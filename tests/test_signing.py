@@ -15,6 +15,8 @@ from test_registry_helpers import DEFAULT_CONFIG, build_mlp, mlp_shapes, write_m
 
 from wmpo_core.registry.signing import (
     generate_keypair,
+    key_id,
+    load_private_key,
     load_public_key,
     load_trusted_keys,
     sign_package,
@@ -32,6 +34,16 @@ from wmpo_core.registry.verify import (
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+def _sign_anyway(pkg, keys):
+    """Sign a manifest the way a compromised workstation could (sign_package refuses such packages):
+    the robot's own checks must still refuse what the signature vouches for."""
+    private = load_private_key(keys.private_key)
+    signature = private.sign(canonical_json_bytes(json.loads((pkg / "manifest.json").read_text())))
+    (pkg / "signature.json").write_text(json.dumps({
+        "algorithm": "ed25519", "key_id": key_id(private.public_key()), "signed_file": "manifest.json",
+        "signature": __import__("base64").b64encode(signature).decode()}))
 
 
 @pytest.fixture
@@ -115,6 +127,8 @@ def test_pickle_files_refused_by_name_and_content(tmp_path, keys):
     sign_package_fails = pytest.raises(PackageError, match="cannot sign")
     with sign_package_fails:
         sign_package(pkg, keys.private_key)
+    assert _only_reason(verify_package(pkg, keys.public_key)) == "signature.json: missing, the package is unsigned"
+    _sign_anyway(pkg, keys)
     reason = _only_reason(verify_package(pkg, keys.public_key))
     assert "extra_state.json: refused, content is a pickle stream" in reason
     assert "weights.dat: refused, content is a torch zip checkpoint" in reason
@@ -160,6 +174,7 @@ def test_unsafe_manifest_paths_and_symlinks_refused(tmp_path, keys):
     (tmp_path / "secret.txt").write_text("x")
     (pkg2 / "link.txt").symlink_to(tmp_path / "secret.txt")
     write_manifest(pkg2)
+    _sign_anyway(pkg2, keys)
     assert "link.txt: refused, symlinks may point outside the package" in _only_reason(verify_package(pkg2, keys.public_key))
 
 

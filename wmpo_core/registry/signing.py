@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +27,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from wmpo_core.registry.verify import (
+    DEFAULT_LIMITS,
     MANIFEST_FILE,
     SIGNATURE_FILE,
     PackageError,
+    PackageLimits,
     ShapeRule,
+    bounded,
     canonical_json_bytes,
     check_files,
     check_model_shapes,
+    join_reasons,
     read_json_object,
     read_manifest,
 )
@@ -75,11 +79,15 @@ class VerificationReport:
     def raise_for_refusal(self) -> None:
         """Raise PackageError carrying every refusal reason when the package is refused."""
         if self.reasons:
-            raise PackageError(f"{self.package}: refused: " + "; ".join(self.reasons))
+            raise PackageError(f"{self.package}: refused: " + join_reasons(self.reasons))
 
     def __str__(self) -> str:
-        head = f"{self.package}: {'OK' if self.ok else 'REFUSED'} (version {self.version}, key {self.key_id})"
-        return "\n".join([head, *(f"  refused: {r}" for r in self.reasons), *(f"  ok: {c}" for c in self.checks)])
+        head = (f"{self.package}: {'OK' if self.ok else 'REFUSED'} (version {bounded(str(self.version), 140)}, "
+                f"key {bounded(str(self.key_id), 80)})")
+        refused = [f"  refused: {bounded(r)}" for r in self.reasons[:20]]
+        if len(self.reasons) > 20:
+            refused.append(f"  ... and {len(self.reasons) - 20} more reasons")
+        return "\n".join([head, *refused, *(f"  ok: {c}" for c in self.checks)])
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -189,19 +197,23 @@ def sign_package(pkg_dir: str | Path, private_key_path: str | Path) -> Path:
 
 
 def check_signature(
-    pkg_dir: str | Path, manifest: dict, trusted_keys: dict[str, Ed25519PublicKey]
+    pkg_dir: str | Path, manifest: dict, trusted_keys: dict[str, Ed25519PublicKey],
+    limits: PackageLimits = DEFAULT_LIMITS,
 ) -> tuple[list[str], str | None]:
     """Reasons the signature is refused (empty if valid and from a trusted key), and its key id."""
     path = Path(pkg_dir) / SIGNATURE_FILE
     if not path.exists():
         return [f"{SIGNATURE_FILE}: missing, the package is unsigned"], None
     try:
-        record = read_json_object(path)
+        record = read_json_object(path, limits.max_signature_bytes)
     except PackageError as exc:
         return [f"{SIGNATURE_FILE}: {exc}"], None
     kid = record.get("key_id")
+    if not isinstance(kid, str):
+        return [f"{SIGNATURE_FILE}: field 'key_id' must be a hex string, got {bounded(repr(kid), 80)}"], None
     if record.get("algorithm") != ALGORITHM:
-        return [f"{SIGNATURE_FILE}: field 'algorithm' is {record.get('algorithm')!r}, expected {ALGORITHM!r}"], kid
+        return [f"{SIGNATURE_FILE}: field 'algorithm' is {bounded(repr(record.get('algorithm')), 80)}, "
+                f"expected {ALGORITHM!r}"], kid
     if record.get("signed_file", MANIFEST_FILE) != MANIFEST_FILE:
         return [f"{SIGNATURE_FILE}: field 'signed_file' must be {MANIFEST_FILE!r}"], kid
     if kid not in trusted_keys:
@@ -212,23 +224,46 @@ def check_signature(
         return [f"{SIGNATURE_FILE}: field 'signature' is not base64"], kid
     try:
         trusted_keys[kid].verify(signature, canonical_json_bytes(manifest))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):  # ValueError: a manifest with no canonical bytes (NaN)
         return [f"{SIGNATURE_FILE}: signature does not match {MANIFEST_FILE} (manifest altered or wrong key)"], kid
     return [], kid
+
+
+def signed_manifest(pkg_dir: str | Path, trusted_keys: dict[str, Ed25519PublicKey],
+                    limits: PackageLimits = DEFAULT_LIMITS) -> dict:
+    """The manifest of a package, once its signature by a trusted key is valid (PackageError otherwise).
+
+    The cheap first step of every load: two small files are read (size-capped) and one
+    signature checked; nothing is hashed and no model is built.
+    """
+    root = Path(pkg_dir)
+    if not root.is_dir():
+        raise PackageError(f"{root}: not a package directory")
+    manifest = read_manifest(root, limits)
+    reasons, _ = check_signature(root, manifest, trusted_keys, limits)
+    if reasons:
+        raise PackageError(f"{root}: refused: " + join_reasons(reasons, limits))
+    return manifest
 
 
 def verify_package(
     pkg_dir: str | Path,
     trusted: str | Path | Iterable[str | Path],
     shape_rule: ShapeRule | None = None,
+    limits: PackageLimits = DEFAULT_LIMITS,
+    should_stop: Callable[[], bool] | None = None,
 ) -> VerificationReport:
     """Check a package offline before it is loaded anywhere.
 
-    ``trusted`` is a public key PEM, a directory of them, or a list. Checks: signature
-    present, valid and from a trusted key; every file's sha256 matches the manifest;
-    no file outside the manifest; no pickle-format file; ``config.json`` parses and the
-    tensor shapes in ``model.safetensors`` match it (``shape_rule`` or the rule registered
-    for the config's ``model_type``). Never raises for a bad package: read ``report.reasons``.
+    ``trusted`` is a public key PEM, a directory of them, or a list. Checks, cheapest
+    first, each only if the previous passed: the manifest's size and file count
+    (``limits``); signature present, valid and from a trusted key; file sizes; every
+    file's sha256 matches the manifest; no file outside the manifest; no pickle-format
+    file; ``config.json`` parses and the tensor shapes in ``model.safetensors`` match it
+    (``shape_rule`` or the rule registered for the config's ``model_type``). An unsigned
+    or foreign package is therefore refused without hashing anything or building a model.
+    Never raises for a bad package (read ``report.reasons``), except VerificationCancelled
+    when ``should_stop`` answers True while hashing.
     """
     root = Path(pkg_dir)
     report = VerificationReport(package=root)
@@ -236,22 +271,23 @@ def verify_package(
         report.reasons.append(f"{root}: not a package directory")
         return report
     try:
-        manifest = read_manifest(root)
+        manifest = read_manifest(root, limits)
     except PackageError as exc:
         report.reasons.append(f"{MANIFEST_FILE}: {exc}")
         return report
     version = manifest.get("version")
-    report.version = None if version is None else str(version)
+    report.version = None if version is None else bounded(str(version), 140)
     try:
         keys = load_trusted_keys(trusted)
     except PackageError as exc:
         report.reasons.append(str(exc))
         return report
-    signature_reasons, report.key_id = check_signature(root, manifest, keys)
+    signature_reasons, report.key_id = check_signature(root, manifest, keys, limits)
     report.reasons += signature_reasons
-    if not signature_reasons:
-        report.checks.append(f"{SIGNATURE_FILE}: valid Ed25519 signature by trusted key {report.key_id[:16]}...")
-    file_reasons = check_files(root, manifest)
+    if signature_reasons:
+        return report  # nothing unsigned is hashed or built
+    report.checks.append(f"{SIGNATURE_FILE}: valid Ed25519 signature by trusted key {report.key_id[:16]}...")
+    file_reasons = check_files(root, manifest, limits, should_stop)
     report.reasons += file_reasons
     if not file_reasons:
         report.checks.append(f"{MANIFEST_FILE}: every file present, hashed as listed, none extra, no pickle")

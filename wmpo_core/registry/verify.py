@@ -12,14 +12,21 @@ The manifest holds the sha256 of every other file, so a valid signature over the
 plus matching hashes covers the whole package. Each check here returns one-line reasons
 that name the offending file; an empty list means the check passed. Nothing here loads
 tensor data or unpickles anything.
+
+Cheap checks come first and everything read is capped (:class:`PackageLimits`): a JSON
+file's size is known before it is parsed, the number of files before any is hashed, each
+file's size before its bytes are read; a reason is cut to a bounded length, so a hostile
+package costs milliseconds and kilobytes to refuse.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,13 +48,60 @@ class PackageError(ValueError):
     """A package (or one of its files) is malformed; the message names the file and field."""
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so large weights never sit in memory twice."""
+class VerificationCancelled(PackageError):
+    """Verification stopped because its caller asked (a rollback preempting a load)."""
+
+
+@dataclass(frozen=True)
+class PackageLimits:
+    """Caps checked before anything is allocated or hashed (bytes unless named otherwise).
+
+    The defaults fit a 7B OpenVLA package in bf16 with room to spare; a robot with other
+    needs passes its own.
+    """
+
+    max_manifest_bytes: int = 1 << 20  # manifest.json, parsed before the signature is checked
+    max_signature_bytes: int = 64 << 10
+    max_config_bytes: int = 4 << 20  # config.json, parsed to build the model on the meta device
+    max_files: int = 256  # entries in the package directory and in the manifest
+    max_file_bytes: int = 64 << 30
+    max_total_bytes: int = 64 << 30
+    max_reason_chars: int = 300  # one refusal reason
+    max_report_chars: int = 2000  # all reasons of one refusal together
+
+
+DEFAULT_LIMITS = PackageLimits()
+
+
+def bounded(text: str, limit: int = DEFAULT_LIMITS.max_reason_chars) -> str:
+    """`text` cut to `limit` characters (with a note of how much was cut): reasons quote untrusted input."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def join_reasons(reasons: Sequence[str], limits: PackageLimits = DEFAULT_LIMITS) -> str:
+    """One line of refusal reasons, each and all together bounded."""
+    return bounded("; ".join(bounded(r, limits.max_reason_chars) for r in reasons), limits.max_report_chars)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20, should_stop: Callable[[], bool] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks so large weights never sit in memory twice.
+
+    `should_stop` is polled between chunks; when it answers True, VerificationCancelled is raised.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk_size):
+            if should_stop is not None and should_stop():
+                raise VerificationCancelled(f"{Path(path).name}: verification cancelled")
             digest.update(block)
     return digest.hexdigest()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def canonical_json_bytes(obj: Any) -> bytes:
@@ -58,34 +112,48 @@ def canonical_json_bytes(obj: Any) -> bytes:
     )
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """Parse a JSON file that must hold an object; raise PackageError naming the file."""
+def read_json_object(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object; raise PackageError naming the file.
+
+    With `max_bytes` a larger file is refused before it is read. NaN / Infinity and nesting
+    too deep for the parser are refused like any other invalid JSON.
+    """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if max_bytes is not None and (size := os.stat(path).st_size) > max_bytes:
+            raise PackageError(f"{path}: {size} bytes, more than the {max_bytes} allowed")
+        data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise PackageError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PackageError(f"{path}: not valid JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, PackageError):
+            raise
+        raise PackageError(f"{path}: not valid JSON ({bounded(str(exc), 120)})") from None
     if not isinstance(data, dict):
         raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def read_manifest(pkg_dir: str | Path) -> dict[str, Any]:
-    """Read ``manifest.json`` of a package and check that its ``files`` field is usable."""
+def read_manifest(pkg_dir: str | Path, limits: PackageLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Read ``manifest.json`` of a package (size-capped) and check that its ``files`` field is usable."""
     path = Path(pkg_dir) / MANIFEST_FILE
-    manifest = read_json_object(path)
-    manifest_file_hashes(manifest, path)
+    manifest = read_json_object(path, limits.max_manifest_bytes)
+    manifest_file_hashes(manifest, path, limits)
     return manifest
 
 
-def manifest_file_hashes(manifest: Mapping[str, Any], source: str | Path = MANIFEST_FILE) -> dict[str, str]:
+def manifest_file_hashes(manifest: Mapping[str, Any], source: str | Path = MANIFEST_FILE,
+                         limits: PackageLimits = DEFAULT_LIMITS) -> dict[str, str]:
     """``{relative posix path: sha256 hex}`` from a manifest's ``files`` field.
 
     Accepts ``{path: sha256}``, ``{path: {"sha256": ...}}`` and ``[{"path": ..., "sha256": ...}]``.
-    Raises PackageError for an unusable field or an unsafe path (absolute, ``..``).
+    Raises PackageError for an unusable field, an unsafe path (absolute, ``..``) or more
+    entries than ``limits.max_files``.
     """
     files = manifest.get("files")
+    if isinstance(files, Mapping | list) and len(files) > limits.max_files:
+        raise PackageError(f"{source}: field 'files' lists {len(files)} files, more than the {limits.max_files} allowed")
     entries: list[tuple[Any, Any]]
     if isinstance(files, Mapping):
         entries = [(k, v.get("sha256") if isinstance(v, Mapping) else v) for k, v in files.items()]
@@ -108,15 +176,23 @@ def manifest_file_hashes(manifest: Mapping[str, Any], source: str | Path = MANIF
     return hashes
 
 
-def package_files(pkg_dir: str | Path) -> list[str]:
-    """Every entry under the package directory as relative posix paths (symlinks included)."""
+def package_files(pkg_dir: str | Path, max_entries: int | None = None) -> list[str]:
+    """Every entry under the package directory as relative posix paths (symlinks included).
+
+    With `max_entries`, PackageError once the walk meets more entries than that (a
+    directory of millions of files is refused without listing them all).
+    """
     root = Path(pkg_dir)
     found = []
-    for path in sorted(root.rglob("*")):
+    seen = 0
+    for path in root.rglob("*"):
+        seen += 1
+        if max_entries is not None and seen > max_entries:
+            raise PackageError(f"{root}: more than {max_entries} entries in the package directory")
         if path.is_dir() and not path.is_symlink():
             continue
         found.append(path.relative_to(root).as_posix())
-    return found
+    return sorted(found)
 
 
 def pickle_reason(path: Path) -> str | None:
@@ -143,15 +219,21 @@ def pickle_reason(path: Path) -> str | None:
     return None
 
 
-def check_files(pkg_dir: str | Path, manifest: Mapping[str, Any]) -> list[str]:
-    """Hashes match the manifest, nothing is missing or extra, no symlinks, no pickles."""
+def check_files(pkg_dir: str | Path, manifest: Mapping[str, Any], limits: PackageLimits = DEFAULT_LIMITS,
+                should_stop: Callable[[], bool] | None = None) -> list[str]:
+    """Hashes match the manifest, nothing is missing or extra, no symlinks, no pickles.
+
+    Counts and sizes are checked before any file is hashed; `should_stop` (polled while
+    hashing) makes it raise VerificationCancelled.
+    """
     root = Path(pkg_dir)
     try:
-        expected = manifest_file_hashes(manifest, root / MANIFEST_FILE)
+        expected = manifest_file_hashes(manifest, root / MANIFEST_FILE, limits)
+        # the directory may hold a few more entries than the manifest lists (manifest, signature, subfolders)
+        present = package_files(root, limits.max_files * 2 + 2)
     except PackageError as exc:
         return [str(exc)]
     reasons: list[str] = []
-    present = package_files(root)
     for name in present:
         path = root / name
         if path.is_symlink():
@@ -168,14 +250,28 @@ def check_files(pkg_dir: str | Path, manifest: Mapping[str, Any]) -> list[str]:
     for name in REQUIRED_FILES:
         if name not in expected:
             reasons.append(f"{name}: required file is not listed in {MANIFEST_FILE}")
-    for name, digest in expected.items():
+    to_hash: list[str] = []
+    total = 0
+    for name in expected:
         path = root / name
         if name not in present_set:
             reasons.append(f"{name}: listed in {MANIFEST_FILE} but missing")
             continue
         if path.is_symlink() or not path.is_file():
             continue  # already refused above
-        actual = sha256_file(path)
+        size = path.stat().st_size
+        total += size
+        if size > limits.max_file_bytes:
+            reasons.append(f"{name}: {size} bytes, more than the {limits.max_file_bytes} allowed per file")
+        else:
+            to_hash.append(name)
+    if total > limits.max_total_bytes:
+        reasons.append(f"{root.name}: files total {total} bytes, more than the {limits.max_total_bytes} allowed")
+    if reasons:
+        return reasons  # nothing is hashed in a package already refused
+    for name in to_hash:
+        digest = expected[name]
+        actual = sha256_file(root / name, should_stop=should_stop)
         if actual != digest:
             reasons.append(f"{name}: sha256 {actual[:12]}... does not match {MANIFEST_FILE} ({digest[:12]}...)")
     return reasons
@@ -228,7 +324,19 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="numpy") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise PackageError(f"{Path(path).name}: not a readable safetensors file ({exc})") from None
+        raise PackageError(f"{Path(path).name}: not a readable safetensors file ({bounded(str(exc), 200)})") from None
+
+
+def _apply_shape_rule(rule: ShapeRule, config: Mapping[str, Any], root: Path) -> Mapping[str, Sequence[int]]:
+    """Call ``rule(config)``; a rule with a ``package_dir`` parameter also gets the package (its own
+    tokenizer decides special-token ids, e.g. OpenVLA's ``<PAD>``)."""
+    import inspect
+
+    try:
+        wants_dir = "package_dir" in inspect.signature(rule).parameters
+    except (TypeError, ValueError):
+        wants_dir = False
+    return rule(config, package_dir=root) if wants_dir else rule(config)
 
 
 def check_model_shapes(pkg_dir: str | Path, shape_rule: ShapeRule | None = None) -> list[str]:
@@ -236,7 +344,7 @@ def check_model_shapes(pkg_dir: str | Path, shape_rule: ShapeRule | None = None)
     names and shapes the config implies (per the model type's shape rule)."""
     root = Path(pkg_dir)
     try:
-        config = read_json_object(root / CONFIG_FILE)
+        config = read_json_object(root / CONFIG_FILE, DEFAULT_LIMITS.max_config_bytes)
     except PackageError as exc:
         return [f"{CONFIG_FILE}: {exc}"]
     try:
@@ -250,9 +358,9 @@ def check_model_shapes(pkg_dir: str | Path, shape_rule: ShapeRule | None = None)
             f"cannot check {MODEL_FILE}"
         ]
     try:
-        expected = {name: tuple(int(d) for d in shape) for name, shape in rule(config).items()}
+        expected = {name: tuple(int(d) for d in shape) for name, shape in _apply_shape_rule(rule, config, root).items()}
     except Exception as exc:  # the rule parses an untrusted config; any failure is a refusal
-        return [f"{CONFIG_FILE}: does not describe a valid model ({type(exc).__name__}: {exc})"]
+        return [f"{CONFIG_FILE}: does not describe a valid model ({type(exc).__name__}: {bounded(str(exc), 200)})"]
     reasons = []
     for name in sorted(expected.keys() - actual.keys()):
         reasons.append(f"{MODEL_FILE}: tensor {name!r} expected by {CONFIG_FILE} is missing")

@@ -22,6 +22,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("wmpo_core.policy.commands_eval", "evaluate a policy closed loop in the simulator"),
     "train-policy": ("wmpo_core.policy.commands_train", "behavior cloning from recorded episodes"),
     "predict": ("wmpo_core.policy.commands_predict", "print the action chunk a policy outputs for one image"),
+    "import-openvla": ("wmpo_core.policy.commands_import",
+                       "turn an OpenVLA / OpenVLA-OFT checkpoint directory into a signed policy package"),
     "train-vae": ("wmpo_core.world_model.commands", "train the frame autoencoder on recorded frames"),
     "train-world-model": ("wmpo_core.world_model.commands", "train / align the video world model"),
     "eval-world-model": ("wmpo_core.world_model.commands", "world-model fidelity against reference predictors"),

@@ -35,15 +35,26 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'wmpo_core.policy' has no attribute {name!r}")
 
 
-def _vla_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes a VLA ``config.json`` implies, built on the meta device (no memory, no weights)."""
+def _vla_shapes(config: Mapping[str, Any], package_dir: Any = None) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes a VLA ``config.json`` implies, built on the meta device (no memory, no weights).
+
+    The package's own ``tokenizer.json`` is used when there is one (an imported OpenVLA tokenizer has
+    ``<PAD>``, not the embedded default's ``<pad>``); without it the embedded default tokenizer is built.
+    """
+    from pathlib import Path
+
     import torch
 
     from wmpo_core.policy.configuration_vla import VLAConfig
-    from wmpo_core.policy.modeling_vla import VLAPolicy
+    from wmpo_core.policy.modeling_vla import TOKENIZER_NAME, VLAPolicy
+    from wmpo_core.policy.text_tokenizer import load_text_tokenizer
 
+    cfg = VLAConfig.from_dict(dict(config))
+    tokenizer = None
+    if package_dir is not None and (Path(package_dir) / TOKENIZER_NAME).is_file():
+        tokenizer = load_text_tokenizer(Path(package_dir) / TOKENIZER_NAME, (cfg.pad_token, cfg.bos_token))
     with torch.device("meta"):
-        model = VLAPolicy(VLAConfig.from_dict(dict(config)))
+        model = VLAPolicy(cfg, tokenizer)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 

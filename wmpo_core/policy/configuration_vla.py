@@ -13,7 +13,9 @@ from pathlib import Path
 
 from wmpo_core.control import ACTION_DIM, DEFAULT_CHUNK_SIZE
 
-DECODING_MODES = ("parallel", "autoregressive")
+DECODING_MODES = ("parallel", "autoregressive", "oft")
+PROPRIO_PROJECTORS = ("linear", "mlp2")
+ACTION_HEADS = ("tokens", "l1_regression")
 VISION_BACKBONES = ("vit", "dinosiglip")
 PROJECTORS = ("mlp2", "fused_mlp3")
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
@@ -57,11 +59,19 @@ class VLAConfig:
     prompt_suffix_ids: list = field(default_factory=list)  # token ids appended to every prompt (OpenVLA: [29871])
     bos_token: str = "<s>"
     pad_token: str = "<pad>"
+    stop_token: str = "</s>"  # "oft" decoding: appended after the action positions, as at OFT training time
     # actions
     n_action_bins: int = 256
     chunk_size: int = DEFAULT_CHUNK_SIZE
     action_dim: int = ACTION_DIM
     proprio_dim: int = 0  # 0 = no proprio input, as in the WMPO policy
+    proprio_projector: str = "linear"  # "mlp2": OpenVLA-OFT's Linear-GELU-Linear proprio projector
+    # "tokens": discrete action bins from the LM head; "l1_regression": OpenVLA-OFT's MLP-ResNet head on the
+    # hidden states of the action positions (continuous actions, no log-probs: not usable by GRPO / DPO)
+    action_head: str = "tokens"
+    action_head_hidden_size: int = 0  # l1_regression: width of the MLP-ResNet (OFT: the LM hidden size)
+    # "parallel": learned action slots after a causal prefix; "autoregressive": OpenVLA;
+    # "oft": OpenVLA-OFT (zeroed action embeddings + stop token, full bidirectional attention, shifted logits)
     decoding: str = "parallel"
     unnorm_key: str = "default"
     # runtime
@@ -102,6 +112,12 @@ class VLAConfig:
             raise ConfigError("config.vision_configs: the dinosiglip backbone needs 'dino' and 'siglip' entries")
         if self.decoding not in DECODING_MODES:
             raise ConfigError(f"config.decoding: expected one of {DECODING_MODES}, got {self.decoding!r}")
+        if self.proprio_projector not in PROPRIO_PROJECTORS:
+            raise ConfigError(f"config.proprio_projector: expected one of {PROPRIO_PROJECTORS}, got {self.proprio_projector!r}")
+        if self.action_head not in ACTION_HEADS:
+            raise ConfigError(f"config.action_head: expected one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.action_head == "l1_regression" and (self.decoding != "oft" or self.action_head_hidden_size <= 0):
+            raise ConfigError("config.action_head: 'l1_regression' needs decoding 'oft' and a positive action_head_hidden_size")
         if self.image_size % self.patch_size:
             raise ConfigError(f"config.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         if not self.cameras:
@@ -118,6 +134,7 @@ class VLAConfig:
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"config.{name} must be positive, got {getattr(self, name)}")
         needed = 2 + len(self.cameras) * self.patches_per_camera + self.max_text_tokens + self.num_action_tokens
+        needed += int(self.decoding == "oft")  # the stop token
         if needed > self.max_position_embeddings:
             raise ConfigError(
                 f"config.max_position_embeddings ({self.max_position_embeddings}) < sequence length {needed}"

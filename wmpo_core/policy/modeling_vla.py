@@ -10,9 +10,15 @@ real tokens, so a padded row computes exactly what it would alone. The action pa
 
 * ``autoregressive`` (OpenVLA): causal attention, the action tokens are fed back one at
   a time with a KV cache;
-* ``parallel`` (OpenVLA-OFT): ``K x D`` learned empty action-slot embeddings follow the
-  prompt, attend bidirectionally among themselves (and to the whole prefix), and every
-  action token is decoded from one forward pass.
+* ``parallel``: ``K x D`` learned empty action-slot embeddings follow the prompt, attend
+  bidirectionally among themselves (and to the whole prefix), and every action token is
+  decoded from one forward pass;
+* ``oft`` (OpenVLA-OFT, as its official code): ``K x D`` zeroed embeddings and the stop
+  token ``</s>`` follow the prompt, every position attends to every other one (full
+  bidirectional attention, padding keys hidden), and action token ``j`` is read from the
+  logits one position earlier (the last prompt token predicts the first action token).
+  Greedy decoding takes the argmax over the whole vocabulary and clips ids outside the
+  action range onto the edge bins, as the official ``predict_action`` does.
 
 The action head is the language-model head restricted to the last ``n_action_bins``
 vocabulary rows, so logits and log-probs are over the action bins only.
@@ -123,6 +129,49 @@ class DinoSigLIPEncoder(nn.Module):
         return torch.cat([dino.hidden_states[-2][:, self.num_prefix:], siglip.hidden_states[-2]], dim=-1)
 
 
+class _ResidualMLPBlock(nn.Module):
+    """Pre-norm residual block of the OFT action head: ``x + ReLU(Linear(LayerNorm(x)))``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(x)
+
+
+class _MLPResNet(nn.Module):
+    """LayerNorm-Linear-ReLU, residual blocks, LayerNorm-Linear (parameter names as in OFT's checkpoints)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, n_blocks: int = 2):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(in_dim)
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.mlp_resnet_blocks = nn.ModuleList(_ResidualMLPBlock(hidden) for _ in range(n_blocks))
+        self.layer_norm2 = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(self.layer_norm1(x)))
+        for block in self.mlp_resnet_blocks:
+            x = block(x)
+        return self.fc2(self.layer_norm2(x))
+
+
+class L1RegressionActionHead(nn.Module):
+    """OpenVLA-OFT's continuous head: hidden states of the K x D action positions, regrouped per step
+    into (K, D * hidden), mapped to (K, D) normalized actions."""
+
+    def __init__(self, config: VLAConfig):
+        super().__init__()
+        self.chunk_size = config.chunk_size
+        self.model = _MLPResNet(config.action_dim * config.hidden_size, config.action_head_hidden_size, config.action_dim)
+
+    def forward(self, action_hidden: torch.Tensor) -> torch.Tensor:
+        """(B, K*D, H) -> (B, K, D)."""
+        return self.model(action_hidden.reshape(action_hidden.shape[0], self.chunk_size, -1))
+
+
 class VLAPolicy(nn.Module):
     """Vision-language-action policy with OpenVLA action tokens; see the module docstring."""
 
@@ -148,6 +197,9 @@ class VLAPolicy(nn.Module):
         self.bos_id = self.text_tokenizer.token_to_id(config.bos_token)
         if self.pad_id is None or self.bos_id is None:
             raise PolicyLoadError(f"tokenizer lacks {config.pad_token!r} or {config.bos_token!r} (config.pad_token / bos_token)")
+        self.stop_id = self.text_tokenizer.token_to_id(config.stop_token)
+        if config.decoding == "oft" and self.stop_id is None:
+            raise PolicyLoadError(f"tokenizer lacks {config.stop_token!r} (config.stop_token), needed by decoding 'oft'")
 
         if config.vision_backbone == "vit":
             self.vision = ViTModel(
@@ -173,7 +225,12 @@ class VLAPolicy(nn.Module):
                 nn.Linear(vision_dim, 4 * vision_dim), nn.GELU(), nn.Linear(4 * vision_dim, config.hidden_size),
                 nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size),
             )
-        self.proprio_proj = nn.Linear(config.proprio_dim, config.hidden_size) if config.proprio_dim > 0 else None
+        self.proprio_proj: nn.Module | None = None
+        if config.proprio_dim > 0 and config.proprio_projector == "linear":
+            self.proprio_proj = nn.Linear(config.proprio_dim, config.hidden_size)
+        elif config.proprio_dim > 0:  # OpenVLA-OFT's ProprioProjector layout (fc1, GELU, fc2)
+            self.proprio_proj = nn.ModuleDict({"fc1": nn.Linear(config.proprio_dim, config.hidden_size),
+                                               "fc2": nn.Linear(config.hidden_size, config.hidden_size)})
         lm_config = LlamaConfig(
             **config.lm_extra,
             vocab_size=config.lm_vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
@@ -186,6 +243,7 @@ class VLAPolicy(nn.Module):
         self.language_model = LlamaForCausalLM(lm_config)
         self.action_slots = nn.Embedding(config.num_action_tokens, config.hidden_size)
         nn.init.normal_(self.action_slots.weight, std=0.02)
+        self.action_head = L1RegressionActionHead(config) if config.action_head == "l1_regression" else None
         self._queue: list[np.ndarray] = []
 
     # ----------------------------------------------------------------- interface
@@ -276,7 +334,12 @@ class VLAPolicy(nn.Module):
         if self.proprio_proj is not None:
             if batch.proprio is None:
                 raise ValueError("batch.proprio is required by this policy (config.proprio_dim > 0)")
-            parts.append(self.proprio_proj(batch.proprio.to(vis.dtype))[:, None])
+            prop = batch.proprio.to(vis.dtype)
+            if isinstance(self.proprio_proj, nn.ModuleDict):
+                prop = self.proprio_proj["fc2"](F.gelu(self.proprio_proj["fc1"](prop)))
+            else:
+                prop = self.proprio_proj(prop)
+            parts.append(prop[:, None])
         parts.append(embed(batch.input_ids))
         emb = torch.cat(parts, dim=1)
         valid = torch.ones(emb.shape[:2], dtype=torch.bool, device=self.device)
@@ -298,6 +361,21 @@ class VLAPolicy(nn.Module):
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None]
 
+    def _oft_hidden(self, batch: VLABatch) -> torch.Tensor:
+        """OpenVLA-OFT's forward pass; returns the hidden states (B, K*D, H) whose logits predict the action tokens."""
+        emb, valid = self._prefix(batch)
+        b, n_prefix = valid.shape
+        n_act = self.config.num_action_tokens
+        stop = self.language_model.get_input_embeddings()(torch.full((b, 1), self.stop_id, device=emb.device))
+        emb = torch.cat([emb, emb.new_zeros(b, n_act, emb.shape[-1]), stop], dim=1)
+        valid = torch.cat([valid, torch.ones((b, n_act + 1), dtype=torch.bool, device=valid.device)], dim=1)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        # full bidirectional attention: every query sees every real key (OFT's patched Llama)
+        mask = torch.zeros((b, 1, emb.shape[1], emb.shape[1]), dtype=emb.dtype, device=emb.device)
+        mask.masked_fill_(~valid[:, None, None, :], torch.finfo(emb.dtype).min)
+        hidden = self._run_lm(emb, mask, positions).last_hidden_state
+        return hidden[:, n_prefix - 1 : n_prefix - 1 + n_act]  # shifted by one, as the official slice
+
     def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits over the action bins (LM-head rows ``[vocab_size - n_bins, vocab_size)``)."""
         weight = self.language_model.lm_head.weight[self.action_tokenizer.token_begin : self.config.vocab_size]
@@ -314,6 +392,8 @@ class VLAPolicy(nn.Module):
         ``parallel`` ignores them.
         """
         decoding = decoding or self.config.decoding
+        if decoding == "oft":
+            return self._action_logits(self._oft_hidden(batch))
         emb, valid = self._prefix(batch)
         b, n_prefix = valid.shape
         n_act = self.config.num_action_tokens
@@ -327,7 +407,7 @@ class VLAPolicy(nn.Module):
             tail = 0
             emb = torch.cat([emb, self.language_model.get_input_embeddings()(action_tokens[:, :-1])], dim=1)
         else:
-            raise ValueError(f"decoding must be 'parallel' or 'autoregressive', got {decoding!r}")
+            raise ValueError(f"decoding must be 'parallel', 'autoregressive' or 'oft', got {decoding!r}")
         valid = torch.cat([valid, torch.ones((b, emb.shape[1] - n_prefix), dtype=torch.bool, device=valid.device)], 1)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         hidden = self._run_lm(emb, self._attention(valid, n_prefix, tail, emb.dtype), positions).last_hidden_state
@@ -365,6 +445,18 @@ class VLAPolicy(nn.Module):
             logits = self.action_logits(batch, decoding="parallel").float()
             bins, logp = _draw(logits, temperature, generator)
             return self.action_tokenizer.bins_to_tokens(bins), logp
+        if decoding == "oft":
+            hidden = self._oft_hidden(batch)
+            logits = self._action_logits(hidden).float()
+            if temperature > 0:
+                bins, logp = _draw(logits, temperature, generator)
+                return self.action_tokenizer.bins_to_tokens(bins), logp
+            # the official greedy rule: argmax over the whole vocabulary; an id outside the action range
+            # decodes to the nearest edge bin (its `clip`), which is the same as clamping the id
+            full = hidden @ self.language_model.lm_head.weight.T
+            tokens = full.argmax(-1).clamp(self.action_tokenizer.token_begin, self.config.vocab_size - 1)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, self.action_tokenizer.tokens_to_bins(tokens)[..., None])
+            return tokens, logp[..., 0]
         if decoding != "autoregressive":
             raise ValueError(f"decoding must be 'parallel' or 'autoregressive', got {decoding!r}")
         emb, valid = self._prefix(batch)
@@ -404,6 +496,10 @@ class VLAPolicy(nn.Module):
         self.eval()
         try:
             batch = self.prepare_batch([images], [instruction], None if proprio is None else np.asarray(proprio)[None])
+            if self.action_head is not None:  # OFT's continuous head: no sampling, no temperature
+                normalized = self.action_head(self._oft_hidden(batch)).float().cpu().numpy()
+                stats = self.norm_stats.get(unnorm_key or self.config.unnorm_key, "action")
+                return stats.unnormalize(normalized)[0]
             tokens, _ = self.sample(batch, temperature)
         finally:
             self.train(was_training)
@@ -433,27 +529,34 @@ class VLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, version: str | None = None) -> VLAPolicy:
-        """Load a directory written by :meth:`save_pretrained`; every tensor's name and shape is checked."""
+        """Load a directory written by :meth:`save_pretrained`; every tensor's name and shape is checked.
+
+        The model is built without memory (meta device) and takes the file's tensors as they are, so a
+        bf16 package stays bf16 and is never materialized twice.
+        """
+        from accelerate import init_empty_weights
+
         d = Path(directory)
         for name in (WEIGHTS_NAME, CONFIG_NAME, NORM_STATS_NAME, TOKENIZER_NAME):
             if not (d / name).is_file():
                 raise PolicyLoadError(f"{d / name}: missing")
         config = VLAConfig.load(d / CONFIG_NAME)
         tokenizer = load_text_tokenizer(d / TOKENIZER_NAME, (config.pad_token, config.bos_token))
-        policy = cls(config, tokenizer, NormStats.load(d / NORM_STATS_NAME),
-                     version=version or _weights_version(d / WEIGHTS_NAME))
+        with init_empty_weights(include_buffers=False):
+            policy = cls(config, tokenizer, NormStats.load(d / NORM_STATS_NAME),
+                         version=version or _weights_version(d / WEIGHTS_NAME))
         try:
             tensors = load_file(str(d / WEIGHTS_NAME))
         except Exception as exc:  # safetensors raises its own error types for truncated / malformed headers
             raise PolicyLoadError(f"{d / WEIGHTS_NAME}: cannot read safetensors: {exc}") from exc
-        policy.load_weights(tensors, where=str(d / WEIGHTS_NAME))
+        policy.load_weights(tensors, where=str(d / WEIGHTS_NAME), assign=True)
         stats = policy.norm_stats.get(config.unnorm_key, "action")
         if stats.dim != config.action_dim:
             raise PolicyLoadError(f"{d / NORM_STATS_NAME}: action stats have {stats.dim} dims, config.action_dim = {config.action_dim}")
         return policy
 
-    def load_weights(self, tensors: dict[str, torch.Tensor], where: str = "weights") -> None:
-        """Copy ``tensors`` in after checking names and shapes against the configuration."""
+    def load_weights(self, tensors: dict[str, torch.Tensor], where: str = "weights", assign: bool = False) -> None:
+        """Copy (or with ``assign``, adopt) ``tensors`` after checking names and shapes against the configuration."""
         expected = self.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -464,7 +567,7 @@ class VLAPolicy(nn.Module):
                 raise PolicyLoadError(
                     f"{where}: tensor {k!r} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}"
                 )
-        self.load_state_dict(tensors)
+        self.load_state_dict(tensors, assign=assign)
 
     def describe(self) -> str:
         """One-line summary."""

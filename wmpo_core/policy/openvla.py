@@ -1,4 +1,4 @@
-"""Load a published OpenVLA checkpoint (local directory, Hugging Face layout) into :class:`VLAPolicy`.
+"""Load a published OpenVLA or OpenVLA-OFT checkpoint (local directory, Hugging Face layout) into :class:`VLAPolicy`.
 
 No remote code runs (no ``trust_remote_code``) and nothing is unpickled: the directory's
 ``config.json`` (with ``norm_stats``), ``*.safetensors`` (single or sharded) and
@@ -10,9 +10,18 @@ No remote code runs (no ``trust_remote_code``) and nothing is unpickled: the dir
 * ``projector.fc1/fc2/fc3`` -> ``projector.0/2/4``;
 * ``language_model.*`` (Llama-2) -> ``language_model.*`` unchanged.
 
-The result decodes autoregressively one 7-dim action per call (chunk size 1), with the
-OpenVLA prompt, the trailing ``"▁"`` token, 256 bins on the tokenizer's last 256 ids, and
+An OpenVLA checkpoint decodes autoregressively one 7-dim action per call (chunk size 1), with
+the OpenVLA prompt, the trailing ``"▁"`` token, 256 bins on the tokenizer's last 256 ids, and
 ``bounds_q99`` unnormalization with the chosen ``unnorm_key``.
+
+An OpenVLA-OFT checkpoint has the same tensors; it decodes a chunk of ``K x D`` tokens in one
+bidirectional pass (``decoding = "oft"``). Its norm stats come from ``dataset_statistics.json``;
+its optional heads ship as ``proprio_projector--*.pt`` and ``action_head--*.pt`` (L1 regression),
+read with torch's restricted loader (``weights_only=True``, never a full unpickle) and refused unless
+they hold only tensors. The chunk size is not stored in an OFT checkpoint (the official code takes it
+from ``prismatic/vla/constants.py``, chosen by the command line): it is given explicitly, read from a
+``num_actions_chunk`` field of ``config.json``, or taken by the same platform rule from the unnorm key
+(``aloha`` 25, ``bridge`` 5, otherwise LIBERO's 8).
 """
 
 from __future__ import annotations
@@ -34,6 +43,12 @@ SIGLIP = "vision_backbone.fused_featurizer."
 # Attention heads are not visible in tensor shapes; the published backbones' values.
 KNOWN_HEADS = {1024: 16, 1152: 16, 768: 12}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+DATASET_STATISTICS = "dataset_statistics.json"
+OFT_HEADS = {"action_head": "action_head.", "proprio_projector": "proprio_proj."}
+OFT_UNSUPPORTED = ("vision_backbone--", "noisy_action_projector--")  # FiLM and diffusion variants
+# OpenVLA-OFT's prismatic/vla/constants.py: NUM_ACTIONS_CHUNK per platform (LIBERO is the default)
+OFT_PLATFORM_CHUNKS = (("aloha", 25), ("bridge", 5))
+OFT_DEFAULT_CHUNK = 8
 
 
 def _read_tensors(d: Path) -> dict[str, torch.Tensor]:
@@ -83,9 +98,74 @@ def _vit_config(tensors: dict[str, torch.Tensor], prefix: str, registers: bool) 
     return cfg
 
 
+def read_head_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``*.pt`` state dict read with torch's restricted loader; refused unless it maps names to tensors.
+
+    ``weights_only=True`` never runs code from the file (no arbitrary unpickling); DDP's ``module.``
+    prefix is dropped as the official loader does.
+    """
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for any object beyond tensors and plain containers
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyLoadError(f"{path}: refused by torch's restricted loader (weights_only=True): {reason[:300]}") from None
+    if not isinstance(obj, dict) or not obj:
+        raise PolicyLoadError(f"{path}: expected a state dict (names -> tensors), got {type(obj).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise PolicyLoadError(f"{path}: entry {k!r} holds a {type(v).__name__}, not a tensor; only tensors are imported")
+        out[k.removeprefix("module.")] = v
+    return out
+
+
+def find_oft_heads(d: Path) -> dict[str, Path]:
+    """``{"action_head": path, "proprio_projector": path}`` for the OFT head files present in ``d``."""
+    unsupported = sorted(p.name for p in d.iterdir() if p.name.startswith(OFT_UNSUPPORTED))
+    if unsupported:
+        raise PolicyLoadError(f"{d}: {unsupported}: FiLM and diffusion OpenVLA-OFT variants are not supported")
+    found = {}
+    for head in OFT_HEADS:
+        files = sorted(p for p in d.glob(f"{head}--*") if p.suffix in (".pt", ".pth"))
+        if len(files) > 1:
+            raise PolicyLoadError(f"{d}: several {head} files {[f.name for f in files]}; keep exactly one")
+        if files:
+            found[head] = files[0]
+    return found
+
+
+def read_norm_stats(d: Path, hf_config: dict[str, Any]) -> tuple[NormStats, str]:
+    """Norm stats of a checkpoint: ``dataset_statistics.json`` when present (what OFT and fine-tuned OpenVLA
+    use), else ``config.json``'s ``norm_stats``; returns them and the file they came from."""
+    path = d / DATASET_STATISTICS
+    if path.is_file():
+        return NormStats.load(path), str(path)
+    if "norm_stats" not in hf_config:
+        raise PolicyLoadError(f"{d / 'config.json'}: no 'norm_stats' and no {DATASET_STATISTICS} "
+                              "(not an OpenVLA action-model checkpoint)")
+    where = f"{d / 'config.json'} norm_stats"
+    return NormStats.from_json(hf_config["norm_stats"], where), where
+
+
+def oft_chunk_size(hf_config: dict[str, Any], unnorm_key: str, explicit: int | None = None) -> tuple[int, str]:
+    """Chunk size K of an OFT checkpoint and where it came from (see the module docstring)."""
+    if explicit is not None:
+        return int(explicit), "given"
+    if "num_actions_chunk" in hf_config:
+        return int(hf_config["num_actions_chunk"]), "config.json num_actions_chunk"
+    for word, k in OFT_PLATFORM_CHUNKS:
+        if word in unnorm_key.lower():
+            return k, f"OpenVLA-OFT platform constants ({word!r} in the unnorm key)"
+    return OFT_DEFAULT_CHUNK, "OpenVLA-OFT platform constants (LIBERO default)"
+
+
 def openvla_config(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: Any,
-                   unnorm_key: str) -> VLAConfig:
-    """VLAConfig reproducing an OpenVLA checkpoint (architecture from tensor shapes, LM from ``text_config``)."""
+                   unnorm_key: str, stats: NormStats | None = None, oft: dict[str, Any] | None = None) -> VLAConfig:
+    """VLAConfig reproducing an OpenVLA checkpoint (architecture from tensor shapes, LM from ``text_config``).
+
+    ``oft`` (OpenVLA-OFT) holds ``chunk_size`` and optionally ``cameras``; the head tensors, when present,
+    are already in ``tensors`` under ``action_head.`` / ``proprio_proj.``.
+    """
     if not hf_config.get("use_fused_vision_backbone", True) or SIGLIP + "patch_embed.proj.weight" not in tensors:
         raise PolicyLoadError("OpenVLA checkpoint: only the fused DINOv2 + SigLIP backbone is supported")
     text = dict(hf_config.get("text_config") or {})
@@ -96,10 +176,23 @@ def openvla_config(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor], 
     n_bins = int(hf_config.get("n_action_bins", 256))
     base_vocab = tokenizer.get_vocab_size(with_added_tokens=False)  # OpenVLA: tokenizer.vocab_size (32000)
     image_size = int((hf_config.get("image_sizes") or [224])[0])
-    stats = NormStats.from_json(hf_config["norm_stats"], "config.json norm_stats")
+    stats = stats or NormStats.from_json(hf_config["norm_stats"], "config.json norm_stats")
     action_dim = stats.get(unnorm_key).dim
     space = tokenizer.token_to_id("\u2581")
-    return VLAConfig(
+    oft_fields: dict[str, Any] = {}
+    if oft is not None:
+        oft_fields = {"decoding": "oft", "chunk_size": int(oft["chunk_size"]),
+                      "cameras": tuple(oft.get("cameras") or ("agentview",))}
+        if "proprio_proj.fc1.weight" in tensors:
+            oft_fields.update(proprio_dim=int(tensors["proprio_proj.fc1.weight"].shape[1]), proprio_projector="mlp2")
+        if "action_head.model.fc1.weight" in tensors:
+            oft_fields.update(action_head="l1_regression",
+                              action_head_hidden_size=int(tensors["action_head.model.fc1.weight"].shape[0]))
+            out_dim = int(_need(tensors, "action_head.model.fc2.weight").shape[0])
+            if out_dim != action_dim:
+                raise PolicyLoadError(f"OpenVLA-OFT action head: outputs {out_dim} dims, norm stats "
+                                      f"{unnorm_key!r} have {action_dim}")
+    fields: dict[str, Any] = dict(
         vision_backbone="dinosiglip",
         vision_configs={"dino": _vit_config(tensors, DINO, True), "siglip": _vit_config(tensors, SIGLIP, False)},
         image_size=image_size,
@@ -127,9 +220,12 @@ def openvla_config(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor], 
         proprio_dim=0,
         decoding="autoregressive",
         unnorm_key=unnorm_key,
-        extra={"source": "openvla", "vision_backbone_id": hf_config.get("vision_backbone_id"),
-               "llm_backbone_id": hf_config.get("llm_backbone_id")},
+        extra={"source": "openvla-oft" if oft is not None else "openvla",
+               "vision_backbone_id": hf_config.get("vision_backbone_id"),
+               "llm_backbone_id": hf_config.get("llm_backbone_id"),
+               **({"chunk_size_source": oft["chunk_size_source"]} if oft and "chunk_size_source" in oft else {})},
     )
+    return VLAConfig(**{**fields, **oft_fields})
 
 
 def _split_qkv(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,7 +290,7 @@ def convert_openvla_weights(tensors: dict[str, torch.Tensor], policy: VLAPolicy)
         for suffix in ("weight", "bias"):
             out[f"projector.{2 * i}.{suffix}"] = _need(tensors, f"projector.{name}.{suffix}")
     for k, v in tensors.items():
-        if k.startswith("language_model."):
+        if k.startswith(("language_model.", *OFT_HEADS.values())):
             out[k] = v
 
     dtype = out["language_model.model.embed_tokens.weight"].dtype
@@ -207,8 +303,20 @@ def convert_openvla_weights(tensors: dict[str, torch.Tensor], policy: VLAPolicy)
     return out
 
 
-def load_openvla(directory: str | Path, unnorm_key: str | None = None) -> VLAPolicy:
-    """Load an OpenVLA checkpoint directory (config.json with norm_stats, *.safetensors, tokenizer.json)."""
+def checkpoint_variant(d: Path, hf_config: dict[str, Any]) -> str:
+    """``"oft"`` when the directory has OFT head files or a ``num_actions_chunk`` field, else ``"openvla"``."""
+    return "oft" if find_oft_heads(d) or "num_actions_chunk" in hf_config else "openvla"
+
+
+def load_openvla(directory: str | Path, unnorm_key: str | None = None, variant: str = "auto",
+                 chunk_size: int | None = None, cameras: tuple[str, ...] | None = None,
+                 dtype: torch.dtype | None = None) -> VLAPolicy:
+    """Load an OpenVLA or OpenVLA-OFT checkpoint directory (config.json, *.safetensors, tokenizer.json,
+    optional dataset_statistics.json and OFT ``*.pt`` heads).
+
+    ``variant``: ``"openvla"`` (autoregressive, one action), ``"oft"`` (parallel chunk) or ``"auto"``
+    (:func:`checkpoint_variant`). Weights keep their stored dtype unless ``dtype`` is given.
+    """
     from accelerate import init_empty_weights
 
     d = Path(directory)
@@ -216,29 +324,47 @@ def load_openvla(directory: str | Path, unnorm_key: str | None = None) -> VLAPol
         hf_config = json.loads((d / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise PolicyLoadError(f"{d / 'config.json'}: cannot read: {exc}") from exc
-    if "norm_stats" not in hf_config:
-        raise PolicyLoadError(f"{d / 'config.json'}: no 'norm_stats' (not an OpenVLA action-model config)")
+    if not isinstance(hf_config, dict) or hf_config.get("model_type", "openvla") != "openvla":
+        raise PolicyLoadError(f"{d / 'config.json'}: field 'model_type' is not 'openvla'")
     if not (d / "tokenizer.json").is_file():
         raise PolicyLoadError(f"{d / 'tokenizer.json'}: missing (the fast-tokenizer file is required; "
                               "tokenizer.model alone needs sentencepiece conversion)")
-    stats = NormStats.from_json(hf_config["norm_stats"], f"{d / 'config.json'} norm_stats")
+    if variant not in ("auto", "openvla", "oft"):
+        raise ValueError(f"variant: expected 'auto', 'openvla' or 'oft', got {variant!r}")
+    if variant == "auto":
+        variant = checkpoint_variant(d, hf_config)
+    stats, stats_source = read_norm_stats(d, hf_config)
     key = unnorm_key
     if key is None:
         if len(stats.keys()) != 1:
-            raise PolicyLoadError(f"{d}: norm_stats has keys {stats.keys()}; choose one with unnorm_key")
+            raise PolicyLoadError(f"{stats_source}: norm stats have keys {stats.keys()}; choose one with unnorm_key")
         key = stats.keys()[0]
     stats.get(key)  # a clear error for an unknown key
     tokenizer = load_text_tokenizer(d / "tokenizer.json", ("<s>",))
     tensors = _read_tensors(d)
-    config = openvla_config(hf_config, tensors, tokenizer, key)
+    oft = None
+    if variant == "oft":
+        for head, path in find_oft_heads(d).items():
+            tensors.update({OFT_HEADS[head] + k: v for k, v in read_head_tensors(path).items()})
+        k, source = oft_chunk_size(hf_config, key, chunk_size)
+        oft = {"chunk_size": k, "chunk_size_source": source, "cameras": cameras}
+    elif cameras is not None:
+        raise ValueError("cameras: only OpenVLA-OFT checkpoints take several images")
+    if dtype is None:
+        dtype = _need(tensors, "language_model.model.embed_tokens.weight").dtype
+    config = openvla_config(hf_config, tensors, tokenizer, key, stats, oft)
     with init_empty_weights(include_buffers=False):  # no 7B random init: parameters are assigned below
         policy = VLAPolicy(config, tokenizer, stats, version=hf_config.get("_name_or_path") or d.name)
     state = convert_openvla_weights(tensors, policy)
+    del tensors
     expected = policy.state_dict()
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise PolicyLoadError(f"OpenVLA weights: {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+        if v.is_floating_point() and dtype is not None and v.dtype != dtype:
+            state[k] = v.to(dtype)  # one dtype for the whole model (OFT heads are often saved in another)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise PolicyLoadError(f"OpenVLA weights: tensors missing for {missing[:5]}")
     policy.load_state_dict(state, assign=True)
-    dtype = state["language_model.model.embed_tokens.weight"].dtype
-    policy.camera_embed.data = policy.camera_embed.data.to(dtype)
     return policy.eval()

@@ -595,14 +595,24 @@ def inspect_episode(path: str | os.PathLike[str]) -> tuple[str, EpisodeMetadata,
     d = bag_dir(path)
     status, summary = _inspect(d)
     if summary is not None:
-        return status, _finished_metadata(d, summary), summary
+        return status, _with_label(d, _finished_metadata(d, summary)), summary
     scan = scan_crashed(d)
     if scan.messages == 0:
         raise EpisodeError(scan.source, f"crashed bag with nothing recoverable ({scan.stopped_by})")
     if scan.metadata is None:
         raise EpisodeError(scan.source, f"no {T.EPISODE} message in the readable part of the bag ({scan.stopped_by})")
     scan.metadata.complete = False
-    return status, scan.metadata, scan
+    return status, _with_label(d, scan.metadata), scan
+
+
+def _with_label(d: Path, metadata: EpisodeMetadata) -> EpisodeMetadata:
+    """The one place a label given after the fact (wmpo_core.data.labels) overrides the recorded success."""
+    from wmpo_core.data.labels import LabelError, overlay, read_label
+
+    try:
+        return overlay(metadata, read_label(d))
+    except LabelError as exc:
+        raise EpisodeError(d, str(exc)) from None
 
 
 def _finished_metadata(d: Path, summary: BagSummary) -> EpisodeMetadata:
@@ -1058,9 +1068,27 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
         arrays = _align(metadata, cams, images, joints, applied, chunks, str(where))
         if success_msgs and cams:
             arrays.success_step, arrays.success_flags = _success_per_frame(arrays, images, success_msgs)
+        if "label" in metadata.extra and cams:
+            _success_from_label(arrays, summary.start_ns)
         return arrays
     except ValueError as exc:
         raise EpisodeError(where, str(exc)) from None
+
+
+def _success_from_label(arrays: EpisodeArrays, bag_start_ns: int) -> None:
+    """An operator's label replaces the recorded success events: ``at_s`` (seconds after the bag's first
+    message) marks the first successful frame; a label without a time keeps a recorded success step only
+    when both say success."""
+    label = arrays.metadata.extra["label"]
+    if not label["success"]:
+        arrays.success_step, arrays.success_flags = None, None
+    elif label.get("at_s") is not None:
+        stamps = next(iter(arrays.frame_stamps_ns.values()))
+        step = int(np.searchsorted(stamps, bag_start_ns + round(float(label["at_s"]) * 1e9), side="left"))
+        arrays.success_step = min(step, arrays.num_steps)
+        arrays.success_flags = np.arange(arrays.num_steps) >= arrays.success_step
+    elif arrays.success_step is None or arrays.success_flags is None or not arrays.success_flags.any():
+        arrays.success_step, arrays.success_flags = None, None
 
 
 def _success_per_frame(arrays: EpisodeArrays, images: dict[str, list[tuple[int, Any]]],

@@ -44,7 +44,8 @@ def _cell(info: EpisodeInfo, col: str) -> str:
     if col == "duration_s":
         return f"{value:.1f}"
     if col == "success":
-        return "-" if value is None else ("yes" if value else "no")
+        text = "-" if value is None else ("yes" if value else "no")
+        return f"{text} (label)" if info.labelled else text
     return str(value) if value != "" else "-"
 
 

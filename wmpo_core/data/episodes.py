@@ -35,6 +35,8 @@ class EpisodeInfo:
     policy_version: str
     complete: bool
     status: str
+    # success comes from an operator's label (wmpo label), not from the recording
+    labelled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -48,6 +50,7 @@ class EpisodeInfo:
             "policy_version": self.policy_version,
             "complete": self.complete,
             "status": self.status,
+            "labelled": self.labelled,
         }
 
 
@@ -66,6 +69,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
             policy_version=md.policy_version,
             complete=md.complete,
             status=STATUS_COMPLETE if md.complete else STATUS_INCOMPLETE,
+            labelled="label" in md.extra,
         )
     return EpisodeInfo(
         path=d,
@@ -77,6 +81,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
         policy_version=md.policy_version,
         complete=False,
         status=status,
+        labelled="label" in md.extra,
     )
 
 

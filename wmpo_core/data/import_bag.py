@@ -1,0 +1,583 @@
+"""Episodes from a foreign rosbag2 (any robot's `ros2 bag record`), through a mapping file.
+
+The map (YAML) says which image topics are which cameras, which end-effector pose topic
+the actions come from, where the gripper state is, how the recording splits into
+episodes, the instruction and where success comes from::
+
+    control_hz: 10                 # the stack's control rate: one action per period
+    image_size: [64, 64]           # [height, width] the frames are resized to (omit: keep)
+    task: lift
+    instruction: lift the red cube
+    robot_id: franka
+    cameras:
+      agentview: {topic: /camera/color/image_raw/compressed}   # sensor_msgs/Image or CompressedImage
+    actions:
+      pose_topic: /franka/ee_pose  # geometry_msgs/PoseStamped in the robot base frame
+    gripper:                       # or {constant: -1}
+      topic: /franka/gripper/joint_states   # sensor_msgs/JointState, std_msgs/Float32/64 or Bool
+      joint: panda_finger_joint1   # JointState only
+      closed_below: 0.03           # closed (+1) when the value is below this (Bool: true = closed)
+    split: {by: bag}               # or {by: gap, gap_s: 2.0}: a new episode after a pause of the pose topic
+    success: {topic: /task_success}   # std_msgs/Bool, or none
+
+Actions follow docs/interfaces.md: step k is the base-frame motion of the end effector
+from grid time ``t_k`` to ``t_k + 1 / control_hz`` (position delta in metres, rotation
+delta as the axis-angle of ``R(t_k+1) R(t_k)^T``, so the arm's ``exp(d) R`` reproduces it)
+and the gripper state at ``t_k+1``. Poses are interpolated on the grid (linear position,
+slerp orientation); frame k is the newest image stamped at or before ``t_k``. Episodes are
+written with :class:`~wmpo_core.data.bag.EpisodeWriter`, so every command reads them as
+if the stack's recorder had made them. Source bags are only read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from wmpo_core.data import topics as T
+
+POSE_TYPES = ("geometry_msgs/msg/PoseStamped",)
+IMAGE_TYPES = (T.IMAGE_TYPE, "sensor_msgs/msg/CompressedImage")
+GRIPPER_TYPES = (T.JOINT_STATE_TYPE, "std_msgs/msg/Float32", "std_msgs/msg/Float64", T.BOOL_TYPE)
+SUCCESS_TYPES = (T.BOOL_TYPE,)
+# Delay of the written applied action after its observation, as in simulator bags (wmpo_core.data.sim_bags).
+APPLIED_DELAY_NS = 5_000_000
+
+
+class ImportError_(ValueError):
+    """A map or source bag the importer cannot use; the message names the file and the field or topic."""
+
+
+# --------------------------------------------------------------------------- the map
+
+
+@dataclass
+class BagMap:
+    """A validated mapping file."""
+
+    path: Path
+    cameras: dict[str, str]
+    pose_topic: str
+    control_hz: float = 10.0
+    image_size: tuple[int, int] | None = None
+    task: str = "imported"
+    instruction: str = ""
+    robot_id: str = "imported"
+    gripper_topic: str | None = None
+    gripper_joint: str | None = None
+    gripper_closed_below: float = 0.5
+    gripper_constant: float | None = -1.0
+    split_by: str = "bag"
+    gap_s: float = 2.0
+    success_topic: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def topics(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(topic, map field naming it, accepted message types) of every topic the map reads."""
+        wanted = [(topic, f"cameras.{cam}.topic", IMAGE_TYPES) for cam, topic in self.cameras.items()]
+        wanted.append((self.pose_topic, "actions.pose_topic", POSE_TYPES))
+        if self.gripper_topic:
+            wanted.append((self.gripper_topic, "gripper.topic", GRIPPER_TYPES))
+        if self.success_topic:
+            wanted.append((self.success_topic, "success.topic", SUCCESS_TYPES))
+        return wanted
+
+
+def _need(data: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if key not in data or data[key] is None:
+        if default is ...:
+            raise ImportError_(f"{where}: missing field {key!r}")
+        return default
+    value = data[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ImportError_(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise ImportError_(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
+    return value
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def load_map(path: str | os.PathLike[str]) -> BagMap:
+    """Read and validate a mapping file; errors name the file and the field."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ImportError_(f"{p}: unreadable ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ImportError_(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ImportError_(f"{p}: expected a mapping at the top level")
+    known = {"control_hz", "image_size", "task", "instruction", "robot_id", "cameras", "actions", "gripper",
+             "split", "success"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ImportError_(f"{p}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    where = str(p)
+    cams_raw = _need(data, "cameras", dict, where)
+    if not cams_raw:
+        raise ImportError_(f"{p}: field 'cameras' names no camera")
+    cameras: dict[str, str] = {}
+    for name, spec in cams_raw.items():
+        try:
+            T.camera_image_topic(str(name))
+        except ValueError as exc:
+            raise ImportError_(f"{p}: cameras.{name}: {exc}") from None
+        spec = spec if isinstance(spec, dict) else {"topic": spec}
+        cameras[str(name)] = _topic(_need(spec, "topic", str, f"{p}: cameras.{name}"))
+    actions = _need(data, "actions", dict, where)
+    pose_topic = _topic(_need(actions, "pose_topic", str, f"{p}: actions"))
+    hz = float(_need(data, "control_hz", (int, float), where, 10.0))
+    if not 0 < hz <= 1000:
+        raise ImportError_(f"{p}: field 'control_hz' {hz}: expected a rate in Hz between 0 and 1000")
+    size = _need(data, "image_size", (list, int), where, None)
+    image_size = None
+    if size is not None:
+        hw = [size, size] if isinstance(size, int) else size
+        if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+            raise ImportError_(f"{p}: field 'image_size' {size!r}: expected [height, width] in pixels")
+        image_size = (int(hw[0]), int(hw[1]))
+    bag_map = BagMap(p, cameras, pose_topic, hz, image_size,
+                     task=str(_need(data, "task", str, where, "imported")),
+                     instruction=str(_need(data, "instruction", str, where, "")),
+                     robot_id=str(_need(data, "robot_id", str, where, "imported")))
+    gripper = _need(data, "gripper", dict, where, {})
+    if "topic" in gripper:
+        bag_map.gripper_topic = _topic(_need(gripper, "topic", str, f"{p}: gripper"))
+        bag_map.gripper_joint = _need(gripper, "joint", str, f"{p}: gripper", None)
+        bag_map.gripper_closed_below = float(_need(gripper, "closed_below", (int, float), f"{p}: gripper", 0.5))
+        bag_map.gripper_constant = None
+    else:
+        value = float(_need(gripper, "constant", (int, float), f"{p}: gripper", -1.0))
+        if value not in (-1.0, 1.0):
+            raise ImportError_(f"{p}: gripper.constant {value}: expected -1 (open) or 1 (closed)")
+        bag_map.gripper_constant = value
+    split = _need(data, "split", dict, where, {"by": "bag"})
+    bag_map.split_by = str(_need(split, "by", str, f"{p}: split", "bag"))
+    if bag_map.split_by not in ("bag", "gap"):
+        raise ImportError_(f"{p}: split.by {bag_map.split_by!r}: expected 'bag' or 'gap'")
+    bag_map.gap_s = float(_need(split, "gap_s", (int, float), f"{p}: split", 2.0))
+    if bag_map.gap_s <= 0:
+        raise ImportError_(f"{p}: split.gap_s {bag_map.gap_s}: expected seconds > 0")
+    success = data.get("success")
+    if success not in (None, "none"):
+        if not isinstance(success, dict):
+            raise ImportError_(f"{p}: field 'success' must be {{topic: ...}} or none, got {success!r}")
+        bag_map.success_topic = _topic(_need(success, "topic", str, f"{p}: success"))
+    return bag_map
+
+
+def _topic(name: str) -> str:
+    return name if name.startswith("/") else f"/{name}"
+
+
+# --------------------------------------------------------------------------- reading any rosbag2
+
+
+@dataclass
+class SourceTopic:
+    """A topic of a source bag: name, message type, count."""
+
+    name: str
+    msgtype: str
+    count: int
+
+
+def source_files(src: Path) -> tuple[str, list[Path]]:
+    """(storage, files) of a source bag: a rosbag2 directory, or one .mcap / .db3 file."""
+    if src.is_file():
+        if src.suffix == ".mcap":
+            return "mcap", [src]
+        if src.suffix == ".db3":
+            return "sqlite3", [src]
+        raise ImportError_(f"{src}: not a rosbag2 file (expected .mcap or .db3, or a bag directory)")
+    if not src.is_dir():
+        raise ImportError_(f"{src}: no such bag")
+    mcaps, dbs = sorted(src.glob("*.mcap")), sorted(src.glob("*.db3"))
+    if mcaps and dbs:
+        raise ImportError_(f"{src}: holds both .mcap and .db3 files; import one storage at a time")
+    if not mcaps and not dbs:
+        raise ImportError_(f"{src}: no .mcap or .db3 file (is it a rosbag2 directory?)")
+    return ("mcap", mcaps) if mcaps else ("sqlite3", dbs)
+
+
+def source_topics(src: Path) -> dict[str, SourceTopic]:
+    """Topics of a source bag with types and counts (reads summaries or the sqlite topic table)."""
+    storage, files = source_files(src)
+    found: dict[str, SourceTopic] = {}
+    for f in files:
+        if storage == "mcap":
+            from mcap.reader import make_reader
+
+            try:
+                with f.open("rb") as stream:
+                    summary = make_reader(stream).get_summary()
+            except Exception as exc:  # McapError, struct.error, ValueError on bad bytes
+                raise ImportError_(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+            if summary is None:
+                # No summary (writer killed): count by reading everything once.
+                for topic, msgtype, _, _ in _iter_mcap(f, None):
+                    entry = found.setdefault(topic, SourceTopic(topic, msgtype, 0))
+                    entry.count += 1
+                continue
+            counts = summary.statistics.channel_message_counts if summary.statistics else {}
+            for cid, channel in summary.channels.items():
+                schema = summary.schemas.get(channel.schema_id)
+                entry = found.setdefault(channel.topic, SourceTopic(channel.topic, schema.name if schema else "", 0))
+                entry.count += int(counts.get(cid, 0))
+        else:
+            with _sqlite(f) as db:
+                for name, msgtype, count in db.execute(
+                        "SELECT t.name, t.type, COUNT(m.id) FROM topics t LEFT JOIN messages m ON m.topic_id = t.id "
+                        "GROUP BY t.id"):
+                    entry = found.setdefault(name, SourceTopic(name, msgtype, 0))
+                    entry.count += int(count)
+    return found
+
+
+def _sqlite(f: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
+        db.execute("SELECT 1 FROM topics LIMIT 1")
+        return db
+    except sqlite3.Error as exc:
+        raise ImportError_(f"{f}: not a rosbag2 sqlite3 file ({exc})") from None
+
+
+def _iter_mcap(f: Path, topics: list[str] | None) -> Iterator[tuple[str, str, int, Any]]:
+    from mcap.reader import make_reader
+
+    from wmpo_core.data.bag import _typestore_for
+
+    with f.open("rb") as stream:
+        try:
+            messages = make_reader(stream).iter_messages(topics=topics, log_time_order=True)
+            for schema, channel, message in messages:
+                if schema is None:
+                    raise ImportError_(f"{f}: channel {channel.topic} has no schema; cannot decode it")
+                store = _typestore_for(schema.name, schema.encoding, schema.data)
+                yield channel.topic, schema.name, message.log_time, store.deserialize_cdr(message.data, schema.name)
+        except ImportError_:
+            raise
+        except Exception as exc:  # a summary-less MCAP: fall back to the non-seeking reader below
+            if topics is None:
+                raise ImportError_(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+            raise ImportError_(f"{f}: cannot read messages ({type(exc).__name__}: {exc})") from None
+
+
+def iter_source(src: Path, topics: list[str]) -> Iterator[tuple[str, str, int, Any]]:
+    """(topic, msgtype, log_time_ns, message) of the wanted topics, in log-time order per file."""
+    storage, files = source_files(src)
+    for f in files:
+        if storage == "mcap":
+            yield from _iter_mcap(f, topics)
+            continue
+        store = T.typestore()  # sqlite3 bags carry no definitions in old formats: standard Kilted types
+        with _sqlite(f) as db:
+            marks = ",".join("?" * len(topics))
+            rows = db.execute(
+                f"SELECT t.name, t.type, m.timestamp, m.data FROM messages m JOIN topics t ON m.topic_id = t.id "
+                f"WHERE t.name IN ({marks}) ORDER BY m.timestamp", topics)
+            for name, msgtype, ts, data in rows:
+                try:
+                    yield name, msgtype, int(ts), store.deserialize_cdr(data, msgtype)
+                except Exception as exc:  # unknown type or bad CDR
+                    raise ImportError_(f"{f}: cannot decode a {name} message ({msgtype}): {exc}") from None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(msg: Any, msgtype: str, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """rgb8 H x W x 3 array from an Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or a JPEG/PNG
+    CompressedImage, resized to ``size`` (height, width) with area interpolation."""
+    import cv2
+
+    if msgtype == "sensor_msgs/msg/CompressedImage":
+        buf = np.asarray(msg.data, dtype=np.uint8)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        if img is None:
+            raise ImportError_(f"{where}: CompressedImage format {msg.format!r} does not decode "
+                               "(JPEG and PNG are supported)")
+        img = img[..., ::-1]
+    else:
+        enc = str(msg.encoding).lower()
+        h, w, step = int(msg.height), int(msg.width), int(msg.step)
+        channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
+                    "mono16": 2, "16uc1": 2}
+        if enc not in channels:
+            raise ImportError_(f"{where}: image encoding {msg.encoding!r} is not supported "
+                               f"(supported: {', '.join(sorted(channels))})")
+        data = np.asarray(msg.data, dtype=np.uint8)
+        row = w * channels[enc]
+        if step < row or data.size < h * step:
+            raise ImportError_(f"{where}: {data.size} bytes do not hold {h}x{w} {enc} with step {step}")
+        rows = data[: h * step].reshape(h, step)[:, :row]
+        if enc in ("mono16", "16uc1"):
+            dtype = ">u2" if msg.is_bigendian else "<u2"
+            depth = rows.copy().view(dtype).reshape(h, w).astype(np.float64)
+            gray = (255.0 * depth / max(float(depth.max()), 1.0)).astype(np.uint8)
+            img = np.repeat(gray[..., None], 3, axis=2)
+        elif channels[enc] == 1:
+            img = np.repeat(rows.reshape(h, w, 1), 3, axis=2)
+        else:
+            img = rows.reshape(h, w, channels[enc])[..., :3]
+            if enc.startswith("bgr"):
+                img = img[..., ::-1]
+    img = np.ascontiguousarray(img)
+    if size is not None and img.shape[:2] != size:
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _stamp(msg: Any, log_ns: int) -> int:
+    header = getattr(msg, "header", None)
+    return T.stamp_to_ns(header.stamp) if header is not None else int(log_ns)
+
+
+def quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) from unit quaternions (..., 4) in xyzw order."""
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = np.moveaxis(q, -1, 0)
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
+
+
+def rotation_log(r: np.ndarray) -> np.ndarray:
+    """Axis-angle vectors (..., 3) of rotation matrices (..., 3, 3) (the inverse of exp3)."""
+    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    angle = np.arccos(cos)
+    vee = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = np.sin(angle)
+    small = sin < 1e-6
+    scale = np.where(small, 0.5 + angle**2 / 12.0, angle / (2.0 * np.where(small, 1.0, sin)))
+    out = vee * scale[..., None]
+    # Near pi the vee part vanishes: take the axis from the symmetric part instead.
+    near_pi = angle > np.pi - 1e-4
+    if np.any(near_pi):
+        for idx in zip(*np.nonzero(near_pi), strict=True):
+            m = r[idx]
+            k = int(np.argmax(np.diag(m)))
+            axis = (m[:, k] + np.eye(3)[k]) / np.sqrt(2.0 * (1.0 + m[k, k]))
+            out[idx] = axis * angle[idx]
+    return out
+
+
+def slerp(q: np.ndarray, t_src: np.ndarray, t_new: np.ndarray) -> np.ndarray:
+    """Quaternions (xyzw) at ``t_new`` by spherical interpolation between the samples ``(t_src, q)``."""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q = q.copy()
+    for i in range(1, len(q)):  # one hemisphere, so interpolation takes the short way
+        if np.dot(q[i], q[i - 1]) < 0:
+            q[i] = -q[i]
+    i1 = np.clip(np.searchsorted(t_src, t_new, side="right"), 1, len(t_src) - 1)
+    i0 = i1 - 1
+    span = (t_src[i1] - t_src[i0]).astype(np.float64)
+    u = np.clip(np.where(span > 0, (t_new - t_src[i0]) / np.where(span > 0, span, 1), 0.0), 0.0, 1.0)[:, None]
+    a, b = q[i0], q[i1]
+    dot = np.clip(np.sum(a * b, axis=1, keepdims=True), -1.0, 1.0)
+    theta = np.arccos(dot)
+    sin = np.sin(theta)
+    lin = sin < 1e-8
+    wa = np.where(lin, 1 - u, np.sin((1 - u) * theta) / np.where(lin, 1, sin))
+    wb = np.where(lin, u, np.sin(u * theta) / np.where(lin, 1, sin))
+    out = wa * a + wb * b
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def pose_actions(stamps_ns: np.ndarray, positions: np.ndarray, quats_xyzw: np.ndarray,
+                 grid_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(deltas (N-1, 6), grid poses (N, 4, 4)): the base-frame motion between consecutive grid times."""
+    t = stamps_ns.astype(np.float64)
+    g = grid_ns.astype(np.float64)
+    pos = np.stack([np.interp(g, t, positions[:, i]) for i in range(3)], axis=1)
+    rot = quat_to_matrix(slerp(quats_xyzw, t, g))
+    deltas = np.zeros((len(g) - 1, 6))
+    deltas[:, :3] = pos[1:] - pos[:-1]
+    deltas[:, 3:] = rotation_log(rot[1:] @ np.swapaxes(rot[:-1], -1, -2))
+    poses = np.tile(np.eye(4), (len(g), 1, 1))
+    poses[:, :3, :3], poses[:, :3, 3] = rot, pos
+    return deltas, poses
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass
+class _Streams:
+    images: dict[str, list[tuple[int, np.ndarray]]]
+    poses: list[tuple[int, np.ndarray, np.ndarray]]
+    gripper: list[tuple[int, float]]
+    success: list[tuple[int, bool]]
+
+
+@dataclass
+class ImportedEpisode:
+    """What one imported episode became."""
+
+    path: Path
+    source: Path
+    steps: int
+    duration_s: float
+    success: bool | None
+
+
+def _check_topics(src: Path, bag_map: BagMap) -> None:
+    available = source_topics(src)
+    for topic, fieldname, types in bag_map.topics():
+        if topic not in available:
+            raise ImportError_(f"{bag_map.path}: {fieldname}: topic {topic} is not in {src} "
+                               f"(topics there: {', '.join(sorted(available)) or 'none'})")
+        msgtype = available[topic].msgtype
+        if msgtype not in types:
+            raise ImportError_(f"{bag_map.path}: {fieldname}: {topic} in {src} is {msgtype}, which is not "
+                               f"supported here (expected {' or '.join(types)})")
+
+
+def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
+    cam_of = {topic: cam for cam, topic in bag_map.cameras.items()}
+    streams = _Streams({c: [] for c in bag_map.cameras}, [], [], [])
+    last: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for topic, msgtype, log_ns, msg in iter_source(src, sorted({t for t, _, _ in bag_map.topics()})):
+        n = counts[topic] = counts.get(topic, -1) + 1
+        where = f"{src}: {topic} message {n}"
+        stamp = _stamp(msg, log_ns)
+        if topic in last and stamp < last[topic]:
+            raise ImportError_(f"{where}: timestamp goes backwards ({stamp / 1e9:.6f} s after "
+                               f"{last[topic] / 1e9:.6f} s); the importer needs time-ordered stamps per topic")
+        last[topic] = stamp
+        if topic in cam_of:
+            streams.images[cam_of[topic]].append((stamp, decode_image(msg, msgtype, bag_map.image_size, where)))
+        if topic == bag_map.pose_topic:
+            p, o = msg.pose.position, msg.pose.orientation
+            quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
+            if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
+                raise ImportError_(f"{where}: orientation {quat.tolist()} is not a rotation")
+            streams.poses.append((stamp, np.array([p.x, p.y, p.z], dtype=np.float64), quat))
+        if topic == bag_map.gripper_topic:
+            streams.gripper.append((stamp, _gripper_value(msg, msgtype, bag_map, where)))
+        if topic == bag_map.success_topic:
+            streams.success.append((stamp, bool(msg.data)))
+    return streams
+
+
+def _gripper_value(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> float:
+    if msgtype == T.BOOL_TYPE:
+        return 1.0 if msg.data else -1.0
+    if msgtype == T.JOINT_STATE_TYPE:
+        names = list(msg.name)
+        if bag_map.gripper_joint is None:
+            raise ImportError_(f"{bag_map.path}: gripper.joint: needed for the JointState topic {bag_map.gripper_topic}")
+        if bag_map.gripper_joint not in names:
+            raise ImportError_(f"{where}: no joint {bag_map.gripper_joint!r} (named in {bag_map.path} gripper.joint); "
+                               f"joints there: {names}")
+        value = float(np.asarray(msg.position)[names.index(bag_map.gripper_joint)])
+    else:
+        value = float(msg.data)
+    return 1.0 if value < bag_map.gripper_closed_below else -1.0
+
+
+def _segments(pose_ns: np.ndarray, bag_map: BagMap) -> list[tuple[int, int]]:
+    """[start, end] stamp ranges of the episodes in one source bag."""
+    if bag_map.split_by == "bag":
+        return [(int(pose_ns[0]), int(pose_ns[-1]))]
+    breaks = np.nonzero(np.diff(pose_ns) > bag_map.gap_s * 1e9)[0]
+    starts = [0, *(breaks + 1).tolist()]
+    ends = [*breaks.tolist(), len(pose_ns) - 1]
+    return [(int(pose_ns[a]), int(pose_ns[b])) for a, b in zip(starts, ends, strict=True)]
+
+
+def _episode_id(src: Path, index: int, count: int) -> str:
+    stem = src.stem if src.is_file() else src.name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "bag"
+    return f"{slug[:100]}_{index:03d}" if count > 1 else slug[:120]
+
+
+def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.PathLike[str]) -> list[ImportedEpisode]:
+    """Import one source bag as one or more episodes in ``out_dir``; returns what was written."""
+    from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+
+    src = Path(src)
+    _check_topics(src, bag_map)
+    streams = _read_streams(src, bag_map)
+    if len(streams.poses) < 2:
+        raise ImportError_(f"{src}: {bag_map.pose_topic} has {len(streams.poses)} message(s); need at least 2")
+    pose_ns = np.array([s for s, _, _ in streams.poses], dtype=np.int64)
+    positions = np.stack([p for _, p, _ in streams.poses])
+    quats = np.stack([q for _, _, q in streams.poses])
+    period = round(1e9 / bag_map.control_hz)
+    segments = _segments(pose_ns, bag_map)
+    out: list[ImportedEpisode] = []
+    for index, (seg_start, seg_end) in enumerate(segments):
+        firsts = [next((s for s, _ in streams.images[c] if s >= seg_start), None) for c in bag_map.cameras]
+        if any(f is None or f > seg_end for f in firsts):
+            continue  # a segment without a frame of every camera holds no observation
+        t0 = max([seg_start, *firsts])
+        steps = (seg_end - t0) // period
+        if steps < 1:
+            continue
+        grid = t0 + period * np.arange(steps + 1, dtype=np.int64)
+        inside = (pose_ns >= seg_start) & (pose_ns <= seg_end)
+        deltas, _ = pose_actions(pose_ns[inside], positions[inside], quats[inside], grid)
+        actions = np.zeros((steps, 7))
+        actions[:, :6] = deltas
+        actions[:, 6] = _gripper_on_grid(streams.gripper, grid[1:], bag_map)
+        success_vals = [(s, v) for s, v in streams.success if seg_start <= s <= seg_end + period]
+        success = None if not bag_map.success_topic else any(v for _, v in success_vals)
+        metadata = EpisodeMetadata.new(
+            bag_map.task, bag_map.instruction, episode_id=_episode_id(src, index, len(segments)),
+            robot_id=bag_map.robot_id, policy_version="imported", control_hz=bag_map.control_hz,
+            extra={"imported_from": str(src.resolve()), "import_map": str(bag_map.path.resolve()),
+                   "source_start_ns": int(t0)})
+        writer = EpisodeWriter(out_dir, metadata, start_ns=int(t0) - 1, flush_interval_s=None)
+        try:
+            writer.write(T.INSTRUCTION, int(t0) - 1, T.string_msg(bag_map.instruction))
+            writer.write(T.POLICY_VERSION, int(t0) - 1, T.string_msg("imported"))
+            picks = {c: np.array([s for s, _ in streams.images[c]], dtype=np.int64) for c in bag_map.cameras}
+            for k in range(steps):
+                obs = int(grid[k])
+                for cam in bag_map.cameras:
+                    i = int(np.searchsorted(picks[cam], obs, side="right")) - 1
+                    writer.write(T.camera_image_topic(cam), obs + 1_000_000,
+                                 T.image_msg(obs, streams.images[cam][i][1], cam))
+                writer.write(T.APPLIED_ACTION, obs + APPLIED_DELAY_NS,
+                             T.applied_action_msg(obs + APPLIED_DELAY_NS, actions[k]))
+            for stamp, value in success_vals:
+                writer.write(T.SUCCESS, int(stamp), T.bool_msg(value))
+            if success is not None:
+                writer.set_label(success)
+            path = writer.close(int(grid[-1]))
+        except BaseException:
+            writer.abort()
+            raise
+        out.append(ImportedEpisode(path, src, steps, steps / bag_map.control_hz, success))
+    if not out:
+        raise ImportError_(f"{src}: no episode with a frame of every camera and a full control period of "
+                           f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
+    return out
+
+
+def _gripper_on_grid(samples: list[tuple[int, float]], grid: np.ndarray, bag_map: BagMap) -> np.ndarray:
+    if bag_map.gripper_constant is not None:
+        return np.full(len(grid), bag_map.gripper_constant)
+    if not samples:
+        raise ImportError_(f"{bag_map.path}: gripper.topic {bag_map.gripper_topic} has no message in the episode")
+    stamps = np.array([s for s, _ in samples], dtype=np.int64)
+    values = np.array([v for _, v in samples])
+    idx = np.clip(np.searchsorted(stamps, grid, side="right") - 1, 0, len(values) - 1)
+    return values[idx]

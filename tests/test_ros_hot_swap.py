@@ -125,12 +125,18 @@ def good_version(i: int) -> str:
 
 class SwapPackages:
     """Keys, N good signed packages (with, once `compute_expected` ran, their exact outputs on
-    the rig's frames) and one bad package per kind. `config` overrides the small test model."""
+    the rig's frames) and one bad package per kind. `config` overrides the small test model.
+
+    The good packages' signed parents form a ring (good i's parent is good i-1, good 0's the
+    last one), and the rig puts all of them in the robot's policy root: every good package
+    then descends from every other (the node follows the chain through the root), so these
+    tests may push them in any order. tests/test_policy_trust.py checks the ordering itself."""
 
     def __init__(self, root: Path, n_good: int = N_GOOD, **config) -> None:
         self.root = root
         self.trusted, self.untrusted = make_keys(root / "keys")
-        self.good = [build_package(root / "built" / f"good{i}", i, good_version(i), self.trusted, **config)
+        self.good = [build_package(root / "built" / f"good{i}", i, good_version(i), self.trusted,
+                                   parent=good_version((i - 1) % n_good), **config)
                      for i in range(n_good)]
         self.bad = {kind: make_bad_package(kind, self.good[0], root / "built" / f"bad-{kind}", self.trusted,
                                            self.untrusted) for kind in BAD_KINDS}
@@ -168,6 +174,8 @@ class SwapRig:
         self.robot_dir = workdir / "robot_policies"
         os.environ["ROS_DOMAIN_ID"] = str(domain_id)  # request_policy_load joins the rig's domain
         first = push_package(packages.good[0], str(self.robot_dir), packages.trusted.public_key, node=None)
+        for pkg in packages.good[1:]:  # the ring of parents is on the robot (see SwapPackages)
+            push_local(pkg, self.robot_dir)
         self.probe = RosProbe(domain_id, name="swap_rig")
         self.chunks = self.probe.subscribe(JointTrajectory, ACTION_CHUNK_TOPIC, COMMAND_QOS)
         self.versions = self.probe.subscribe(String, POLICY_VERSION_TOPIC, LATCHED_QOS)
@@ -175,7 +183,7 @@ class SwapRig:
         params = {
             "backend": "vla", "policy_path": first.policy_path, "trusted_keys": str(packages.trusted.public_key),
             "cameras": ["agentview"], "control_rate_hz": rate_hz, "replan_every": replan, "vla.num_threads": 1,
-            "load_timeout_s": load_timeout_s,
+            "load_timeout_s": load_timeout_s, "policy_root": str(self.robot_dir),
         }
         self.proc = start_node(NODE_MODULE, params, domain_id, workdir)
         np.save(workdir / "frames.npy", np.stack(packages.frames))
@@ -422,8 +430,9 @@ def test_push_refuse_and_rollback(rig):
     assert rig.proc.alive()
 
 
-def test_long_load_answers_loading_then_reports(rig):
-    """With load_timeout_s = 0 the service answers "loading" at once; the swap is then seen on the version topic."""
+def test_long_load_answers_pending_then_reports(rig):
+    """With load_timeout_s = 0 the service answers "pending" (not a success) at once; the swap is then seen on the
+    version topic."""
     pk = rig.packages
     serving = rig.versions.last().data
     target = next(i for i in range(N_GOOD) if good_version(i) != serving)
@@ -433,10 +442,11 @@ def test_long_load_answers_loading_then_reports(rig):
     try:
         final, _ = push_local(pk.good[target], rig.robot_dir)
         ok, message = rig.load(final)
-        assert ok and message.startswith(f"loading {final}: not finished after 0 s"), message
+        assert not ok and message.startswith("pending: load #") and f"({final}) not finished after 0 s" in message, \
+            message
         rig.wait_version(good_version(target))
         ok, message = rig.load(rig.robot_dir / "no-such-package")
-        assert ok and message.startswith("loading"), message  # the refusal follows in /diagnostics and the log
+        assert not ok and message.startswith("pending"), message  # the refusal follows in /diagnostics and the log
         rig.probe.wait_for(lambda: "no-such-package: not a package directory" in rig.proc.output(), 20,
                            "the refusal in the node log", rig.proc)
         assert rig.versions.last().data == good_version(target)
@@ -451,7 +461,7 @@ def test_node_serves_while_a_load_runs(rig, tmp_path):
     0.35 s to verify and build here) needs a camera the node does not receive, so it is refused
     only once it is built, and the serving policy stays."""
     serving = rig.versions.last().data
-    big = build_package(tmp_path / "big", 7, "big-1", rig.packages.trusted, hidden_size=512, num_layers=4,
+    big = build_package(tmp_path / "big", 7, "big-1", rig.packages.trusted, parent=serving, hidden_size=512, num_layers=4,
                         intermediate_size=2048, num_heads=8, num_kv_heads=8, cameras=["agentview", "wrist"])
     final, _ = push_local(big, rig.robot_dir)
     value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(final))

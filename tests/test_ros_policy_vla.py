@@ -45,8 +45,9 @@ def make_keys(root: Path) -> tuple[KeyPair, KeyPair]:
     return generate_keypair(root / "trusted"), generate_keypair(root / "untrusted")
 
 
-def build_package(out: Path, seed: int, version: str, key: KeyPair | None, **config) -> Path:
-    """A real VLA policy package (random weights from `seed`), signed with `key` unless None."""
+def build_package(out: Path, seed: int, version: str, key: KeyPair | None, parent: str | None = None,
+                  **config) -> Path:
+    """A real VLA policy package (random weights from `seed`, manifest `parent`), signed with `key` unless None."""
     import torch
 
     from wmpo_core.policy.configuration_vla import VLAConfig
@@ -55,7 +56,7 @@ def build_package(out: Path, seed: int, version: str, key: KeyPair | None, **con
 
     torch.manual_seed(seed)
     policy = VLAPolicy(VLAConfig(**{**SMALL_VLA, **config}))
-    save_package(policy, out, parent=None, data=[f"episode_{seed:03d}"], version=version)
+    save_package(policy, out, parent=parent, data=[f"episode_{seed:03d}"], version=version)
     if key is not None:
         sign_package(out, key.private_key)
     return out
@@ -145,8 +146,10 @@ def keys(tmp_path_factory):
 def packages(tmp_path_factory, keys):
     root = tmp_path_factory.mktemp("pkgs")
     trusted, untrusted = keys
-    good = [build_package(root / f"good{i}", seed=i, version=f"vla-test-{i}", key=trusted) for i in range(2)]
-    bad = {kind: make_bad_package(kind, good[0], root / f"bad-{kind}", trusted, untrusted) for kind in BAD_KINDS}
+    # vla-test-1 is a child of vla-test-0, and so is every bad package (copies of it): refused for its own reason only
+    good = [build_package(root / f"good{i}", seed=i, version=f"vla-test-{i}", key=trusted,
+                          parent=None if i == 0 else "vla-test-0") for i in range(2)]
+    bad = {kind: make_bad_package(kind, good[1], root / f"bad-{kind}", trusted, untrusted) for kind in BAD_KINDS}
     return good, bad
 
 
@@ -271,9 +274,10 @@ def test_slot_refuses_a_policy_needing_a_camera_the_node_lacks(tmp_path, package
     from wmpo_ros.policy_backends.vla import VLAPolicyBackend
     from wmpo_ros.policy_swap import PolicySlot
 
-    pkg = build_package(tmp_path / "wrist", seed=4, version="vla-wrist", key=keys[0], cameras=["agentview", "wrist"])
+    pkg = build_package(tmp_path / "wrist", seed=4, version="vla-wrist", key=keys[0], parent="vla-test-0",
+                        cameras=["agentview", "wrist"])
     host = _Host(VLAPolicyBackend(_options(packages[0][0], keys)))
-    slot = PolicySlot(host, {}, cameras=["agentview"])
+    slot = PolicySlot(host, {}, cameras=["agentview"], policy_root=str(tmp_path))
     try:
         result = slot.load(str(pkg), str(keys[0].public_key), timeout=60)
         assert not result.ok and "needs camera(s) ['wrist']" in result.message and host.swaps == []

@@ -332,7 +332,7 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(up_log, "w") as sink:
         up = subprocess.Popen(wmpo_command("up", "--sim", "--task", args.task, "--policy", base["package"],
-                                           "--public-key", str(_public_key(out)),
+                                           "--public-key", str(_public_key(out)), "--policy-root", str(robot_dir),
                                            "--output-dir", str(out / "push" / "episodes")),
                               stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                               start_new_session=True)

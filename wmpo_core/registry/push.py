@@ -12,6 +12,7 @@ of this module runs on a workstation without ROS.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,15 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 class PolicyLoadError(RuntimeError):
     """The policy node could not be reached or refused the new package."""
+
+
+class PolicyLoadPending(PolicyLoadError):
+    """The policy node accepted the request but gave no verdict within the wait: the load may still succeed or fail."""
+
+
+# the node's answer to a load still running (wmpo_ros.policy_swap.PENDING_PREFIX) and where its verdict follows
+_PENDING_RE = re.compile(r"^pending: load #(\d+)")
+EVENTS_TOPIC_SUFFIX = "policy_events"
 
 
 @dataclass(frozen=True)
@@ -260,17 +271,29 @@ def _service_name(node: str, service: str) -> str:
     return f"{node.rstrip('/')}/{service}"
 
 
+def _namespace_of(node: str) -> str:
+    node = node if node.startswith("/") else f"/{node}"
+    return node.rstrip("/").rsplit("/", 1)[0] or "/"
+
+
 def request_policy_load(
-    node: str, policy_path: str, timeout_s: float = 10.0, parameter: str = "policy_path"
+    node: str, policy_path: str, timeout_s: float = 10.0, parameter: str = "policy_path", wait_s: float = 300.0
 ) -> str:
     """Set ``<node>``'s ``policy_path`` parameter (rcl_interfaces SetParameters), then call
-    its ``~/load_policy`` service (std_srvs/Trigger). Returns the node's message; raises
-    PolicyLoadError when a service is unreachable or the node refuses. Needs the ros extra."""
+    its ``~/load_policy`` service (std_srvs/Trigger) and wait for the final verdict.
+
+    A node still loading when it answers says "pending: load #N"; then the verdict with id N
+    is awaited on ``<node>/policy_events`` (latched) for up to ``wait_s`` seconds. Returns
+    the node's message when the package was loaded; raises PolicyLoadError when a service is
+    unreachable or the node refuses, PolicyLoadPending when no verdict came within
+    ``wait_s``. Needs the ros extra."""
     try:
         import rclpy
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
         from rcl_interfaces.srv import SetParameters
         from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import String
         from std_srvs.srv import Trigger
     except ImportError as exc:
         raise PolicyLoadError(f"asking the policy node to load needs the ros extra (pip install 'wmpo[ros]'): {exc}") from None
@@ -286,6 +309,19 @@ def request_policy_load(
         ros_node = rclpy.create_node(f"wmpo_push_{secrets.token_hex(3)}", context=context,
                                      start_parameter_services=False, enable_rosout=False)
         executor.add_node(ros_node)
+        verdicts: dict[int, dict] = {}
+
+        def on_event(msg) -> None:
+            try:
+                event = json.loads(msg.data)
+                verdicts[int(event["id"])] = event
+            except (ValueError, KeyError, TypeError):
+                pass  # not a verdict this client can read
+
+        events_topic = _service_name(node, EVENTS_TOPIC_SUFFIX)
+        events_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                history=HistoryPolicy.KEEP_LAST, depth=32)
+        ros_node.create_subscription(String, events_topic, on_event, events_qos)
 
         def call(srv_type, name: str, request):
             client = ros_node.create_client(srv_type, name)
@@ -310,9 +346,26 @@ def request_policy_load(
             raise PolicyLoadError(f"{set_name}: node refused parameter '{parameter}': {result.reason}")
         load_name = _service_name(node, "load_policy")
         response = call(Trigger, load_name, Trigger.Request())
-        if not response.success:
+        pending = _PENDING_RE.match(response.message or "")
+        if response.success:
+            return response.message
+        if pending is None:
             raise PolicyLoadError(f"{load_name}: node refused {policy_path}: {response.message}")
-        return response.message
+        request_id = int(pending.group(1))
+        log.info("push: %s", response.message)
+        deadline = time.monotonic() + wait_s
+        while request_id not in verdicts and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=min(0.2, max(0.0, deadline - time.monotonic())))
+        event = verdicts.get(request_id)
+        if event is None:
+            raise PolicyLoadPending(
+                f"{load_name}: load #{request_id} of {policy_path} gave no verdict within {wait_s:g} s; it may still "
+                f"succeed or fail. Check with: ros2 topic echo --qos-durability transient_local {events_topic} "
+                f"(\"id\": {request_id}), or ros2 topic echo {_service_name(_namespace_of(node), 'wmpo/policy_version')}"
+            )
+        if not event.get("ok"):
+            raise PolicyLoadError(f"{load_name}: node refused {policy_path}: {event.get('message')}")
+        return str(event.get("message"))
     finally:
         executor.shutdown()
         if ros_node is not None:
@@ -327,9 +380,10 @@ def push_package(
     node: str | None = "/policy",
     timeout_s: float = 10.0,
     transport: str | None = None,
+    wait_s: float = 300.0,
 ) -> PushResult:
     """Verify a package locally, copy it atomically to ``to`` (``DIR`` or ``HOST:DIR``) and,
-    unless ``node`` is None, ask that policy node to load it."""
+    unless ``node`` is None, ask that policy node to load it and wait up to ``wait_s`` for its verdict."""
     report = verify_package(pkg_dir, trusted)
     report.raise_for_refusal()
     dest = parse_destination(to)
@@ -342,6 +396,6 @@ def push_package(
         result.policy_path = push_remote(pkg_dir, dest.host, dest.path, transport)
     result.steps.append(f"copied to {dest.host + ':' if dest.host else ''}{result.policy_path}")
     if node is not None:
-        result.load_message = request_policy_load(node, result.policy_path, timeout_s)
+        result.load_message = request_policy_load(node, result.policy_path, timeout_s, wait_s=wait_s)
         result.steps.append(f"{node} loaded {result.policy_path}: {result.load_message}")
     return result

@@ -54,6 +54,9 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default ${PUBLIC_KEY_ENV}, then the file's trusted_keys)")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="also write each node's output to <log-dir>/<node>.log")
+    parser.add_argument("--policy-root", type=Path, default=None,
+                        help="the only folder the policy node loads pushed packages from (`wmpo push --to` it; "
+                             "default: the file's, else the folder of --policy)")
 
 
 def graph_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Graph:
@@ -72,6 +75,8 @@ def graph_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = Non
         overrides["temperature"] = float(args.temperature)
     if keys:
         overrides["trusted_keys"] = ",".join(str(Path(k).resolve()) for k in keys)
+    if getattr(args, "policy_root", None) is not None:
+        overrides["policy_root"] = str(Path(args.policy_root).expanduser().resolve())
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
     return load_graph(path, overrides=overrides, namespace=args.namespace)
 

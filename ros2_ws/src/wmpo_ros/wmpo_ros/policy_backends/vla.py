@@ -15,7 +15,7 @@ with it. torch is imported only when this backend is used.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,8 @@ def declare_package_parameters(node: Node) -> dict[str, Any]:
     """`policy_path` (writable: `wmpo push` sets it) and `trusted_keys`, shared by the backend and the swap service."""
     return {
         "policy_path": declare_once(node, POLICY_PATH_PARAM, "",
-                                    "policy package directory to load (set by `wmpo push`, then ~/load_policy)"),
+                                    "policy package directory to load (set by `wmpo push`, then ~/load_policy); "
+                                    "once running, only a folder inside parameter 'policy_root' is accepted"),
         # read-only: a remote SetParameters must never be able to change whom the robot trusts
         "trusted_keys": declare_once(node, TRUSTED_KEYS_PARAM, "",
                                      "Ed25519 public key PEM, or a folder of them (comma-separated for several), "
@@ -58,12 +59,15 @@ def trusted_key_paths(value: str | Iterable[str]) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
-def load_verified_policy(path: str | Path, trusted_keys: str | Iterable[str]) -> Any:
+def load_verified_policy(path: str | Path, trusted_keys: str | Iterable[str],
+                         should_stop: Callable[[], bool] | None = None) -> Any:
     """Verify a package against `trusted_keys`, then load it (eval mode).
 
     Raises `PackageError` (a ValueError) whose message names the package and every reason
     it is refused: unsigned, untrusted key, tampered file, unlisted or pickle file,
-    tensor shapes that disagree with config.json, or a model that fails to build.
+    tensor shapes that disagree with config.json, or a model that fails to build. The
+    signature is checked before anything is hashed; `should_stop` (polled while hashing)
+    raises `VerificationCancelled`.
     """
     from wmpo_core.registry.package import load_package
     from wmpo_core.registry.signing import check_signature, load_trusted_keys, verify_package
@@ -73,7 +77,7 @@ def load_verified_policy(path: str | Path, trusted_keys: str | Iterable[str]) ->
     if not keys:
         raise PackageError(f"parameter '{TRUSTED_KEYS_PARAM}' is empty: this node trusts no signing key, "
                            f"so it loads no package")
-    report = verify_package(path, keys)
+    report = verify_package(path, keys, should_stop=should_stop)
     report.raise_for_refusal()
     policy = load_package(path)  # re-hashes every file against the manifest it reads
     reasons, _ = check_signature(path, policy.manifest, load_trusted_keys(keys))

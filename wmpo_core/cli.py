@@ -19,6 +19,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "episodes": ("wmpo_core.data.commands", "list recorded episodes; --repair recovers crashed bags"),
     "label": ("wmpo_core.data.commands_label", "label episodes' success after the fact (one, or a CSV)"),
     "import-bag": ("wmpo_core.data.commands_import", "episodes from any robot's rosbag2 through a mapping file"),
+    "export-lerobot": ("wmpo_core.data.commands_lerobot", "write episodes as a LeRobotDataset (v3.0)"),
+    "import-lerobot": ("wmpo_core.data.commands_lerobot", "episodes from a LeRobotDataset (v3.x)"),
     "collect-sim": ("wmpo_core.data.sim_bags", "record episodes in the simulator without ROS (scripted or a policy)"),
     "demo": ("wmpo_core.demo", "run the whole loop on the simulated robot and write a report"),
     "eval": ("wmpo_core.policy.commands_eval", "evaluate a policy closed loop in the simulator"),

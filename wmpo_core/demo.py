@@ -48,6 +48,7 @@ from wmpo_core.loop import (
     run_wmpo,
     train_calibrated_reward,
     wmpo_command,
+    write_json_atomic,
 )
 
 HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
@@ -497,7 +498,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the task's shipped config, e.g. lift_wmpo.json)")
     parser.add_argument("--direct", action="store_true",
                         help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
-    parser.add_argument("--fresh", action="store_true", help="ignore finished stages and start over")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: remove what earlier demo runs wrote in --out (nothing else)")
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -513,15 +515,62 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
+# The demo marks its folder with this file, listing what was there before it first wrote
+# anything; `--fresh` removes only the demo's own outputs (demo_outputs()) and never those.
+DEMO_MARK = ".wmpo-demo.json"
+
+
+def demo_outputs() -> tuple[str, ...]:
+    """Names of the entries `wmpo demo` writes directly in its folder."""
+    return (*(s.name for s in STAGES), "robot", "report_media", "report.html", "report.json")
+
+
+def mark_demo_folder(out: Path) -> None:
+    """Create `out` if needed and mark it as a demo folder, recording the entries that were not the demo's."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark = out / DEMO_MARK
+    if not mark.exists():
+        foreign = sorted(p.name for p in out.iterdir())
+        write_json_atomic(mark, {"written_by": "wmpo demo", "present_before": foreign})
+
+
+def remove_demo_outputs(out: Path) -> str | None:
+    """`--fresh`: remove what earlier demo runs wrote in `out`, nothing else; a reason if it would not."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} is not a folder"
+    mark = out / DEMO_MARK
+    ours = [out / name for name in demo_outputs() if (out / name).exists() or (out / name).is_symlink()]
+    if not mark.is_file():
+        if ours:
+            return (f"{out} has no {DEMO_MARK} (it was not made by this version of `wmpo demo`), so "
+                    f"{', '.join(p.name for p in ours)} may not be the demo's: remove them yourself or use a new --out")
+        return None
+    try:
+        before = set(read_json(mark).get("present_before", []))
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{mark}: unreadable ({exc}); remove what you want gone yourself or use a new --out"
+    for path in ours:
+        if path.name in before:
+            continue  # was there before the demo first used the folder: the user's
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the stages not finished yet, then print the before/after table."""
     if (problem := _check(args)) is not None:
         print(f"wmpo demo: {problem}", file=sys.stderr)
         return 2
     out: Path = args.out.resolve()
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.fresh and (problem := remove_demo_outputs(out)) is not None:
+        print(f"wmpo demo: --fresh: {problem}", file=sys.stderr)
+        return 2
+    mark_demo_folder(out)
     plan = [(s, (out / s.name / MARKER).is_file(), s.estimate(args)) for s in STAGES]
     todo = sum(est for _, done, est in plan if not done)
     print(f"wmpo demo: {len(STAGES)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")

@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `wmpo import-bag`."""
-    from wmpo_core.data.import_bag import ImportError_, import_bag, load_map
+    from wmpo_core.data.import_bag import BagImportError, import_bag, load_map
 
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.into_existing:
@@ -39,12 +39,12 @@ def main(args: argparse.Namespace) -> int:
         total = 0
         for src in args.src:
             if src.resolve() == out.resolve() or out.resolve() in src.resolve().parents:
-                raise ImportError_(f"{src}: lies inside --out {out}; import into another folder")
+                raise BagImportError(f"{src}: lies inside --out {out}; import into another folder")
             for ep in import_bag(src, bag_map, out):
                 total += 1
                 label = "-" if ep.success is None else ("yes" if ep.success else "no")
                 print(f"{ep.path.name}: {ep.steps} steps ({ep.duration_s:.1f} s) success {label}  <- {src}")
-    except (ImportError_, EpisodeError) as exc:
+    except (BagImportError, EpisodeError) as exc:
         print(f"wmpo import-bag: {exc}", file=sys.stderr)
         return 2
     print(f"imported {total} episode(s) into {out}", file=sys.stderr)

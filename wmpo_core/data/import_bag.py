@@ -52,7 +52,7 @@ SUCCESS_TYPES = (T.BOOL_TYPE,)
 APPLIED_DELAY_NS = 5_000_000
 
 
-class ImportError_(ValueError):
+class BagImportError(ValueError):
     """A map or source bag the importer cannot use; the message names the file and the field or topic."""
 
 
@@ -94,13 +94,13 @@ class BagMap:
 def _need(data: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
     if key not in data or data[key] is None:
         if default is ...:
-            raise ImportError_(f"{where}: missing field {key!r}")
+            raise BagImportError(f"{where}: missing field {key!r}")
         return default
     value = data[key]
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ImportError_(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
+        raise BagImportError(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
     if not isinstance(value, types):
-        raise ImportError_(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
+        raise BagImportError(f"{where}: field {key!r} must be {_names(types)}, got {value!r}")
     return value
 
 
@@ -114,39 +114,39 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
     try:
         data = yaml.safe_load(p.read_text())
     except OSError as exc:
-        raise ImportError_(f"{p}: unreadable ({exc.strerror or exc})") from None
+        raise BagImportError(f"{p}: unreadable ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise ImportError_(f"{p}: not valid YAML ({exc})") from None
+        raise BagImportError(f"{p}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ImportError_(f"{p}: expected a mapping at the top level")
+        raise BagImportError(f"{p}: expected a mapping at the top level")
     known = {"control_hz", "image_size", "task", "instruction", "robot_id", "cameras", "actions", "gripper",
              "split", "success"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ImportError_(f"{p}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        raise BagImportError(f"{p}: unknown field(s) {unknown}; expected some of {sorted(known)}")
     where = str(p)
     cams_raw = _need(data, "cameras", dict, where)
     if not cams_raw:
-        raise ImportError_(f"{p}: field 'cameras' names no camera")
+        raise BagImportError(f"{p}: field 'cameras' names no camera")
     cameras: dict[str, str] = {}
     for name, spec in cams_raw.items():
         try:
             T.camera_image_topic(str(name))
         except ValueError as exc:
-            raise ImportError_(f"{p}: cameras.{name}: {exc}") from None
+            raise BagImportError(f"{p}: cameras.{name}: {exc}") from None
         spec = spec if isinstance(spec, dict) else {"topic": spec}
         cameras[str(name)] = _topic(_need(spec, "topic", str, f"{p}: cameras.{name}"))
     actions = _need(data, "actions", dict, where)
     pose_topic = _topic(_need(actions, "pose_topic", str, f"{p}: actions"))
     hz = float(_need(data, "control_hz", (int, float), where, 10.0))
     if not 0 < hz <= 1000:
-        raise ImportError_(f"{p}: field 'control_hz' {hz}: expected a rate in Hz between 0 and 1000")
+        raise BagImportError(f"{p}: field 'control_hz' {hz}: expected a rate in Hz between 0 and 1000")
     size = _need(data, "image_size", (list, int), where, None)
     image_size = None
     if size is not None:
         hw = [size, size] if isinstance(size, int) else size
         if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
-            raise ImportError_(f"{p}: field 'image_size' {size!r}: expected [height, width] in pixels")
+            raise BagImportError(f"{p}: field 'image_size' {size!r}: expected [height, width] in pixels")
         image_size = (int(hw[0]), int(hw[1]))
     bag_map = BagMap(p, cameras, pose_topic, hz, image_size,
                      task=str(_need(data, "task", str, where, "imported")),
@@ -161,19 +161,19 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
     else:
         value = float(_need(gripper, "constant", (int, float), f"{p}: gripper", -1.0))
         if value not in (-1.0, 1.0):
-            raise ImportError_(f"{p}: gripper.constant {value}: expected -1 (open) or 1 (closed)")
+            raise BagImportError(f"{p}: gripper.constant {value}: expected -1 (open) or 1 (closed)")
         bag_map.gripper_constant = value
     split = _need(data, "split", dict, where, {"by": "bag"})
     bag_map.split_by = str(_need(split, "by", str, f"{p}: split", "bag"))
     if bag_map.split_by not in ("bag", "gap"):
-        raise ImportError_(f"{p}: split.by {bag_map.split_by!r}: expected 'bag' or 'gap'")
+        raise BagImportError(f"{p}: split.by {bag_map.split_by!r}: expected 'bag' or 'gap'")
     bag_map.gap_s = float(_need(split, "gap_s", (int, float), f"{p}: split", 2.0))
     if bag_map.gap_s <= 0:
-        raise ImportError_(f"{p}: split.gap_s {bag_map.gap_s}: expected seconds > 0")
+        raise BagImportError(f"{p}: split.gap_s {bag_map.gap_s}: expected seconds > 0")
     success = data.get("success")
     if success not in (None, "none"):
         if not isinstance(success, dict):
-            raise ImportError_(f"{p}: field 'success' must be {{topic: ...}} or none, got {success!r}")
+            raise BagImportError(f"{p}: field 'success' must be {{topic: ...}} or none, got {success!r}")
         bag_map.success_topic = _topic(_need(success, "topic", str, f"{p}: success"))
     return bag_map
 
@@ -201,14 +201,14 @@ def source_files(src: Path) -> tuple[str, list[Path]]:
             return "mcap", [src]
         if src.suffix == ".db3":
             return "sqlite3", [src]
-        raise ImportError_(f"{src}: not a rosbag2 file (expected .mcap or .db3, or a bag directory)")
+        raise BagImportError(f"{src}: not a rosbag2 file (expected .mcap or .db3, or a bag directory)")
     if not src.is_dir():
-        raise ImportError_(f"{src}: no such bag")
+        raise BagImportError(f"{src}: no such bag")
     mcaps, dbs = sorted(src.glob("*.mcap")), sorted(src.glob("*.db3"))
     if mcaps and dbs:
-        raise ImportError_(f"{src}: holds both .mcap and .db3 files; import one storage at a time")
+        raise BagImportError(f"{src}: holds both .mcap and .db3 files; import one storage at a time")
     if not mcaps and not dbs:
-        raise ImportError_(f"{src}: no .mcap or .db3 file (is it a rosbag2 directory?)")
+        raise BagImportError(f"{src}: no .mcap or .db3 file (is it a rosbag2 directory?)")
     return ("mcap", mcaps) if mcaps else ("sqlite3", dbs)
 
 
@@ -224,7 +224,7 @@ def source_topics(src: Path) -> dict[str, SourceTopic]:
                 with f.open("rb") as stream:
                     summary = make_reader(stream).get_summary()
             except Exception as exc:  # McapError, struct.error, ValueError on bad bytes
-                raise ImportError_(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+                raise BagImportError(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
             if summary is None:
                 # No summary (writer killed): count by reading everything once.
                 for topic, msgtype, _, _ in _iter_mcap(f, None):
@@ -252,7 +252,7 @@ def _sqlite(f: Path) -> sqlite3.Connection:
         db.execute("SELECT 1 FROM topics LIMIT 1")
         return db
     except sqlite3.Error as exc:
-        raise ImportError_(f"{f}: not a rosbag2 sqlite3 file ({exc})") from None
+        raise BagImportError(f"{f}: not a rosbag2 sqlite3 file ({exc})") from None
 
 
 def _iter_mcap(f: Path, topics: list[str] | None) -> Iterator[tuple[str, str, int, Any]]:
@@ -265,15 +265,15 @@ def _iter_mcap(f: Path, topics: list[str] | None) -> Iterator[tuple[str, str, in
             messages = make_reader(stream).iter_messages(topics=topics, log_time_order=True)
             for schema, channel, message in messages:
                 if schema is None:
-                    raise ImportError_(f"{f}: channel {channel.topic} has no schema; cannot decode it")
+                    raise BagImportError(f"{f}: channel {channel.topic} has no schema; cannot decode it")
                 store = _typestore_for(schema.name, schema.encoding, schema.data)
                 yield channel.topic, schema.name, message.log_time, store.deserialize_cdr(message.data, schema.name)
-        except ImportError_:
+        except BagImportError:
             raise
         except Exception as exc:  # a summary-less MCAP: fall back to the non-seeking reader below
             if topics is None:
-                raise ImportError_(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
-            raise ImportError_(f"{f}: cannot read messages ({type(exc).__name__}: {exc})") from None
+                raise BagImportError(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+            raise BagImportError(f"{f}: cannot read messages ({type(exc).__name__}: {exc})") from None
 
 
 def iter_source(src: Path, topics: list[str]) -> Iterator[tuple[str, str, int, Any]]:
@@ -293,7 +293,7 @@ def iter_source(src: Path, topics: list[str]) -> Iterator[tuple[str, str, int, A
                 try:
                     yield name, msgtype, int(ts), store.deserialize_cdr(data, msgtype)
                 except Exception as exc:  # unknown type or bad CDR
-                    raise ImportError_(f"{f}: cannot decode a {name} message ({msgtype}): {exc}") from None
+                    raise BagImportError(f"{f}: cannot decode a {name} message ({msgtype}): {exc}") from None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -308,7 +308,7 @@ def decode_image(msg: Any, msgtype: str, size: tuple[int, int] | None, where: st
         buf = np.asarray(msg.data, dtype=np.uint8)
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
         if img is None:
-            raise ImportError_(f"{where}: CompressedImage format {msg.format!r} does not decode "
+            raise BagImportError(f"{where}: CompressedImage format {msg.format!r} does not decode "
                                "(JPEG and PNG are supported)")
         img = img[..., ::-1]
     else:
@@ -317,12 +317,12 @@ def decode_image(msg: Any, msgtype: str, size: tuple[int, int] | None, where: st
         channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
                     "mono16": 2, "16uc1": 2}
         if enc not in channels:
-            raise ImportError_(f"{where}: image encoding {msg.encoding!r} is not supported "
+            raise BagImportError(f"{where}: image encoding {msg.encoding!r} is not supported "
                                f"(supported: {', '.join(sorted(channels))})")
         data = np.asarray(msg.data, dtype=np.uint8)
         row = w * channels[enc]
         if step < row or data.size < h * step:
-            raise ImportError_(f"{where}: {data.size} bytes do not hold {h}x{w} {enc} with step {step}")
+            raise BagImportError(f"{where}: {data.size} bytes do not hold {h}x{w} {enc} with step {step}")
         rows = data[: h * step].reshape(h, step)[:, :row]
         if enc in ("mono16", "16uc1"):
             dtype = ">u2" if msg.is_bigendian else "<u2"
@@ -440,11 +440,11 @@ def _check_topics(src: Path, bag_map: BagMap) -> None:
     available = source_topics(src)
     for topic, fieldname, types in bag_map.topics():
         if topic not in available:
-            raise ImportError_(f"{bag_map.path}: {fieldname}: topic {topic} is not in {src} "
+            raise BagImportError(f"{bag_map.path}: {fieldname}: topic {topic} is not in {src} "
                                f"(topics there: {', '.join(sorted(available)) or 'none'})")
         msgtype = available[topic].msgtype
         if msgtype not in types:
-            raise ImportError_(f"{bag_map.path}: {fieldname}: {topic} in {src} is {msgtype}, which is not "
+            raise BagImportError(f"{bag_map.path}: {fieldname}: {topic} in {src} is {msgtype}, which is not "
                                f"supported here (expected {' or '.join(types)})")
 
 
@@ -458,7 +458,7 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
         where = f"{src}: {topic} message {n}"
         stamp = _stamp(msg, log_ns)
         if topic in last and stamp < last[topic]:
-            raise ImportError_(f"{where}: timestamp goes backwards ({stamp / 1e9:.6f} s after "
+            raise BagImportError(f"{where}: timestamp goes backwards ({stamp / 1e9:.6f} s after "
                                f"{last[topic] / 1e9:.6f} s); the importer needs time-ordered stamps per topic")
         last[topic] = stamp
         if topic in cam_of:
@@ -467,7 +467,7 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
             p, o = msg.pose.position, msg.pose.orientation
             quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
             if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
-                raise ImportError_(f"{where}: orientation {quat.tolist()} is not a rotation")
+                raise BagImportError(f"{where}: orientation {quat.tolist()} is not a rotation")
             streams.poses.append((stamp, np.array([p.x, p.y, p.z], dtype=np.float64), quat))
         if topic == bag_map.gripper_topic:
             streams.gripper.append((stamp, _gripper_value(msg, msgtype, bag_map, where)))
@@ -482,9 +482,9 @@ def _gripper_value(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> float
     if msgtype == T.JOINT_STATE_TYPE:
         names = list(msg.name)
         if bag_map.gripper_joint is None:
-            raise ImportError_(f"{bag_map.path}: gripper.joint: needed for the JointState topic {bag_map.gripper_topic}")
+            raise BagImportError(f"{bag_map.path}: gripper.joint: needed for the JointState topic {bag_map.gripper_topic}")
         if bag_map.gripper_joint not in names:
-            raise ImportError_(f"{where}: no joint {bag_map.gripper_joint!r} (named in {bag_map.path} gripper.joint); "
+            raise BagImportError(f"{where}: no joint {bag_map.gripper_joint!r} (named in {bag_map.path} gripper.joint); "
                                f"joints there: {names}")
         value = float(np.asarray(msg.position)[names.index(bag_map.gripper_joint)])
     else:
@@ -516,7 +516,7 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
     _check_topics(src, bag_map)
     streams = _read_streams(src, bag_map)
     if len(streams.poses) < 2:
-        raise ImportError_(f"{src}: {bag_map.pose_topic} has {len(streams.poses)} message(s); need at least 2")
+        raise BagImportError(f"{src}: {bag_map.pose_topic} has {len(streams.poses)} message(s); need at least 2")
     pose_ns = np.array([s for s, _, _ in streams.poses], dtype=np.int64)
     positions = np.stack([p for _, p, _ in streams.poses])
     quats = np.stack([q for _, _, q in streams.poses])
@@ -567,7 +567,7 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
             raise
         out.append(ImportedEpisode(path, src, steps, steps / bag_map.control_hz, success))
     if not out:
-        raise ImportError_(f"{src}: no episode with a frame of every camera and a full control period of "
+        raise BagImportError(f"{src}: no episode with a frame of every camera and a full control period of "
                            f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
     return out
 
@@ -576,7 +576,7 @@ def _gripper_on_grid(samples: list[tuple[int, float]], grid: np.ndarray, bag_map
     if bag_map.gripper_constant is not None:
         return np.full(len(grid), bag_map.gripper_constant)
     if not samples:
-        raise ImportError_(f"{bag_map.path}: gripper.topic {bag_map.gripper_topic} has no message in the episode")
+        raise BagImportError(f"{bag_map.path}: gripper.topic {bag_map.gripper_topic} has no message in the episode")
     stamps = np.array([s for s, _ in samples], dtype=np.int64)
     values = np.array([v for _, v in samples])
     idx = np.clip(np.searchsorted(stamps, grid, side="right") - 1, 0, len(values) - 1)

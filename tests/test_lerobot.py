@@ -1,0 +1,137 @@
+"""Episodes -> LeRobotDataset v3.0 -> episodes: images bit-exact, actions within 1e-6, success labels kept.
+
+The `lerobot` package does not install beside the pinned torch (lerobot 0.4.4 wants torch<2.11), so the
+dataset is checked here against the published v3.0 layout by reading it back with pyarrow and PIL."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_dataset_episodes import write_episode_bag
+
+from wmpo_core.data.bag import load_episode
+from wmpo_core.data.episodes import write_synthetic_episode
+from wmpo_core.data.lerobot import IMAGE_PREFIX
+
+
+def wmpo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wmpo_core.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def episodes(tmp_path):
+    root = tmp_path / "episodes"
+    rng = np.random.default_rng(0)
+    for i, success in enumerate((True, False, None)):
+        n = 6 + 2 * i
+        frames = {"agentview": rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8),
+                  "wrist": rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8)}
+        actions = rng.normal(0, 0.02, (n, 7))
+        actions[:, 6] = np.sign(rng.normal(size=n))
+        write_episode_bag(root, f"ep_{i}", frames, actions, rng.normal(size=(n, 9)), success=success,
+                          instruction=f"task {i % 2}")
+    return root
+
+
+def test_round_trip_keeps_images_actions_and_labels(episodes, tmp_path):
+    # An operator's label is what gets exported.
+    assert wmpo("label", str(episodes), "--episode", "ep_2", "--success", "yes").returncode == 0
+    ds = tmp_path / "ds"
+    res = wmpo("export-lerobot", str(episodes), "--out", str(ds))
+    assert res.returncode == 0, res.stderr
+    assert "3 episode(s), 24 frames" in res.stdout
+
+    # The published v3.0 layout, read back with pyarrow.
+    info = json.loads((ds / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 20 and info["total_episodes"] == 3
+    assert info["total_frames"] == 24 and info["total_tasks"] == 2 and info["splits"] == {"train": "0:3"}
+    data = pq.read_table(ds / info["data_path"].format(chunk_index=0, file_index=0))
+    assert set(data.column_names) == set(info["features"])
+    assert info["features"]["action"]["names"][0] == "ee_dx"
+    assert info["features"][IMAGE_PREFIX + "wrist"] == {"dtype": "image", "shape": [24, 32, 3],
+                                                         "names": ["height", "width", "channels"]}
+    assert data.column("index").to_pylist() == list(range(24))
+    eps = pq.read_table(ds / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [(e["dataset_from_index"], e["dataset_to_index"], e["length"]) for e in eps] == [(0, 6, 6), (6, 14, 8),
+                                                                                            (14, 24, 10)]
+    assert [e["wmpo/success"] for e in eps] == [1, 0, 1]
+    tasks = pq.read_table(ds / "meta/tasks.parquet")
+    assert tasks.to_pandas().loc["task 1", "task_index"] == 1 if _has_pandas() else tasks.num_rows == 2
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    stats = json.loads((ds / "meta/stats.json").read_text())
+    assert len(stats["action"]["mean"]) == 7 and np.array(stats[IMAGE_PREFIX + "agentview"]["mean"]).shape == (3, 1, 1)
+    first = load_episode(episodes / "ep_0")
+    png = data.column(IMAGE_PREFIX + "agentview")[3].as_py()["bytes"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), first.frames["agentview"][3])
+    success = data.column("next.success").to_pylist()
+    assert success[:6] == [False] * 5 + [True] and not any(success[6:14]) and success[23]
+
+    back = tmp_path / "back"
+    res = wmpo("import-lerobot", str(ds), "--out", str(back))
+    assert res.returncode == 0, res.stderr
+    for i in range(3):
+        a, b = load_episode(episodes / f"ep_{i}"), load_episode(back / f"ep_{i}")
+        for cam in ("agentview", "wrist"):
+            assert np.array_equal(a.frames[cam], b.frames[cam])  # lossless: bit-exact
+        assert np.abs(a.actions - b.actions).max() <= 1e-6
+        assert np.abs(a.proprio - b.proprio).max() <= 1e-6
+        assert b.metadata.success == (True, False, True)[i] and b.metadata.instruction == f"task {i % 2}"
+
+    # Nothing the user made is overwritten.
+    assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 2
+    res = wmpo("import-lerobot", str(ds), "--out", str(back))
+    assert res.returncode == 2 and "--into-existing" in res.stderr
+
+
+def test_a_dataset_from_elsewhere_imports_with_success_from_next_success(episodes, tmp_path):
+    ds = tmp_path / "ds"
+    assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 0
+    # Strip this stack's own columns: what a LeRobot user would have.
+    path = ds / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("wmpo/")]), path)
+    back = tmp_path / "back"
+    res = wmpo("import-lerobot", str(ds), "--out", str(back))
+    assert res.returncode == 0, res.stderr
+    listed = {e["episode_id"]: e for e in json.loads(wmpo("episodes", str(back), "--json").stdout)}
+    # Without this stack's columns next.success is all there is: an unlabelled episode (ep_2) reads as a failure.
+    assert [listed[f"ds_{i:06d}"]["success"] for i in range(3)] == [True, False, False]
+    assert [listed[f"ds_{i:06d}"]["steps"] for i in range(3)] == [6, 8, 10]
+
+
+def test_import_errors_name_the_file_and_field(episodes, tmp_path):
+    ds = tmp_path / "ds"
+    assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 0
+    info_path = ds / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["action"]["shape"] = [14]
+    info_path.write_text(json.dumps(info))
+    res = wmpo("import-lerobot", str(ds), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and f"{info_path}: features.action [14]" in res.stderr
+    info["codebase_version"] = "v2.1"
+    info_path.write_text(json.dumps(info))
+    res = wmpo("import-lerobot", str(ds), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "codebase_version 'v2.1'" in res.stderr
+
+
+def test_export_needs_one_control_rate(tmp_path):
+    write_synthetic_episode(tmp_path / "eps", 5, episode_id="a", control_hz=20.0)
+    write_synthetic_episode(tmp_path / "eps", 5, episode_id="b", control_hz=10.0)
+    res = wmpo("export-lerobot", str(tmp_path / "eps"), "--out", str(tmp_path / "ds"))
+    assert res.returncode == 2 and "different control rates [10.0, 20.0]" in res.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True

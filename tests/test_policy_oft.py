@@ -293,3 +293,24 @@ def test_openvla_import_keeps_dtype_and_passes_its_own_shape_check(checkpoint, k
     chunk = policy.predict_chunk({"agentview": image}, INSTRUCTION)
     assert chunk.shape == (1, 7) and np.all(np.isfinite(chunk))
     assert PATCH == 14  # the miniature's layout (timm patch 14) is the published one
+
+
+def test_predict_device_and_dtype_settings(oft_checkpoints, keys, tmp_path, capsys):
+    import torch.cuda
+
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft"]) == 0
+    image, png = _png(tmp_path)
+    capsys.readouterr()
+    base = ["predict", "--policy", str(pkg), "--image", str(png), "--instruction", INSTRUCTION, "--json"]
+    assert wmpo(base + ["--device", "cpu", "--dtype", "bfloat16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and out["dtype"] == "bfloat16" and np.all(np.isfinite(out["chunk"]))
+    assert wmpo(base + ["--device", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: an error naming it, not a crash
+    assert wmpo(base + ["--device", missing]) == 2
+    assert f"device '{missing}': this machine has {torch.cuda.device_count()} CUDA device(s)" in capsys.readouterr().err
+    assert wmpo(base + ["--device", "tpu"]) == 2
+    assert "expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmpo_core.policy.placement import DEVICE_HELP, DTYPE_HELP, DTYPES
+
 HELP = "evaluate a policy closed loop in the simulator"
 
 
@@ -56,7 +58,8 @@ class EvalReport:
         }
 
 
-def make_policy_fn(policy_arg: str, task: str, seed: int, temperature: float = 0.0):
+def make_policy_fn(policy_arg: str, task: str, seed: int, temperature: float = 0.0, device: str | None = None,
+                   dtype: str | None = None):
     """(policy_fn(obs, instruction) -> (K, 7), label, image size, cameras, reset()) for a package dir or ``scripted``."""
     if policy_arg == "scripted":
         from wmpo_core.sim import make_demonstrator
@@ -65,7 +68,7 @@ def make_policy_fn(policy_arg: str, task: str, seed: int, temperature: float = 0
         return (lambda obs, instruction: demo.plan_chunk(obs, k=8)), "scripted", 64, ("agentview",), demo.reset
     from wmpo_core.policy.loading import load_policy
 
-    policy = load_policy(policy_arg)
+    policy = load_policy(policy_arg, device=device, dtype=dtype)
     needs_proprio = policy.config.proprio_dim > 0
 
     def fn(obs, instruction):
@@ -77,7 +80,7 @@ def make_policy_fn(policy_arg: str, task: str, seed: int, temperature: float = 0
 
 def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_dir: Path | None = None,
                     max_steps: int | None = None, temperature: float = 0.0, progress: bool = True,
-                    jobs: int = 1) -> EvalReport:
+                    jobs: int = 1, device: str | None = None, dtype: str | None = None) -> EvalReport:
     """Run ``episodes`` seeded episodes (seeds ``seed .. seed+episodes-1``) and count successes.
 
     With ``jobs`` > 1 the seeds are split into that many contiguous ranges, each run in a spawned
@@ -93,7 +96,7 @@ def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_
     jobs = min(jobs, episodes)
     if jobs == 1:
         label, per_episode = _evaluate_seeds(policy_arg, task, seeds, seed, episodes, video_dir, max_steps,
-                                             temperature, progress)
+                                             temperature, progress, device, dtype)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -103,7 +106,8 @@ def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_
         # spawn, not fork: the parent may hold torch's thread pool; a worker's failure is raised here.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
             futures = [executor.submit(_evaluate_seeds_in_process, policy_arg, task, chunk, seed, episodes,
-                                       video_dir, max_steps, temperature, progress) for chunk in chunks]
+                                       video_dir, max_steps, temperature, progress, device, dtype)
+                       for chunk in chunks]
             parts = [f.result() for f in futures]
         label = parts[0][0]
         per_episode = [row for _, rows in parts for row in rows]
@@ -114,11 +118,11 @@ def evaluate_policy(policy_arg: str, task: str, episodes: int, seed: int, video_
 
 def _evaluate_seeds(policy_arg: str, task: str, seeds: list[int], first_seed: int, total: int,
                     video_dir: Path | None, max_steps: int | None, temperature: float,
-                    progress: bool) -> tuple[str, list[dict[str, Any]]]:
+                    progress: bool, device: str | None = None, dtype: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(policy label, one row per seed): the episodes of ``seeds`` in one simulator."""
     from wmpo_core.sim import make_env, run_episode
 
-    fn, label, image_size, cameras, reset = make_policy_fn(policy_arg, task, first_seed, temperature)
+    fn, label, image_size, cameras, reset = make_policy_fn(policy_arg, task, first_seed, temperature, device, dtype)
     env = make_env(task, image_size=image_size, cameras=tuple(cameras))
     per_episode = []
     try:
@@ -169,6 +173,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
     parser.add_argument("--temperature", type=float, default=0.0, help="policy sampling temperature (0 = greedy)")
     parser.add_argument("--video", type=Path, help="write one mp4 per episode into this folder")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no per-episode progress lines on stderr")
     parser.add_argument("--jobs", type=int, default=1,
@@ -180,7 +186,8 @@ def main(args: argparse.Namespace) -> int:
     """Evaluate and print the report."""
     try:
         report = evaluate_policy(args.policy, args.task, args.episodes, args.seed, args.video, args.max_steps,
-                                 args.temperature, progress=not args.quiet, jobs=args.jobs)
+                                 args.temperature, progress=not args.quiet, jobs=args.jobs, device=args.device,
+                                 dtype=args.dtype)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo eval: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from wmpo_core.policy.placement import DEVICE_HELP, DTYPE_HELP, DTYPES
+
 HELP = "print the action chunk a policy outputs for one image"
 
 
@@ -19,6 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unnorm-key", help="which norm_stats entry converts actions to physical units")
     parser.add_argument("--proprio", help="comma-separated proprio values, for policies that take them")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -34,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from wmpo_core.registry.package import PackageError
 
     try:
-        policy = load_policy(args.policy, args.unnorm_key)
+        policy = load_policy(args.policy, args.unnorm_key, device=args.device, dtype=args.dtype)
         image = np.asarray(Image.open(args.image).convert("RGB"))
         proprio = np.array([float(x) for x in args.proprio.split(",")]) if args.proprio else None
         chunk = policy.predict_chunk({policy.config.cameras[0]: image, **{c: image for c in policy.config.cameras[1:]}},
@@ -44,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps({"policy_version": policy.version, "instruction": args.instruction,
+                          "device": str(policy.device), "dtype": str(policy.camera_embed.dtype).removeprefix("torch."),
                           "action_names": list(ACTION_NAMES), "chunk": chunk.tolist()}))
     else:
         print(f"policy {policy.version}; {len(chunk)} steps x {len(ACTION_NAMES)}: {', '.join(ACTION_NAMES)}")

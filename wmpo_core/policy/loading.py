@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 from wmpo_core.policy.modeling_vla import CONFIG_NAME, VLAPolicy
+from wmpo_core.policy.placement import place_policy
 
 
-def load_policy(path: str | Path, unnorm_key: str | None = None) -> VLAPolicy:
-    """Load ``path`` in eval mode.
+def load_policy(path: str | Path, unnorm_key: str | None = None, device: str | None = None,
+                dtype: str | None = None) -> VLAPolicy:
+    """Load ``path`` in eval mode (on ``device`` in ``dtype`` when given, see :func:`place_policy`).
 
     * a policy package (``manifest.json``): every hash and shape verified first;
     * an OpenVLA checkpoint (``config.json`` with ``model_type`` ``openvla``): mapped without remote code;
@@ -32,9 +34,12 @@ def load_policy(path: str | Path, unnorm_key: str | None = None) -> VLAPolicy:
         if model_type == "openvla":
             from wmpo_core.policy.openvla import load_openvla
 
-            return load_openvla(d, unnorm_key)
-        policy = VLAPolicy.from_pretrained(d).eval()
+            policy = load_openvla(d, unnorm_key)
+        else:
+            policy = VLAPolicy.from_pretrained(d).eval()
     if unnorm_key is not None:
         policy.norm_stats.get(unnorm_key)  # fail now, not at the first prediction
         policy.config.unnorm_key = unnorm_key
+    if device is not None or dtype is not None:
+        place_policy(policy, device, dtype)
     return policy

@@ -94,7 +94,7 @@ class VLAPolicyBackend(PolicyBackend):
 
     @classmethod
     def declare_parameters(cls, node: Node) -> dict[str, Any]:
-        """policy_path, trusted_keys, vla.temperature, vla.unnorm_key, vla.num_threads."""
+        """policy_path, trusted_keys, vla.temperature, vla.unnorm_key, vla.num_threads, vla.device, vla.dtype."""
         return {
             **declare_package_parameters(node),
             "temperature": declare_once(node, "vla.temperature", 0.0, "action sampling temperature (0 = greedy)"),
@@ -103,6 +103,10 @@ class VLAPolicyBackend(PolicyBackend):
             "num_threads": declare_once(node, "vla.num_threads", 0,
                                    "torch CPU threads for inference (0: torch's default; 1 avoids thread "
                                    "oversubscription on a busy CPU)"),
+            "device": declare_once(node, "vla.device", "auto",
+                                   "where the policy runs: auto (the first CUDA GPU if any, else cpu), cpu, cuda:N"),
+            "dtype": declare_once(node, "vla.dtype", "auto",
+                                  "weights dtype: auto (as stored in the package), float32, bfloat16, float16"),
         }
 
     def __init__(self, options: Mapping[str, Any], policy: Any | None = None) -> None:
@@ -124,6 +128,12 @@ class VLAPolicyBackend(PolicyBackend):
             if not self.path:
                 raise ValueError(f"parameter '{POLICY_PATH_PARAM}': empty; the vla backend needs a policy package")
             policy = load_verified_policy(self.path, self.options.get("trusted_keys", ""))
+        from wmpo_core.policy.placement import place_policy
+
+        try:  # also a policy the swap service loaded: every package runs where the node says
+            place_policy(policy, self.options.get("device", "auto"), self.options.get("dtype", "auto"))
+        except ValueError as exc:
+            raise ValueError(f"parameter 'vla.device' / 'vla.dtype': {exc}") from None
         self._policy = policy
         self._version = str(policy.version)
         # read once: the node asks for these at every tick, also after close()

@@ -222,3 +222,16 @@ def test_timestamps_going_backwards_are_refused_by_topic_and_message(tmp_path, c
     err = capsys.readouterr().err
     assert f"{src}: {POSE_TOPIC} message 120: timestamp goes backwards" in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_documented_franka_realsense_map_is_valid(tmp_path):
+    from wmpo_core.data.import_bag import load_map
+
+    text = (Path(__file__).parents[1] / "docs" / "real_robot.md").read_text()
+    block = text.split("# franka_realsense.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "franka_realsense.yaml").write_text(block)
+    bag_map = load_map(tmp_path / "franka_realsense.yaml")
+    assert bag_map.cameras == {"agentview": "/camera/camera/color/image_raw/compressed",
+                               "wrist": "/wrist_camera/camera/color/image_raw"}
+    assert bag_map.gripper_joint == "panda_finger_joint1" and bag_map.split_by == "gap"
+    assert bag_map.success_topic == "/operator/success" and bag_map.image_size == (64, 64)

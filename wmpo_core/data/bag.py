@@ -1068,23 +1068,27 @@ def load_episode(path: str | os.PathLike[str], cameras: Iterable[str] | None = N
         arrays = _align(metadata, cams, images, joints, applied, chunks, str(where))
         if success_msgs and cams:
             arrays.success_step, arrays.success_flags = _success_per_frame(arrays, images, success_msgs)
-        if "label" in metadata.extra and cams:
-            _success_from_label(arrays, summary.start_ns)
+        if cams:
+            _success_from_label(d, arrays, summary.start_ns)
         return arrays
     except ValueError as exc:
         raise EpisodeError(where, str(exc)) from None
 
 
-def _success_from_label(arrays: EpisodeArrays, bag_start_ns: int) -> None:
-    """An operator's label replaces the recorded success events: ``at_s`` (seconds after the bag's first
-    message) marks the first successful frame; a label without a time keeps a recorded success step only
-    when both say success."""
-    label = arrays.metadata.extra["label"]
-    if not label["success"]:
+def _success_from_label(d: Path, arrays: EpisodeArrays, bag_start_ns: int) -> None:
+    """An operator's label (the file beside the bag) replaces the recorded success events: ``at_s`` (seconds
+    after the bag's first message) marks the first successful frame; a label without a time keeps a recorded
+    success step only when both say success."""
+    from wmpo_core.data.labels import read_label
+
+    label = read_label(d)  # already validated by inspect_episode
+    if label is None:
+        return
+    if not label.success:
         arrays.success_step, arrays.success_flags = None, None
-    elif label.get("at_s") is not None:
+    elif label.at_s is not None:
         stamps = next(iter(arrays.frame_stamps_ns.values()))
-        step = int(np.searchsorted(stamps, bag_start_ns + round(float(label["at_s"]) * 1e9), side="left"))
+        step = int(np.searchsorted(stamps, bag_start_ns + round(label.at_s * 1e9), side="left"))
         arrays.success_step = min(step, arrays.num_steps)
         arrays.success_flags = np.arange(arrays.num_steps) >= arrays.success_step
     elif arrays.success_step is None or arrays.success_flags is None or not arrays.success_flags.any():

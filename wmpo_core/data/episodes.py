@@ -9,6 +9,7 @@ from typing import Any
 
 from wmpo_core.data import topics as T
 from wmpo_core.data.bag import BagSummary, EpisodeError, episode_dirs, inspect_episode
+from wmpo_core.data.labels import label_path
 
 STATUS_COMPLETE = "complete"
 STATUS_INCOMPLETE = "incomplete"
@@ -69,7 +70,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
             policy_version=md.policy_version,
             complete=md.complete,
             status=STATUS_COMPLETE if md.complete else STATUS_INCOMPLETE,
-            labelled="label" in md.extra,
+            labelled=label_path(d).exists(),
         )
     return EpisodeInfo(
         path=d,
@@ -81,7 +82,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
         policy_version=md.policy_version,
         complete=False,
         status=status,
-        labelled="label" in md.extra,
+        labelled=label_path(d).exists(),
     )
 
 

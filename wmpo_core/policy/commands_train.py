@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-episodes", action="store_true", help="also clone failed episodes")
     parser.add_argument("--parent", help="parent policy version recorded in the package manifest")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --out (its checkpoints and packages are deleted; "
+                             "without this or --resume an existing run is refused)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -118,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         episodes = args.episodes or recipe_episodes(recipe, args.out, progress=not args.no_progress)
         package = train_policy(episodes, args.out, config, tc, resume=args.resume, parent=args.parent,
-                               progress=not args.no_progress)
+                               overwrite=args.overwrite, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)
         return 2

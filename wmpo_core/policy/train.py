@@ -184,9 +184,32 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+class RunExistsError(ValueError):
+    """The run directory holds an earlier run that neither --resume nor --overwrite was given for."""
+
+
+def earlier_run_outputs(run_dir: Path) -> list[Path]:
+    """What a training run writes and a new one would replace: complete checkpoints and final packages."""
+    run_dir = Path(run_dir)
+    found = sorted(p for p in (run_dir / CHECKPOINTS_DIR).glob("step_*") if (p / TRAINER_STATE).is_file())
+    return found + sorted(p for p in run_dir.glob("package_step*") if p.is_dir())
+
+
+def _checkpoint_run_id(path: Path) -> str | None:
+    try:
+        value = json.loads((path / TRAINER_STATE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer, step: int,
                     extra: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``checkpoints/step_<N>`` atomically (temporary directory, then rename); prune old ones."""
+    """Write ``checkpoints/step_<N>`` atomically (temporary directory, then rename); prune old ones.
+
+    Pruning removes only checkpoints of this run (the same ``extra["run_id"]``): another
+    run's checkpoints in the same folder, or ones without a run id, are never touched.
+    """
     root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -199,7 +222,9 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Opt
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+    run_id = extra.get("run_id")
+    ours = sorted(p for p in root.glob("step_*") if p.is_dir() and run_id is not None and _checkpoint_run_id(p) == run_id)
+    for old in ours[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -229,8 +254,13 @@ def train_policy(
     resume: bool = False,
     parent: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path | None:
-    """Train (or resume) behavior cloning; returns the final package path (on the main process)."""
+    """Train (or resume) behavior cloning; returns the final package path (on the main process).
+
+    A run directory holding an earlier run's checkpoints or packages is refused
+    (RunExistsError) unless ``resume`` continues it or ``overwrite`` replaces it (its
+    checkpoints and packages are removed first; nothing else in the folder is touched)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -240,7 +270,17 @@ def train_policy(
     if tc.torch_threads > 0:
         torch.set_num_threads(tc.torch_threads)
     run = Path(run_dir)
+    earlier = earlier_run_outputs(run)
+    if earlier and not resume:
+        if not overwrite:
+            names = ", ".join(str(p.relative_to(run)) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+            raise RunExistsError(f"{run}: holds an earlier run ({names}); continue it with --resume or replace it "
+                                 f"with --overwrite")
+        for path in earlier:  # the user asked: the earlier run's checkpoints and packages go, nothing else
+            shutil.rmtree(path, ignore_errors=True)
     checkpoint = latest_checkpoint(run) if resume else None
+    # marks this run's checkpoints (a resumed run keeps its id): pruning touches no other run's
+    run_id = (_checkpoint_run_id(checkpoint) if checkpoint is not None else None) or os.urandom(6).hex()
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint under %s, starting from scratch", run / CHECKPOINTS_DIR)
     if checkpoint is not None:
@@ -334,7 +374,8 @@ def train_policy(
             if accelerator.is_main_process:
                 inner.version = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{run.name}-step{done:07d}")
                 save_checkpoint(run, inner, optimizer, done, {"train_episodes": train_ids, "val_episodes": val_ids,
-                                                               "val": metrics, "seed": tc.seed}, tc.keep_checkpoints)
+                                                               "val": metrics, "seed": tc.seed, "run_id": run_id},
+                                tc.keep_checkpoints)
             accelerator.wait_for_everyone()
     bar.close()
     package = None

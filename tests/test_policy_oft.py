@@ -5,6 +5,7 @@ reference forward pass written here: timm-style vision towers, the projector and
 bidirectional attention (OFT's patched transformers), read at the official shifted positions."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,46 @@ def test_predict_device_and_dtype_settings(oft_checkpoints, keys, tmp_path, caps
     assert f"device '{missing}': this machine has {torch.cuda.device_count()} CUDA device(s)" in capsys.readouterr().err
     assert wmpo(base + ["--device", "tpu"]) == 2
     assert "expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_train_policy_init_fine_tunes_an_imported_package(oft_checkpoints, keys, tmp_path, capsys):
+    from wmpo_core.registry.package import load_package, verify_package_contents
+
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
+                 "--dtype", "bfloat16"]) == 0
+    episodes = tmp_path / "bags"
+    _write_bags(episodes)
+    (tmp_path / "tc.json").write_text(json.dumps({"val_fraction": 0.0, "warmup_steps": 1, "log_every": 1, "lr": 1e-3}))
+    capsys.readouterr()
+    assert wmpo(["train-policy", "--episodes", str(episodes), "--out", str(tmp_path / "run"), "--init", str(pkg),
+                 "--train-config", str(tmp_path / "tc.json"), "--steps", "2", "--batch-size", "2", "--save-every", "2",
+                 "--no-progress"]) == 0
+    tuned = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    manifest = verify_package_contents(tuned)
+    base, new = load_package(pkg), load_package(tuned)
+    assert manifest["parent"] == base.version  # the imported package is the parent
+    assert new.config == base.config and new.config.decoding == "oft" and new.config.chunk_size == K
+    assert json.loads((tuned / "tokenizer.json").read_text()) == json.loads((pkg / "tokenizer.json").read_text())
+    assert json.loads((tuned / "norm_stats.json").read_text()) == json.loads((pkg / "norm_stats.json").read_text())
+    with safe_open(str(tuned / "model.safetensors"), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # trained and saved in its dtype
+    before, after = base.state_dict(), new.state_dict()
+    assert not torch.equal(before["language_model.model.layers.0.mlp.up_proj.weight"],
+                           after["language_model.model.layers.0.mlp.up_proj.weight"])
+    assert wmpo(["train-policy", "--episodes", str(episodes), "--out", str(tmp_path / "run2"), "--init", str(pkg),
+                 "--decoding", "parallel"]) == 2
+    assert "--init keeps the package's own config" in capsys.readouterr().err
+
+
+def _write_bags(root):
+    from test_dataset_episodes import write_episode_bag
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        n = 10 + i
+        actions = rng.uniform(-0.5, 0.5, (n, 7))
+        actions[:, 6] = np.where(np.arange(n) > n // 2, 1.0, -1.0)
+        write_episode_bag(root, f"ep_{i}", {"agentview": rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)},
+                          actions, rng.normal(size=(n, 9)), success=True)

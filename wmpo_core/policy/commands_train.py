@@ -20,6 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "JSON file: policy config fields and TrainConfig fields, overridden by --config / --train-config "
                         "and the flags below")
     parser.add_argument("--config", type=Path, help="policy config.json (default: the embedded tiny VLA)")
+    parser.add_argument("--init", type=Path, help="fine-tune this policy package (e.g. from `wmpo import-openvla`): "
+                        "its config, tokenizer, norm stats and weights are kept; --config / --decoding do not apply")
     parser.add_argument("--train-config", type=Path, help="JSON of TrainConfig fields (overridden by the flags below)")
     parser.add_argument("--steps", type=int, help="optimizer steps (total, including resumed ones)")
     parser.add_argument("--batch-size", type=int, help="global batch size (split over processes)")
@@ -101,6 +103,9 @@ def main(args: argparse.Namespace) -> int:
     from wmpo_core.policy.train import TrainConfig, train_policy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.init is not None and (args.config is not None or args.decoding):
+        print("wmpo train-policy: --init keeps the package's own config; drop --config / --decoding", file=sys.stderr)
+        return 2
     try:
         recipe = load_recipe(args.recipe) if args.recipe else {"policy": {}, "train": {}, "where": "defaults"}
         config = (VLAConfig.load(args.config) if args.config
@@ -121,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         episodes = args.episodes or recipe_episodes(recipe, args.out, progress=not args.no_progress)
         package = train_policy(episodes, args.out, config, tc, resume=args.resume, parent=args.parent,
-                               overwrite=args.overwrite, progress=not args.no_progress)
+                               overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
     except (FileNotFoundError, ValueError) as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)
         return 2

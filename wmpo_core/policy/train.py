@@ -255,12 +255,18 @@ def train_policy(
     parent: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    init: str | Path | None = None,
 ) -> Path | None:
     """Train (or resume) behavior cloning; returns the final package path (on the main process).
 
     A run directory holding an earlier run's checkpoints or packages is refused
     (RunExistsError) unless ``resume`` continues it or ``overwrite`` replaces it (its
-    checkpoints and packages are removed first; nothing else in the folder is touched)."""
+    checkpoints and packages are removed first; nothing else in the folder is touched).
+
+    ``init``: fine-tune a policy package (e.g. from `wmpo import-openvla`, verified on load) instead of a
+    fresh model: its config, tokenizer, norm stats (the episodes' actions are normalized with them) and
+    weights in their dtype are kept; ``policy_config`` is ignored and the package becomes the parent.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -283,8 +289,15 @@ def train_policy(
     run_id = (_checkpoint_run_id(checkpoint) if checkpoint is not None else None) or os.urandom(6).hex()
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint under %s, starting from scratch", run / CHECKPOINTS_DIR)
+    initial = None
     if checkpoint is not None:
         policy_config = VLAConfig.load(checkpoint / "config.json")
+    elif init is not None:
+        from wmpo_core.policy.loading import load_policy
+
+        initial = load_policy(init)
+        policy_config = initial.config
+        parent = parent or initial.version
     config = policy_config or VLAConfig()
     # AR decoding leaves the action slots unused, parallel leaves nothing unused; DDP must know.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.decoding != "parallel")
@@ -306,6 +319,8 @@ def train_policy(
         policy = VLAPolicy.from_pretrained(checkpoint)
         state = json.loads((checkpoint / TRAINER_STATE).read_text())
         start_step = int(state["step"])
+    elif initial is not None:
+        policy, state, start_step = initial.train(), {}, 0
     else:
         policy = _make_policy(config, dataset)
         state, start_step = {}, 0

@@ -108,6 +108,8 @@ def _hf_features(features: dict[str, dict[str, Any]]) -> bytes:
     """The b'huggingface' schema metadata of the Hugging Face ``datasets`` features LeRobot derives from info.json."""
     out: dict[str, Any] = {}
     for key, ft in features.items():
+        if ft["dtype"] == "video":
+            continue
         if ft["dtype"] == "image":
             out[key] = {"_type": "Image"}
         elif list(ft["shape"]) == [1]:
@@ -129,8 +131,13 @@ class ExportReport:
 
 
 def export_lerobot(episodes_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                   cameras: list[str] | None = None, robot_type: str | None = None) -> ExportReport:
-    """Write every readable episode of ``episodes_dir`` as a LeRobotDataset v3.0 at ``out`` (must not exist)."""
+                   cameras: list[str] | None = None, robot_type: str | None = None,
+                   video_codec: str | None = None) -> ExportReport:
+    """Write every readable episode of ``episodes_dir`` as a LeRobotDataset v3.0 at ``out`` (must not exist).
+
+    Frames are lossless PNG ``image`` features; with ``video_codec`` (an ffmpeg encoder, LeRobot's
+    default is ``libsvtav1``) each camera becomes one mp4 of all episodes (``video`` features, lossy).
+    """
     from wmpo_core.data.bag import episode_dirs, load_episode
 
     pa, pq = _pa()
@@ -156,8 +163,14 @@ def export_lerobot(episodes_dir: str | os.PathLike[str], out: str | os.PathLike[
     tasks: dict[str, int] = {}
     features: dict[str, dict[str, Any]] = {}
     for c in cams:
-        features[IMAGE_PREFIX + c] = {"dtype": "image", "shape": list(next(iter(shapes[c]))),
+        shape = list(next(iter(shapes[c])))
+        features[IMAGE_PREFIX + c] = {"dtype": "video" if video_codec else "image", "shape": shape,
                                       "names": ["height", "width", "channels"]}
+        if video_codec:
+            features[IMAGE_PREFIX + c]["info"] = {
+                "video.height": shape[0], "video.width": shape[1], "video.codec": video_codec.removeprefix("lib"),
+                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3,
+                "has_audio": False}
     if joint_names:
         features["observation.state"] = {"dtype": "float32", "shape": [len(joint_names)], "names": list(joint_names)}
     features["action"] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
@@ -171,7 +184,7 @@ def export_lerobot(episodes_dir: str | os.PathLike[str], out: str | os.PathLike[
     for ep_index, ep in enumerate(loaded):
         n = ep.num_steps
         task_index = tasks.setdefault(ep.metadata.instruction, len(tasks))
-        for c in cams:
+        for c in cams if not video_codec else ():
             columns[IMAGE_PREFIX + c] += [{"bytes": _png(f), "path": None} for f in ep.frames[c]]
         if joint_names:
             columns["observation.state"] += list(np.asarray(ep.proprio, dtype=np.float32))
@@ -196,12 +209,17 @@ def export_lerobot(episodes_dir: str | os.PathLike[str], out: str | os.PathLike[
                      "data/chunk_index": 0, "data/file_index": 0,
                      "dataset_from_index": index, "dataset_to_index": index + n,
                      "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                     **{f"videos/{IMAGE_PREFIX}{c}/{k}": v for c in (cams if video_codec else ()) for k, v in (
+                         ("chunk_index", 0), ("file_index", 0), ("from_timestamp", index / fps),
+                         ("to_timestamp", (index + n) / fps))},
                      "wmpo/episode_id": ep.metadata.episode_id, "wmpo/success": -1 if label is None else int(label),
                      "wmpo/per_frame_success": bool(per_frame), "wmpo/metadata": json.dumps(meta, sort_keys=True)})
         index += n
 
     arrays, fields = [], []
     for key, ft in features.items():
+        if ft["dtype"] == "video":
+            continue
         if ft["dtype"] == "image":
             typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         elif list(ft["shape"]) == [1]:
@@ -231,12 +249,15 @@ def export_lerobot(episodes_dir: str | os.PathLike[str], out: str | os.PathLike[
     for c in cams:
         stats[IMAGE_PREFIX + c] = _image_stats(np.concatenate([e.frames[c] for e in loaded]))
     (tmp / STATS_PATH).write_text(json.dumps(stats, indent=2))
+    for c in cams if video_codec else ():
+        path = tmp / VIDEO_PATH.format(video_key=IMAGE_PREFIX + c, chunk_index=0, file_index=0)
+        _encode_video(path, np.concatenate([e.frames[c] for e in loaded]), fps, video_codec or "")
     robot = robot_type or (loaded[0].metadata.robot_id if len({e.metadata.robot_id for e in loaded}) == 1 else None)
     info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot, "total_episodes": len(loaded),
             "total_frames": index, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
             "fps": int(fps) if float(fps).is_integer() else fps, "splits": {"train": f"0:{len(loaded)}"},
-            "data_path": DATA_PATH, "video_path": None, "features": features}
+            "data_path": DATA_PATH, "video_path": VIDEO_PATH if video_codec else None, "features": features}
     (tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
     os.replace(tmp, root)
     return ExportReport(root, len(loaded), index, cams)
@@ -366,23 +387,49 @@ def _frames(root: Path, info: dict[str, Any], take: Any, cam: str, ft: dict[str,
         return np.stack([_unpng(c["bytes"] if isinstance(c, dict) else c, f"{where} {key} frame {i}")
                          for i, c in enumerate(cells)])
     if ft.get("dtype") == "video":
-        import imageio.v3 as iio
-
         chunk, file = row.get(f"videos/{key}/chunk_index", 0), row.get(f"videos/{key}/file_index", 0)
         path = root / str(info.get("video_path") or VIDEO_PATH).format(video_key=key, chunk_index=chunk, file_index=file)
         start = float(row.get(f"videos/{key}/from_timestamp", 0.0))
         first = round(start * float(info["fps"]))
-        try:
-            video = iio.imread(path, plugin="pyav") if _has_av() else iio.imread(path)
-        except Exception as exc:  # missing file, unknown codec
-            raise LeRobotError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
+        video = _decode_video(path)
+        if first + take.num_rows > len(video):
+            raise LeRobotError(f"{path}: {len(video)} frames, episode {row['episode_index']} needs frames "
+                               f"{first}..{first + take.num_rows - 1} (videos/{key}/from_timestamp {start})")
         return np.ascontiguousarray(video[first:first + take.num_rows, ..., :3])
     raise LeRobotError(f"{root / INFO_PATH}: features.{key}.dtype {ft.get('dtype')!r}: expected image or video")
 
 
-def _has_av() -> bool:
+def _encode_video(path: Path, frames: np.ndarray, fps: float, codec: str) -> None:
+    """One mp4 of ``frames`` with ffmpeg (imageio-ffmpeg's bundled binary), LeRobot's settings: yuv420p,
+    a keyframe every 2 frames, crf 30."""
+    import imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import av  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        writer = imageio.get_writer(path, fps=fps, codec=codec, quality=None, pixelformat="yuv420p",
+                                    macro_block_size=1, ffmpeg_params=["-g", "2", "-crf", "30"],
+                                    ffmpeg_log_level="error")
+        with writer:
+            for frame in frames:
+                writer.append_data(frame)
+    except Exception as exc:  # unknown encoder, odd frame size for yuv420p, ffmpeg failure
+        text = str(exc).strip().splitlines()
+        raise LeRobotError(f"{path}: video encoding with {codec!r} failed ({type(exc).__name__}: "
+                           f"{text[-1] if text else ''})") from None
+
+
+_VIDEO_CACHE: dict[Path, np.ndarray] = {}
+
+
+def _decode_video(path: Path) -> np.ndarray:
+    """Every frame of an mp4 (the last file decoded is kept: the episodes of a v3 file share it)."""
+    if path not in _VIDEO_CACHE:
+        import imageio.v3 as iio
+
+        try:
+            video = iio.imread(path)
+        except Exception as exc:  # missing file, unknown codec
+            raise LeRobotError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
+        _VIDEO_CACHE.clear()
+        _VIDEO_CACHE[path] = np.asarray(video)
+    return _VIDEO_CACHE[path]

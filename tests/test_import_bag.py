@@ -42,7 +42,7 @@ def _header(store, ns: int, frame: str):
 
 
 def write_foreign_bag(path: Path, *, storage=StoragePlugin.MCAP, keep_metadata: bool = False,
-                      backwards_at: int | None = None, pause_s: float = 0.0) -> Path:
+                      backwards_at: int | None = None, pause_s: float = 0.0, noise: bool = False) -> Path:
     """What `ros2 bag record` gives on a Franka + RealSense: JPEG images, an ee pose, finger joints, success.
 
     ``pause_s`` inserts a pause of every topic after the first half (two episodes in one bag)."""
@@ -67,6 +67,8 @@ def write_foreign_bag(path: Path, *, storage=StoragePlugin.MCAP, keep_metadata: 
         img = np.full((120, 160, 3), 40, np.uint8)
         x = int(20 + 100 * t / DURATION_S)
         img[40:80, x:x + 30] = (200, 60, 30)
+        if noise:  # large JPEGs: the bag spans several 1 MiB chunks
+            img = np.random.default_rng(k).integers(0, 256, img.shape, dtype=np.uint8)
         ok, jpg = cv2.imencode(".jpg", img[..., ::-1])
         assert ok
         msg = ty["sensor_msgs/msg/CompressedImage"](header=_header(store, at(t), "camera_color_optical_frame"),
@@ -235,3 +237,18 @@ def test_the_documented_franka_realsense_map_is_valid(tmp_path):
                                "wrist": "/wrist_camera/camera/color/image_raw"}
     assert bag_map.gripper_joint == "panda_finger_joint1" and bag_map.split_by == "gap"
     assert bag_map.success_topic == "/operator/success" and bag_map.image_size == (64, 64)
+
+
+def test_a_bag_whose_recorder_was_killed_imports_its_complete_chunks(tmp_path, capsys):
+    src = write_foreign_bag(tmp_path / "killed", noise=True)
+    mcap = next(src.glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.7)])  # no summary, no footer, a torn last chunk
+    out = tmp_path / "episodes"
+    assert wmpo(["import-bag", str(src), "--map", str(write_map(tmp_path / "map.yaml", success=None)),
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    ep = load_episode(out / "killed")
+    assert 5 <= ep.num_steps < 29, ep.num_steps  # what the complete chunks held
+    t = (np.append(ep.frame_stamps_ns["agentview"], ep.frame_stamps_ns["agentview"][-1] + 10**8) - START_NS) / 1e9
+    position = true_position(t[0]) + np.concatenate([[np.zeros(3)], np.cumsum(ep.actions[:, :3], axis=0)])
+    assert np.linalg.norm(position - true_position(t), axis=1).max() < 1e-3

@@ -218,17 +218,11 @@ def source_topics(src: Path) -> dict[str, SourceTopic]:
     found: dict[str, SourceTopic] = {}
     for f in files:
         if storage == "mcap":
-            from mcap.reader import make_reader
-
-            try:
-                with f.open("rb") as stream:
-                    summary = make_reader(stream).get_summary()
-            except Exception as exc:  # McapError, struct.error, ValueError on bad bytes
-                raise BagImportError(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+            summary = _mcap_summary(f)
             if summary is None:
-                # No summary (writer killed): count by reading everything once.
-                for topic, msgtype, _, _ in _iter_mcap(f, None):
-                    entry = found.setdefault(topic, SourceTopic(topic, msgtype, 0))
+                # No summary (writer killed): count what the complete chunks hold.
+                for schema, channel, _ in _mcap_records(f, None):
+                    entry = found.setdefault(channel.topic, SourceTopic(channel.topic, schema.name if schema else "", 0))
                     entry.count += 1
                 continue
             counts = summary.statistics.channel_message_counts if summary.statistics else {}
@@ -255,25 +249,53 @@ def _sqlite(f: Path) -> sqlite3.Connection:
         raise BagImportError(f"{f}: not a rosbag2 sqlite3 file ({exc})") from None
 
 
-def _iter_mcap(f: Path, topics: list[str] | None) -> Iterator[tuple[str, str, int, Any]]:
+def _mcap_summary(f: Path) -> Any:
+    """The MCAP summary, or None for a file whose writer never finished it (killed, truncated)."""
     from mcap.reader import make_reader
 
-    from wmpo_core.data.bag import _typestore_for
+    with f.open("rb") as stream:
+        if stream.read(8) != b"\x89MCAP0\r\n":
+            raise BagImportError(f"{f}: not an MCAP file (bad magic bytes at the start)")
+        stream.seek(0)
+        try:
+            return make_reader(stream).get_summary()
+        except Exception:  # no footer or summary: read it like a crashed bag
+            return None
 
+
+def _mcap_records(f: Path, topics: list[str] | None) -> Iterator[tuple[Any, Any, Any]]:
+    """(schema, channel, message): indexed in log-time order, or, without a summary, every message of the
+    complete chunks in file order (as the stack's own crash repair reads them)."""
+    from mcap.reader import make_reader
+
+    from wmpo_core.data.bag import _iter_recoverable
+
+    if _mcap_summary(f) is None:
+        wanted = None if topics is None else set(topics)
+        stop: list[str] = []
+        for schema, channel, message in _iter_recoverable(f, stop):
+            if wanted is None or channel.topic in wanted:
+                yield schema, channel, message
+        return
     with f.open("rb") as stream:
         try:
-            messages = make_reader(stream).iter_messages(topics=topics, log_time_order=True)
-            for schema, channel, message in messages:
-                if schema is None:
-                    raise BagImportError(f"{f}: channel {channel.topic} has no schema; cannot decode it")
-                store = _typestore_for(schema.name, schema.encoding, schema.data)
-                yield channel.topic, schema.name, message.log_time, store.deserialize_cdr(message.data, schema.name)
-        except BagImportError:
-            raise
-        except Exception as exc:  # a summary-less MCAP: fall back to the non-seeking reader below
-            if topics is None:
-                raise BagImportError(f"{f}: unreadable MCAP ({type(exc).__name__}: {exc})") from None
+            yield from make_reader(stream).iter_messages(topics=topics, log_time_order=True)
+        except Exception as exc:  # corrupt chunk data
             raise BagImportError(f"{f}: cannot read messages ({type(exc).__name__}: {exc})") from None
+
+
+def _iter_mcap(f: Path, topics: list[str] | None) -> Iterator[tuple[str, str, int, Any]]:
+    from wmpo_core.data.bag import _typestore_for
+
+    for schema, channel, message in _mcap_records(f, topics):
+        if schema is None:
+            raise BagImportError(f"{f}: channel {channel.topic} has no schema; cannot decode it")
+        store = _typestore_for(schema.name, schema.encoding, schema.data)
+        try:
+            msg = store.deserialize_cdr(message.data, schema.name)
+        except Exception as exc:  # bad CDR
+            raise BagImportError(f"{f}: cannot decode a {channel.topic} message: {exc}") from None
+        yield channel.topic, schema.name, message.log_time, msg
 
 
 def iter_source(src: Path, topics: list[str]) -> Iterator[tuple[str, str, int, Any]]:

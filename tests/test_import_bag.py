@@ -110,6 +110,7 @@ MAP = {
     "gripper": {"topic": GRIPPER_TOPIC, "joint": "panda_finger_joint1", "closed_below": 0.03},
     "split": {"by": "bag"},
     "success": {"topic": SUCCESS_TOPIC},
+    "proprio": {"topic": GRIPPER_TOPIC},
 }
 
 
@@ -154,6 +155,9 @@ def test_imported_actions_reproduce_the_recorded_pose_path_and_the_stack_trains_
     # Gripper: open (-1) until the fingers close at 1.2 s, closed (+1) after.
     assert set(ep.actions[:, 6].tolist()) == {-1.0, 1.0}
     assert np.all(ep.actions[t[1:] < 1.15, 6] == -1) and np.all(ep.actions[t[1:] > 1.25, 6] == 1)
+    # Proprio: the finger joints, the newest state at or before each step.
+    assert ep.joint_names == ("panda_finger_joint1", "panda_finger_joint2")
+    assert np.allclose(ep.proprio[:, 0], np.where(t[:-1] < 1.2 - 1e-9, 0.04, 0.012))
     # The moving square is in the frames (JPEG decoded, resized), moving right.
     red = ep.frames["agentview"][..., 0].astype(int) - ep.frames["agentview"][..., 2].astype(int)
     columns = [float(np.argmax(r.max(axis=0))) for r in red]
@@ -206,6 +210,7 @@ def test_sqlite3_bag_with_metadata_split_by_gaps(tmp_path, capsys):
     ({"control_hz": -3}, "field 'control_hz' -3.0: expected a rate in Hz"),
     ({"split": {"by": "topic"}}, "split.by 'topic': expected 'bag' or 'gap'"),
     ({"gripper": {"topic": GRIPPER_TOPIC, "joint": "finger"}}, "no joint 'finger'"),
+    ({"proprio": {"topic": GRIPPER_TOPIC, "joints": ["panda_joint1"]}}, "lacks joint(s) ['panda_joint1']"),
 ])
 def test_map_errors_name_the_file_and_the_field(tmp_path, capsys, change, message):
     src = write_foreign_bag(tmp_path / "bag")
@@ -237,6 +242,7 @@ def test_the_documented_franka_realsense_map_is_valid(tmp_path):
                                "wrist": "/wrist_camera/camera/color/image_raw"}
     assert bag_map.gripper_joint == "panda_finger_joint1" and bag_map.split_by == "gap"
     assert bag_map.success_topic == "/operator/success" and bag_map.image_size == (64, 64)
+    assert bag_map.proprio_topic == "/joint_states" and len(bag_map.proprio_joints or []) == 7
 
 
 def test_a_bag_whose_recorder_was_killed_imports_its_complete_chunks(tmp_path, capsys):

@@ -19,6 +19,7 @@ episodes, the instruction and where success comes from::
       closed_below: 0.03           # closed (+1) when the value is below this (Bool: true = closed)
     split: {by: bag}               # or {by: gap, gap_s: 2.0}: a new episode after a pause of the pose topic
     success: {topic: /task_success}   # std_msgs/Bool, or none
+    proprio: {topic: /joint_states, joints: [...]}   # optional sensor_msgs/JointState -> /joint_states
 
 Actions follow docs/interfaces.md: step k is the base-frame motion of the end effector
 from grid time ``t_k`` to ``t_k + 1 / control_hz`` (position delta in metres, rotation
@@ -78,6 +79,8 @@ class BagMap:
     split_by: str = "bag"
     gap_s: float = 2.0
     success_topic: str | None = None
+    proprio_topic: str | None = None
+    proprio_joints: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def topics(self) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -88,6 +91,8 @@ class BagMap:
             wanted.append((self.gripper_topic, "gripper.topic", GRIPPER_TYPES))
         if self.success_topic:
             wanted.append((self.success_topic, "success.topic", SUCCESS_TYPES))
+        if self.proprio_topic:
+            wanted.append((self.proprio_topic, "proprio.topic", (T.JOINT_STATE_TYPE,)))
         return wanted
 
 
@@ -120,7 +125,7 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
     if not isinstance(data, dict):
         raise BagImportError(f"{p}: expected a mapping at the top level")
     known = {"control_hz", "image_size", "task", "instruction", "robot_id", "cameras", "actions", "gripper",
-             "split", "success"}
+             "split", "success", "proprio"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise BagImportError(f"{p}: unknown field(s) {unknown}; expected some of {sorted(known)}")
@@ -175,6 +180,13 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         if not isinstance(success, dict):
             raise BagImportError(f"{p}: field 'success' must be {{topic: ...}} or none, got {success!r}")
         bag_map.success_topic = _topic(_need(success, "topic", str, f"{p}: success"))
+    proprio = _need(data, "proprio", dict, where, None)
+    if proprio is not None:
+        bag_map.proprio_topic = _topic(_need(proprio, "topic", str, f"{p}: proprio"))
+        joints = _need(proprio, "joints", list, f"{p}: proprio", None)
+        if joints is not None and (not joints or not all(isinstance(j, str) for j in joints)):
+            raise BagImportError(f"{p}: proprio.joints {joints!r}: expected a list of joint names")
+        bag_map.proprio_joints = joints
     return bag_map
 
 
@@ -445,6 +457,7 @@ class _Streams:
     poses: list[tuple[int, np.ndarray, np.ndarray]]
     gripper: list[tuple[int, float]]
     success: list[tuple[int, bool]]
+    proprio: list[tuple[int, list[str], np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -495,6 +508,8 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
             streams.gripper.append((stamp, _gripper_value(msg, msgtype, bag_map, where)))
         if topic == bag_map.success_topic:
             streams.success.append((stamp, bool(msg.data)))
+        if topic == bag_map.proprio_topic:
+            streams.proprio.append((stamp, list(msg.name), np.asarray(msg.position, dtype=np.float64)))
     return streams
 
 
@@ -560,6 +575,7 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
         actions[:, :6] = deltas
         actions[:, 6] = _gripper_on_grid(streams.gripper, grid[1:], bag_map)
         success_vals = [(s, v) for s, v in streams.success if seg_start <= s <= seg_end + period]
+        proprio = _proprio_on_grid(streams.proprio, grid[:-1], bag_map, src)
         success = None if not bag_map.success_topic else any(v for _, v in success_vals)
         metadata = EpisodeMetadata.new(
             bag_map.task, bag_map.instruction, episode_id=_episode_id(src, index, len(segments)),
@@ -577,6 +593,9 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
                     i = int(np.searchsorted(picks[cam], obs, side="right")) - 1
                     writer.write(T.camera_image_topic(cam), obs + 1_000_000,
                                  T.image_msg(obs, streams.images[cam][i][1], cam))
+                if proprio is not None:
+                    joint_names, joint_rows = proprio
+                    writer.write(T.JOINT_STATES, obs + 1_000_000, T.joint_state_msg(obs, joint_names, joint_rows[k]))
                 writer.write(T.APPLIED_ACTION, obs + APPLIED_DELAY_NS,
                              T.applied_action_msg(obs + APPLIED_DELAY_NS, actions[k]))
             for stamp, value in success_vals:
@@ -592,6 +611,27 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
         raise BagImportError(f"{src}: no episode with a frame of every camera and a full control period of "
                            f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
     return out
+
+
+def _proprio_on_grid(samples: list[tuple[int, list[str], np.ndarray]], grid: np.ndarray, bag_map: BagMap,
+                     src: Path) -> tuple[list[str], np.ndarray] | None:
+    """(joint names, positions on the grid): the newest joint state at or before each step, in map order."""
+    if bag_map.proprio_topic is None:
+        return None
+    if not samples:
+        raise BagImportError(f"{src}: proprio.topic {bag_map.proprio_topic} (in {bag_map.path}) has no message")
+    names = list(bag_map.proprio_joints or samples[0][1])
+    stamps = np.array([s for s, _, _ in samples], dtype=np.int64)
+    idx = np.clip(np.searchsorted(stamps, grid, side="right") - 1, 0, len(samples) - 1)
+    rows = np.zeros((len(grid), len(names)))
+    for k, i in enumerate(idx):
+        _, have, pos = samples[i]
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise BagImportError(f"{src}: {bag_map.proprio_topic} message {i} lacks joint(s) {missing} "
+                                 f"(proprio.joints in {bag_map.path}); it has {have}")
+        rows[k] = [pos[have.index(n)] for n in names]
+    return names, rows
 
 
 def _gripper_on_grid(samples: list[tuple[int, float]], grid: np.ndarray, bag_map: BagMap) -> np.ndarray:

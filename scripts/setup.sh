@@ -41,8 +41,8 @@ else
     log "installing torch==$TORCH_VERSION (CPU)"
     "${pip[@]}" install "torch==$TORCH_VERSION" 2>&1 | quiet_pip
   fi
-  log "installing wmpo[sim,ros,dev,kinematics,realsense,lerobot] and wmpo_ros (editable)"
-  "${pip[@]}" install -e "$ROOT[sim,ros,dev,kinematics,realsense,lerobot]" -e "$ROOT/ros2_ws/src/wmpo_ros" 2>&1 | quiet_pip
+  log "installing wmpo[sim,ros,dev,kinematics,realsense,lerobot,lora] and wmpo_ros (editable)"
+  "${pip[@]}" install -e "$ROOT[sim,ros,dev,kinematics,realsense,lerobot,lora]" -e "$ROOT/ros2_ws/src/wmpo_ros" 2>&1 | quiet_pip
   "$VENV/bin/python" -c "import torch, wmpo_core, wmpo_ros" || { log "install check failed"; exit 1; }
   rm -f "$VENV"/.wmpo-setup-*
   touch "$stamp"

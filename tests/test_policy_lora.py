@@ -1,0 +1,98 @@
+"""GRPO with LoRA (peft) + bf16 on an imported OpenVLA-OFT miniature: a few real clipped-GRPO steps through the
+same module the imagination trainer uses, ratio exactly 1 before the first step, only the adapters move, the
+adapters resume from safetensors, and the merge gives one plain package that verifies and loads."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_policy_oft import INSTRUCTION, checkpoint, keys, oft_checkpoints  # noqa: F401  (module fixtures)
+from test_policy_openvla import IMG
+from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
+
+from wmpo_core.cli import main as wmpo
+from wmpo_core.policy.lora import (
+    LoRASettings,
+    apply_lora,
+    has_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+    trainable_parameters,
+)
+from wmpo_core.registry.package import load_package, save_package, verify_package_contents
+from wmpo_core.rl.grpo import GRPOBatch, GRPOConfig, grpo_update
+from wmpo_core.rl.trainer_imagination import GRPOPolicy, PolicyLogProbs
+
+pytest.importorskip("peft")
+BASE = "language_model.model.layers.0.self_attn.q_proj.weight"
+
+
+def _optimizer_bytes(optimizer):
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def test_grpo_steps_with_lora_bf16_then_merged_package(oft_checkpoints, keys, tmp_path, capsys):  # noqa: F811
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
+                 "--dtype", "bfloat16"]) == 0
+    policy = load_package(pkg)
+    full = trainable_parameters(policy)
+    base_before = policy.state_dict()[BASE].clone()
+    apply_lora(policy, LoRASettings(rank=4))
+    adapters = trainable_parameters(policy)
+    assert 0 < adapters < full / 10 and has_lora(policy)
+    assert {p.dtype for n, p in policy.named_parameters() if ".lora_" not in n} == {torch.bfloat16}
+
+    rng = np.random.default_rng(0)
+    images = [{"agentview": rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)} for _ in range(4)]
+    batch = policy.prepare_batch(images, [INSTRUCTION] * 4)
+    config = GRPOConfig(learning_rate=1e-2, minibatch_size=4, temperature=1.6)
+    policy.eval()  # rollout
+    tokens, logp_old = policy.sample(batch, temperature=config.temperature, generator=torch.Generator().manual_seed(0))
+    grpo_batch = GRPOBatch(batch, tokens, logp_old, torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.ones_like(logp_old))
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate)
+    grpo_policy = GRPOPolicy(PolicyLogProbs(policy))
+    policy.train()  # update
+    stats = [grpo_update(grpo_policy, optimizer, grpo_batch, config) for _ in range(3)]
+    assert stats[0]["ratio_min"] == 1.0 and stats[0]["ratio_max"] == 1.0  # same numerics at rollout and update
+    assert stats[-1]["ratio_min"] != 1.0 or stats[-1]["ratio_max"] != 1.0  # the adapters moved the policy
+    assert torch.equal(policy.state_dict()[BASE.replace(".weight", ".base_layer.weight")], base_before)  # frozen
+    lora_optimizer_bytes = _optimizer_bytes(optimizer)
+
+    # adapters resume from plain safetensors
+    save_file(lora_state_dict(policy), str(tmp_path / "adapters.safetensors"))
+    resumed = apply_lora(load_package(pkg), LoRASettings(rank=4))
+    load_lora_state_dict(resumed, load_file(str(tmp_path / "adapters.safetensors")))
+    policy.eval()
+    resumed.eval()
+    with torch.no_grad():
+        adapted = policy.log_prob(batch, tokens, temperature=1.6)
+        torch.testing.assert_close(resumed.log_prob(batch, tokens, temperature=1.6), adapted, atol=0, rtol=0)
+
+    # merged at export: one plain bf16 package with the original tensor names
+    merge_lora(policy)
+    assert not has_lora(policy)
+    out = save_package(policy, tmp_path / "merged", parent=pkg.name)
+    verify_package_contents(out)
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f, \
+            safe_open(str(pkg / "model.safetensors"), framework="pt") as g:
+        assert set(f.keys()) == set(g.keys()) and {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    merged = load_package(out).eval()
+    assert not torch.equal(merged.state_dict()[BASE], base_before)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.log_prob(batch, tokens, temperature=1.6), adapted, atol=0.05, rtol=0)
+
+    # full fine-tuning of the same model, one step, for the memory ratio
+    dense = load_package(pkg)
+    dense_optimizer = torch.optim.AdamW(dense.parameters(), lr=1e-6)
+    dense.train()
+    grpo_update(GRPOPolicy(PolicyLogProbs(dense)), dense_optimizer, grpo_batch, config)
+    ratio = {"trainable_params_lora": adapters, "trainable_params_full": full,
+             "optimizer_bytes_lora": lora_optimizer_bytes, "optimizer_bytes_full": _optimizer_bytes(dense_optimizer)}
+    assert ratio["optimizer_bytes_lora"] * 10 < ratio["optimizer_bytes_full"]
+    print(json.dumps(ratio))

@@ -123,6 +123,13 @@ def main(args: argparse.Namespace) -> int:
             setattr(tc, name, getattr(args, flag))
     if args.all_episodes:
         tc.only_success = False
+    try:  # the flags above bypass from_dict's checks
+        from wmpo_core.config_io import check_config
+
+        check_config(tc, "train config (with the command-line flags)")
+    except ValueError as exc:
+        print(f"wmpo train-policy: {exc}", file=sys.stderr)
+        return 2
     try:
         episodes = args.episodes or recipe_episodes(recipe, args.out, progress=not args.no_progress)
         package = train_policy(episodes, args.out, config, tc, resume=args.resume, parent=args.parent,

@@ -79,12 +79,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
-        """Build from a dict; unknown fields are an error naming them."""
+        """Build from a dict; unknown fields, wrong types and out-of-range values are an error naming them."""
+        from wmpo_core.config_io import check_config
+
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown}")
-        return cls(**d)
+        try:
+            config = cls(**d)
+        except TypeError as exc:  # __post_init__ comparing a value of the wrong type
+            raise ValueError(f"{where}: {exc}") from None
+        check_config(config, where)
+        return config
 
 
 # --------------------------------------------------------------------------- batches

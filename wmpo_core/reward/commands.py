@@ -33,15 +33,17 @@ def configure_train_reward(parser: argparse.ArgumentParser) -> None:
 
 def main_train_reward(args: argparse.Namespace) -> int:
     """Train, calibrate tau, save."""
+    from wmpo_core.config_io import check_config
     from wmpo_core.reward.train import RewardTrainConfig, train_reward
     from wmpo_core.world_model.episodes import load_episodes
 
     try:
         cfg = RewardTrainConfig.from_json(args.config) if args.config else RewardTrainConfig()
-        if args.steps:
+        if args.steps is not None:
             cfg.steps = args.steps
         if args.min_frame is not None:
             cfg.min_frame = args.min_frame
+        check_config(cfg, "reward config (with --steps / --min-frame)")
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
         world_model = None
         if args.world_model:

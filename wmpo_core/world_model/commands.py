@@ -40,6 +40,8 @@ def main_train_vae(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load_config(args.config)
+        if args.steps is not None and args.steps <= 0:
+            raise ValueError(f"--steps: must be > 0, got {args.steps}")
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
@@ -66,13 +68,15 @@ def configure_train_world_model(parser: argparse.ArgumentParser) -> None:
 
 def main_train_world_model(args: argparse.Namespace) -> int:
     """Pretrain, align (--init) or resume a world model."""
+    from wmpo_core.config_io import check_config
     from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.train import train_world_model
 
     try:
         cfg = _load_config(args.config)
-        if args.steps:
+        if args.steps is not None:
             cfg.steps = args.steps
+            check_config(cfg, "training config (with --steps)")
         if args.no_noisy_context:
             cfg.context_noise_step = 0
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)

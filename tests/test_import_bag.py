@@ -258,3 +258,17 @@ def test_a_bag_whose_recorder_was_killed_imports_its_complete_chunks(tmp_path, c
     t = (np.append(ep.frame_stamps_ns["agentview"], ep.frame_stamps_ns["agentview"][-1] + 10**8) - START_NS) / 1e9
     position = true_position(t[0]) + np.concatenate([[np.zeros(3)], np.cumsum(ep.actions[:, :3], axis=0)])
     assert np.linalg.norm(position - true_position(t), axis=1).max() < 1e-3
+
+
+def test_a_source_that_fails_half_way_leaves_nothing_and_keeps_what_was_there(tmp_path, capsys):
+    from wmpo_core.data.episodes import write_synthetic_episode
+
+    src = write_foreign_bag(tmp_path / "two_tries", pause_s=5.0)
+    out = tmp_path / "episodes"
+    users = write_synthetic_episode(out, 4, episode_id="two_tries_001")  # the second episode's name is taken
+    before = digest(users)
+    bag_map = write_map(tmp_path / "map.yaml", split={"by": "gap", "gap_s": 1.0})
+    assert wmpo(["import-bag", str(src), "--map", str(bag_map), "--out", str(out), "--into-existing"]) == 2
+    assert "two_tries_001: exists already" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["two_tries_001"]  # two_tries_000 was removed again
+    assert digest(users) == before

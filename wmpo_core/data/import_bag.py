@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -546,9 +547,10 @@ def _episode_id(src: Path, index: int, count: int) -> str:
 
 
 def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.PathLike[str]) -> list[ImportedEpisode]:
-    """Import one source bag as one or more episodes in ``out_dir``; returns what was written."""
-    from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+    """Import one source bag as one or more episodes in ``out_dir``; returns what was written.
 
+    Either every episode of the source is written or none is (a failure removes this source's new bags).
+    """
     src = Path(src)
     _check_topics(src, bag_map)
     streams = _read_streams(src, bag_map)
@@ -557,9 +559,26 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
     pose_ns = np.array([s for s, _, _ in streams.poses], dtype=np.int64)
     positions = np.stack([p for _, p, _ in streams.poses])
     quats = np.stack([q for _, _, q in streams.poses])
-    period = round(1e9 / bag_map.control_hz)
     segments = _segments(pose_ns, bag_map)
     out: list[ImportedEpisode] = []
+    try:
+        _write_segments(src, bag_map, out_dir, streams, pose_ns, positions, quats, segments, out)
+    except BaseException:
+        for done in out:  # episodes of this source written just now: a failed source leaves nothing behind
+            shutil.rmtree(done.path, ignore_errors=True)
+        raise
+    if not out:
+        raise BagImportError(f"{src}: no episode with a frame of every camera and a full control period of "
+                             f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
+    return out
+
+
+def _write_segments(src: Path, bag_map: BagMap, out_dir: str | os.PathLike[str], streams: _Streams,
+                    pose_ns: np.ndarray, positions: np.ndarray, quats: np.ndarray,
+                    segments: list[tuple[int, int]], out: list[ImportedEpisode]) -> None:
+    from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+
+    period = round(1e9 / bag_map.control_hz)
     for index, (seg_start, seg_end) in enumerate(segments):
         firsts = [next((s for s, _ in streams.images[c] if s >= seg_start), None) for c in bag_map.cameras]
         if any(f is None or f > seg_end for f in firsts):
@@ -605,12 +624,9 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
             path = writer.close(int(grid[-1]))
         except BaseException:
             writer.abort()
+            shutil.rmtree(writer.path, ignore_errors=True)  # made by this writer just now: no half episode is left
             raise
         out.append(ImportedEpisode(path, src, steps, steps / bag_map.control_hz, success))
-    if not out:
-        raise BagImportError(f"{src}: no episode with a frame of every camera and a full control period of "
-                           f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
-    return out
 
 
 def _proprio_on_grid(samples: list[tuple[int, list[str], np.ndarray]], grid: np.ndarray, bag_map: BagMap,

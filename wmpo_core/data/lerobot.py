@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,7 @@ def import_lerobot(dataset: str | os.PathLike[str], out: str | os.PathLike[str])
             written.append(writer.close(START_NS + len(sel) * period))
         except BaseException:
             writer.abort()
+            shutil.rmtree(writer.path, ignore_errors=True)  # made by this writer just now: no half episode is left
             raise
     return written
 

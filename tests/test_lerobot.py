@@ -104,6 +104,14 @@ def test_a_dataset_from_elsewhere_imports_with_success_from_next_success(episode
     # Without this stack's columns next.success is all there is: an unlabelled episode (ep_2) reads as a failure.
     assert [listed[f"ds_{i:06d}"]["success"] for i in range(3)] == [True, False, False]
     assert [listed[f"ds_{i:06d}"]["steps"] for i in range(3)] == [6, 8, 10]
+    # Behavior cloning takes them like any recorded episodes.
+    cfg = tmp_path / "policy.json"
+    cfg.write_text(json.dumps(dict(num_layers=1, vision_layers=1, hidden_size=64, vision_hidden_size=64,
+                                   intermediate_size=128, vision_intermediate_size=128, text_vocab_size=320)))
+    res = wmpo("train-policy", "--episodes", str(back), "--out", str(tmp_path / "bc"), "--config", str(cfg),
+               "--steps", "2", "--batch-size", "2", "--threads", "1", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "bc").rglob("model.safetensors"))
 
 
 def test_import_errors_name_the_file_and_field(episodes, tmp_path):

@@ -90,6 +90,8 @@ def test_parse_destination(tmp_path):
     assert parse_destination("./a:b") == Destination("./a:b")  # a path with a slash before ':' is local
     with pytest.raises(ValueError, match="remote directory"):
         parse_destination("robot1:")
+    with pytest.raises(ValueError, match="cannot start with '-'"):  # would become an ssh option
+        parse_destination("-oProxyCommand=id:policies")
 
 
 # ---------------------------------------------------------------- remote protocol

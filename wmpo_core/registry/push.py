@@ -93,6 +93,8 @@ def parse_destination(dest: str) -> Destination:
     if ":" in dest and not Path(dest).exists():
         host, _, path = dest.partition(":")
         if host and "/" not in host:
+            if host.startswith("-"):  # ssh, rsync and scp would read it as an option
+                raise ValueError(f"--to {dest!r}: a host name cannot start with '-'")
             if not path:
                 raise ValueError(f"--to {dest!r}: remote directory after ':' is empty")
             return Destination(path=path, host=host)

@@ -272,3 +272,52 @@ def test_a_source_that_fails_half_way_leaves_nothing_and_keeps_what_was_there(tm
     assert "two_tries_001: exists already" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["two_tries_001"]  # two_tries_000 was removed again
     assert digest(users) == before
+
+
+def test_actions_from_joint_states_through_the_urdf_forward_kinematics(tmp_path):
+    pytest.importorskip("pinocchio")  # the kinematics extra (installed by scripts/setup.sh)
+    from wmpo_core.control.kinematics import DEFAULT_JOINT_NAMES, ArmKinematics
+
+    arm = ArmKinematics()
+    home = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.8])
+
+    def q(t: float) -> np.ndarray:
+        return home + 0.25 * np.sin(np.array([0.8, 1.1, 0.6, 0.9, 1.3, 0.7, 1.0]) * t)
+
+    store = T.typestore()
+    src = tmp_path / "joints_only"
+    writer = Writer(src, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    cam = writer.add_connection(CAM_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=store)
+    js = writer.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=store)
+    events = []
+    for k in range(60):  # 2 s of 30 Hz PNG frames
+        ok, png = cv2.imencode(".png", np.full((48, 64, 3), k * 4, np.uint8))
+        msg = store.types["sensor_msgs/msg/CompressedImage"](header=_header(store, START_NS + round(k / 30 * 1e9), "c"),
+                                                             format="png", data=np.frombuffer(png.tobytes(), np.uint8))
+        events.append((START_NS + round(k / 30 * 1e9) + 1, cam, msg))
+    for k in range(201):  # 100 Hz joint states, the finger joints first, as a driver may order them
+        stamp = START_NS + k * 10_000_000
+        names = ["panda_finger_joint1", *DEFAULT_JOINT_NAMES]
+        events.append((stamp + 1, js, T.joint_state_msg(stamp, names, [0.04, *q(k / 100)])))
+    for log_ns, conn, msg in sorted(events, key=lambda e: e[0]):
+        writer.write(conn, log_ns, T.serialize(msg, conn.msgtype))
+    writer.close()
+    bag_map = write_map(tmp_path / "map.yaml", actions={"joint_states_topic": "/joint_states"}, success=None,
+                        gripper={"topic": "/joint_states", "joint": "panda_finger_joint1", "closed_below": 0.03},
+                        proprio={"topic": "/joint_states", "joints": list(DEFAULT_JOINT_NAMES)})
+    out = tmp_path / "episodes"
+    assert wmpo(["import-bag", str(src), "--map", str(bag_map), "--out", str(out)]) == 0
+    ep = load_episode(out / "joints_only")
+    assert ep.num_steps == 20 and np.all(ep.actions[:, 6] == -1)
+    t = (np.append(ep.frame_stamps_ns["agentview"], ep.frame_stamps_ns["agentview"][-1] + 10**8) - START_NS) / 1e9
+    poses = np.stack([arm.fk(q(tk)) for tk in t])
+    position = poses[0, :3, 3] + np.concatenate([[np.zeros(3)], np.cumsum(ep.actions[:, :3], axis=0)])
+    assert np.linalg.norm(position - poses[:, :3, 3], axis=1).max() < 1e-3
+    rotation = [Rotation.from_matrix(poses[0, :3, :3])]
+    for a in ep.actions:
+        rotation.append(Rotation.from_rotvec(a[3:6]) * rotation[-1])
+    errors = [(r * Rotation.from_matrix(p[:3, :3]).inv()).magnitude() for r, p in zip(rotation, poses, strict=True)]
+    assert max(errors) < 1e-3
+    assert np.abs(np.linalg.norm(ep.actions[:, :3], axis=1)).max() > 1e-3  # the hand really moved
+    assert np.allclose(ep.proprio, np.stack([q(tk) for tk in t[:-1]]), atol=1e-6)

@@ -12,7 +12,8 @@ episodes, the instruction and where success comes from::
     cameras:
       agentview: {topic: /camera/color/image_raw/compressed}   # sensor_msgs/Image or CompressedImage
     actions:
-      pose_topic: /franka/ee_pose  # geometry_msgs/PoseStamped in the robot base frame
+      pose_topic: /franka/ee_pose  # geometry_msgs/PoseStamped in the robot base frame, or
+      # joint_states_topic: /joint_states (+ urdf, joints, base_frame, ee_frame): forward kinematics
     gripper:                       # or {constant: -1}
       topic: /franka/gripper/joint_states   # sensor_msgs/JointState, std_msgs/Float32/64 or Bool
       joint: panda_finger_joint1   # JointState only
@@ -82,12 +83,20 @@ class BagMap:
     success_topic: str | None = None
     proprio_topic: str | None = None
     proprio_joints: list[str] | None = None
+    # actions.joint_states_topic: the pose comes from forward kinematics of these joints (None: a pose topic)
+    fk_joints: list[str] | None = None
+    fk_urdf: str | None = None
+    fk_base_frame: str | None = None
+    fk_ee_frame: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def topics(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(topic, map field naming it, accepted message types) of every topic the map reads."""
         wanted = [(topic, f"cameras.{cam}.topic", IMAGE_TYPES) for cam, topic in self.cameras.items()]
-        wanted.append((self.pose_topic, "actions.pose_topic", POSE_TYPES))
+        if self.fk_joints is None:
+            wanted.append((self.pose_topic, "actions.pose_topic", POSE_TYPES))
+        else:
+            wanted.append((self.pose_topic, "actions.joint_states_topic", (T.JOINT_STATE_TYPE,)))
         if self.gripper_topic:
             wanted.append((self.gripper_topic, "gripper.topic", GRIPPER_TYPES))
         if self.success_topic:
@@ -143,7 +152,11 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         spec = spec if isinstance(spec, dict) else {"topic": spec}
         cameras[str(name)] = _topic(_need(spec, "topic", str, f"{p}: cameras.{name}"))
     actions = _need(data, "actions", dict, where)
-    pose_topic = _topic(_need(actions, "pose_topic", str, f"{p}: actions"))
+    if ("pose_topic" in actions) == ("joint_states_topic" in actions):
+        raise BagImportError(f"{p}: actions: give exactly one of pose_topic (geometry_msgs/PoseStamped) and "
+                             "joint_states_topic (sensor_msgs/JointState, through the URDF's forward kinematics)")
+    key = "pose_topic" if "pose_topic" in actions else "joint_states_topic"
+    pose_topic = _topic(_need(actions, key, str, f"{p}: actions"))
     hz = float(_need(data, "control_hz", (int, float), where, 10.0))
     if not 0 < hz <= 1000:
         raise BagImportError(f"{p}: field 'control_hz' {hz}: expected a rate in Hz between 0 and 1000")
@@ -158,6 +171,17 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
                      task=str(_need(data, "task", str, where, "imported")),
                      instruction=str(_need(data, "instruction", str, where, "")),
                      robot_id=str(_need(data, "robot_id", str, where, "imported")))
+    if key == "joint_states_topic":
+        from wmpo_core.control.kinematics import DEFAULT_BASE_FRAME, DEFAULT_EE_FRAME, DEFAULT_JOINT_NAMES
+
+        joints = _need(actions, "joints", list, f"{p}: actions", list(DEFAULT_JOINT_NAMES))
+        if not joints or not all(isinstance(j, str) for j in joints):
+            raise BagImportError(f"{p}: actions.joints {joints!r}: expected a list of joint names")
+        bag_map.fk_joints = joints
+        urdf = _need(actions, "urdf", str, f"{p}: actions", None)
+        bag_map.fk_urdf = None if urdf is None else str((p.parent / urdf) if not Path(urdf).is_absolute() else urdf)
+        bag_map.fk_base_frame = str(_need(actions, "base_frame", str, f"{p}: actions", DEFAULT_BASE_FRAME))
+        bag_map.fk_ee_frame = str(_need(actions, "ee_frame", str, f"{p}: actions", DEFAULT_EE_FRAME))
     gripper = _need(data, "gripper", dict, where, {})
     if "topic" in gripper:
         bag_map.gripper_topic = _topic(_need(gripper, "topic", str, f"{p}: gripper"))
@@ -487,6 +511,7 @@ def _check_topics(src: Path, bag_map: BagMap) -> None:
 def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
     cam_of = {topic: cam for cam, topic in bag_map.cameras.items()}
     streams = _Streams({c: [] for c in bag_map.cameras}, [], [], [])
+    fk = _kinematics(bag_map)
     last: dict[str, int] = {}
     counts: dict[str, int] = {}
     for topic, msgtype, log_ns, msg in iter_source(src, sorted({t for t, _, _ in bag_map.topics()})):
@@ -499,7 +524,9 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
         last[topic] = stamp
         if topic in cam_of:
             streams.images[cam_of[topic]].append((stamp, decode_image(msg, msgtype, bag_map.image_size, where)))
-        if topic == bag_map.pose_topic:
+        if topic == bag_map.pose_topic and fk is not None:
+            streams.poses.append((stamp, *_fk_pose(fk, msg, bag_map, where)))
+        elif topic == bag_map.pose_topic:
             p, o = msg.pose.position, msg.pose.orientation
             quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
             if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
@@ -512,6 +539,35 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
         if topic == bag_map.proprio_topic:
             streams.proprio.append((stamp, list(msg.name), np.asarray(msg.position, dtype=np.float64)))
     return streams
+
+
+def _kinematics(bag_map: BagMap) -> Any:
+    """The arm model for actions.joint_states_topic (None for a pose topic); errors name the map."""
+    if bag_map.fk_joints is None:
+        return None
+    try:
+        from wmpo_core.control.kinematics import ArmKinematics
+    except ImportError as exc:
+        raise BagImportError(f"{bag_map.path}: actions.joint_states_topic needs forward kinematics: "
+                             f"pip install 'wmpo[kinematics]' ({exc})") from None
+    try:
+        return ArmKinematics(bag_map.fk_urdf, joint_names=bag_map.fk_joints, base_frame=bag_map.fk_base_frame or "",
+                             ee_frame=bag_map.fk_ee_frame or "")
+    except (FileNotFoundError, ValueError) as exc:
+        raise BagImportError(f"{bag_map.path}: actions (urdf, joints, base_frame, ee_frame): {exc}") from None
+
+
+def _fk_pose(fk: Any, msg: Any, bag_map: BagMap, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(position, quaternion xyzw) of the end effector in the base frame for one JointState."""
+    import pinocchio as pin
+
+    names = list(msg.name)
+    missing = [j for j in fk.joint_names if j not in names]
+    if missing:
+        raise BagImportError(f"{where}: no joint(s) {missing} (actions.joints in {bag_map.path}); joints there: {names}")
+    pos = np.asarray(msg.position, dtype=np.float64)
+    pose = fk.fk(np.array([pos[names.index(j)] for j in fk.joint_names]))
+    return pose[:3, 3].copy(), np.asarray(pin.Quaternion(pose[:3, :3]).coeffs(), dtype=np.float64)  # xyzw
 
 
 def _gripper_value(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> float:

@@ -358,3 +358,20 @@ def _write_bags(root):
         actions[:, 6] = np.where(np.arange(n) > n // 2, 1.0, -1.0)
         write_episode_bag(root, f"ep_{i}", {"agentview": rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)},
                           actions, rng.normal(size=(n, 9)), success=True)
+
+
+def test_loaded_weights_do_not_follow_later_changes_of_the_file(oft_checkpoints, keys, tmp_path):
+    from wmpo_core.registry.package import load_package
+
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
+                 "--dtype", "bfloat16"]) == 0
+    policy = load_package(pkg)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    size = (pkg / "model.safetensors").stat().st_size
+    with open(pkg / "model.safetensors", "r+b") as f:  # a verified package rewritten in place after loading
+        f.seek(size // 2)
+        f.write(b"\x7f" * (size - size // 2))
+    after = policy.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

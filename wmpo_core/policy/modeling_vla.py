@@ -27,6 +27,7 @@ vocabulary rows, so logits and log-probs are over the action bins only.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
@@ -545,10 +546,7 @@ class VLAPolicy(nn.Module):
         with init_empty_weights(include_buffers=False):
             policy = cls(config, tokenizer, NormStats.load(d / NORM_STATS_NAME),
                          version=version or _weights_version(d / WEIGHTS_NAME))
-        try:
-            tensors = load_file(str(d / WEIGHTS_NAME))
-        except Exception as exc:  # safetensors raises its own error types for truncated / malformed headers
-            raise PolicyLoadError(f"{d / WEIGHTS_NAME}: cannot read safetensors: {exc}") from exc
+        tensors = read_safetensors(d / WEIGHTS_NAME)  # owned memory: a later change of the file changes nothing
         policy.load_weights(tensors, where=str(d / WEIGHTS_NAME), assign=True)
         stats = policy.norm_stats.get(config.unnorm_key, "action")
         if stats.dim != config.action_dim:
@@ -572,6 +570,48 @@ class VLAPolicy(nn.Module):
     def describe(self) -> str:
         """One-line summary."""
         return json.dumps({"version": self.version, "params": self.num_parameters(), "decoding": self.config.decoding})
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, in one buffer this process owns (read once, no second copy).
+
+    Unlike ``safetensors.torch.load_file`` (tensors backed by a map of the file, so a later change
+    of the file changes the loaded weights) the content is fixed when it is read, which is what
+    a verified package needs; unlike ``safetensors.torch.load`` nothing is copied twice, so the
+    peak is about the file's size.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = bytearray(size)
+            if f.readinto(buf) != size:
+                raise OSError("file changed size while read")
+        n = int.from_bytes(buf[:8], "little")
+        header = json.loads(bytes(buf[8 : 8 + n]))
+        if not isinstance(header, dict) or 8 + n > size:
+            raise ValueError("bad header")
+        tensors = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            begin, end = (8 + n + int(o) for o in entry["data_offsets"])
+            shape = [int(x) for x in entry["shape"]]
+            count = int(np.prod(shape)) if shape else 1
+            if not (8 + n <= begin <= end <= size) or end - begin != count * torch.empty((), dtype=dtype).element_size():
+                raise ValueError(f"tensor {name!r}: offsets {entry['data_offsets']} do not fit its shape and dtype")
+            flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=begin) if count else torch.empty(0, dtype=dtype)
+            tensors[name] = flat.view(shape)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PolicyLoadError(f"{p}: cannot read safetensors: {exc}") from exc
+    return tensors
 
 
 def _weights_version(path: Path) -> str:

@@ -35,7 +35,7 @@ import torch
 
 from wmpo_core.data.normalization import NormStats
 from wmpo_core.policy.configuration_vla import VLAConfig
-from wmpo_core.policy.modeling_vla import PolicyLoadError, VLAPolicy
+from wmpo_core.policy.modeling_vla import PolicyLoadError, VLAPolicy, read_safetensors
 from wmpo_core.policy.text_tokenizer import load_text_tokenizer
 
 DINO = "vision_backbone.featurizer."
@@ -52,8 +52,6 @@ OFT_DEFAULT_CHUNK = 8
 
 
 def _read_tensors(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     files = sorted(d.glob("*.safetensors"))
     if not files:
         pickled = [p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES]
@@ -61,10 +59,7 @@ def _read_tensors(d: Path) -> dict[str, torch.Tensor]:
         raise PolicyLoadError(f"{d}: no *.safetensors weights{hint}")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        try:
-            tensors.update(load_file(str(f)))
-        except Exception as exc:  # safetensors raises its own error types for malformed headers
-            raise PolicyLoadError(f"{f}: cannot read safetensors: {exc}") from exc
+        tensors.update(read_safetensors(f))
     return tensors
 
 
@@ -266,7 +261,8 @@ def convert_openvla_weights(tensors: dict[str, torch.Tensor], policy: VLAPolicy)
         for n in (1, 2):
             # the HF export renamed timm's LayerScale.gamma to scale_factor; accept both
             key = next((src + f"ls{n}.{x}" for x in ("scale_factor", "gamma") if src + f"ls{n}.{x}" in tensors), None)
-            out[dst + f"layer_scale{n}.lambda1"] = tensors[key] if key else torch.ones_like(target[dst + f"layer_scale{n}.lambda1"])
+            # (a real tensor: the target may live on the meta device)
+            out[dst + f"layer_scale{n}.lambda1"] = tensors[key] if key else torch.ones(target[dst + f"layer_scale{n}.lambda1"].shape)
 
     # SigLIP (timm) -> transformers
     out[sig + "embeddings.position_embedding.weight"] = _need(tensors, SIGLIP + "pos_embed")[0]
@@ -367,4 +363,7 @@ def load_openvla(directory: str | Path, unnorm_key: str | None = None, variant: 
     if missing:
         raise PolicyLoadError(f"OpenVLA weights: tensors missing for {missing[:5]}")
     policy.load_state_dict(state, assign=True)
+    still_empty = [k for k, v in policy.state_dict().items() if v.device.type == "meta"]
+    if still_empty:
+        raise PolicyLoadError(f"OpenVLA weights: no values for {still_empty[:5]}")
     return policy.eval()

@@ -155,6 +155,9 @@ def rig(tmp_path_factory):
 def test_policy_root_is_read_only_and_policy_path_stays_inside(rig):
     before = rig.policy_path()
     assert not rig.set_param("policy_root", str(rig.outside)).successful
+    assert not rig.set_param("trusted_keys", str(rig.untrusted.public_key)).successful
+    # read once at start: a change at run time was accepted and silently ignored
+    assert not rig.set_param("vla.temperature", 1.0).successful
     rig.outside.mkdir(exist_ok=True)
     copy = rig.outside / "trust-v1"
     shutil.copytree(rig.chain[1], copy)  # a valid, signed child of the active version, in the wrong place
@@ -209,19 +212,24 @@ def test_rollback_preempts_a_hostile_load_within_one_control_period(rig):
     assert rig.set_param("policy_path", str(hostile)).successful
     node = rig.probe.node
     client = node.create_client(Trigger, f"{NODE}/load_policy")
+    rollback = node.create_client(Trigger, f"{NODE}/rollback")  # discovered before the clock starts
     try:
-        assert client.wait_for_service(timeout_sec=20)
+        assert client.wait_for_service(timeout_sec=20) and rollback.wait_for_service(timeout_sec=20)
         reply = client.call_async(Trigger.Request())
         rig.probe.wait_for(lambda: "load requested" in rig.proc.output().split("trust-v2 from")[-1], 10,
                            "the hostile load to start", rig.proc)
         time.sleep(0.5)  # the loader is hashing the 8 GiB file now
         assert not reply.done(), reply.result()
         t0 = time.perf_counter()
-        back = rig.rollback()
+        answer = rollback.call_async(Trigger.Request())
+        while not answer.done() and time.perf_counter() - t0 < 30:
+            time.sleep(0.001)
         answered_s = time.perf_counter() - t0
+        back = answer.result()
         rig.probe.wait_for(reply.done, 10, "the hostile load's reply after the rollback", rig.proc)
     finally:
         node.destroy_client(client)
+        node.destroy_client(rollback)
     print(f"rollback answered in {answered_s * 1e3:.1f} ms during a hostile load (period {1e3 / RATE_HZ:.0f} ms)")
     assert back.success and back.message == "rolled back from trust-v2 to trust-v0", back.message
     assert answered_s < 1.0 / RATE_HZ

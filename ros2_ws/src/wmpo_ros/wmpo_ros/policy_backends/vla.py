@@ -97,12 +97,16 @@ class VLAPolicyBackend(PolicyBackend):
         """policy_path, trusted_keys, vla.temperature, vla.unnorm_key, vla.num_threads, vla.device, vla.dtype."""
         return {
             **declare_package_parameters(node),
-            "temperature": declare_once(node, "vla.temperature", 0.0, "action sampling temperature (0 = greedy)"),
+            # read-only: read once at start (and given to every package loaded later), a change at run time
+            # would be accepted and silently ignored
+            "temperature": declare_once(node, "vla.temperature", 0.0, "action sampling temperature (0 = greedy)",
+                                        read_only=True),
             "unnorm_key": declare_once(node, "vla.unnorm_key", "",
-                                  "norm_stats entry that converts actions to physical units (empty: the package's)"),
+                                  "norm_stats entry that converts actions to physical units (empty: the package's)",
+                                       read_only=True),
             "num_threads": declare_once(node, "vla.num_threads", 0,
                                    "torch CPU threads for inference (0: torch's default; 1 avoids thread "
-                                   "oversubscription on a busy CPU)"),
+                                   "oversubscription on a busy CPU)", read_only=True),
             "device": declare_once(node, "vla.device", "auto",
                                    "where the policy runs: auto (the first CUDA GPU if any, else cpu), cpu, cuda:N"),
             "dtype": declare_once(node, "vla.dtype", "auto",

@@ -17,6 +17,7 @@ from wmpo_core.cli import main as wmpo
 from wmpo_core.policy.lora import (
     LoRASettings,
     apply_lora,
+    export_state_dict,
     has_lora,
     load_lora_state_dict,
     lora_state_dict,
@@ -75,7 +76,12 @@ def test_grpo_steps_with_lora_bf16_then_merged_package(oft_checkpoints, keys, tm
         torch.testing.assert_close(resumed.log_prob(batch, tokens, temperature=1.6), adapted, atol=0, rtol=0)
 
     # merged at export: one plain bf16 package with the original tensor names
+    exported = export_state_dict(policy)  # what save_package writes while the adapters keep training
     merge_lora(policy)
+    merged_state = policy.state_dict()
+    assert set(exported) == set(merged_state)
+    for k, v in merged_state.items():
+        torch.testing.assert_close(exported[k].float(), v.float(), atol=1e-2, rtol=1e-2)
     assert not has_lora(policy)
     out = save_package(policy, tmp_path / "merged", parent=pkg.name)
     verify_package_contents(out)
@@ -96,3 +102,23 @@ def test_grpo_steps_with_lora_bf16_then_merged_package(oft_checkpoints, keys, tm
              "optimizer_bytes_lora": lora_optimizer_bytes, "optimizer_bytes_full": _optimizer_bytes(dense_optimizer)}
     assert ratio["optimizer_bytes_lora"] * 10 < ratio["optimizer_bytes_full"]
     print(json.dumps(ratio))
+
+
+def test_grpo_sim_command_with_lora_and_bf16_writes_a_plain_package(oft_checkpoints, keys, tmp_path, capsys):  # noqa: F811
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft"]) == 0
+    config = tmp_path / "grpo.json"
+    config.write_text(json.dumps({"grpo": {"group_size": 2, "minibatch_size": 2}, "groups_per_iteration": 1}))
+    rc = wmpo(["grpo-sim", "--policy", str(pkg), "--task", "lift", "--budget", "2", "--max-steps", "8",
+               "--config", str(config), "--out", str(tmp_path / "run"), "--lora-rank", "4", "--dtype", "bfloat16",
+               "--sign", str(keys.private_key), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-2000:]
+    out = tmp_path / "run" / "policy"
+    assert wmpo(["verify", str(out), "--public-key", str(keys.public_key)]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f, \
+            safe_open(str(pkg / "model.safetensors"), framework="pt") as g:
+        assert set(f.keys()) == set(g.keys())  # adapters merged: the robot loads one plain package
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert load_package(out).manifest["parent"] == load_package(pkg).version

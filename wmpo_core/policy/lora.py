@@ -103,6 +103,28 @@ def load_lora_state_dict(policy: nn.Module, tensors: dict[str, torch.Tensor], wh
     policy.load_state_dict(tensors, strict=False)
 
 
+def export_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a package stores: with adapters, each adapted weight is ``W + scale * B @ A`` in ``W``'s
+    dtype under its original name (the policy itself keeps its adapters and goes on training)."""
+    state = policy.state_dict()
+    if not has_lora(policy):
+        return state
+    layers = dict(_lora_layers(policy))
+    out = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." in key:
+            module_name, _, param = key.partition(".base_layer.")
+            layer = layers[module_name]
+            if param == "weight":
+                delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+                value = (value.float() + delta.float()).to(value.dtype)
+            key = f"{module_name}.{param}"
+        out[key] = value
+    return out
+
+
 def merge_lora(policy: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (in the base's dtype) and remove the adapter modules, so the
     state dict has the original names and shapes again; every parameter becomes trainable again."""

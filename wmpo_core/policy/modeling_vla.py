@@ -521,7 +521,9 @@ class VLAPolicy(nn.Module):
         """Write ``model.safetensors``, ``config.json``, ``norm_stats.json``, ``tokenizer.json``; returns the paths."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        from wmpo_core.policy.lora import export_state_dict  # LoRA adapters are merged: one plain package
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in export_state_dict(self).items()}
         save_file(tensors, str(d / WEIGHTS_NAME), metadata={"format": "pt", "version": self.version})
         self.config.save(d / CONFIG_NAME)
         self.norm_stats.save(d / NORM_STATS_NAME)

@@ -29,7 +29,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run directory (the package goes to <out>/policy)")
     parser.add_argument("--config", help="JSON trainer config (fields of the command's config dataclass)")
     parser.add_argument("--sign", type=Path, help="Ed25519 private key: sign the resulting package")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="train LoRA adapters of this rank on the language model instead of every weight "
+                             "(needs the lora extra; merged into the package; 0 = full fine-tuning)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype while training (auto: as stored in the package)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _prepare_policy(policy: Any, args: argparse.Namespace) -> Any:
+    """--dtype and --lora-rank on a loaded base policy (rollouts and updates then share the same numerics)."""
+    from wmpo_core.policy.placement import place_policy
+
+    place_policy(policy, str(policy.device), args.dtype)
+    if args.lora_rank:
+        from wmpo_core.policy.lora import LoRASettings, apply_lora
+
+        try:
+            apply_lora(policy, LoRASettings(rank=args.lora_rank))
+        except ImportError as exc:
+            raise ValueError(f"--lora-rank: {exc}") from None
+    return policy
 
 
 def _finish(command: str, result: dict[str, Any], sign: Path | None) -> int:
@@ -81,7 +101,7 @@ def main_grpo(args: argparse.Namespace) -> int:
         config.validate()
         # Without cpu=True accelerate ignores a multi-process launch on a machine without CUDA.
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        policy = load_package(args.policy).to(accelerator.device)
+        policy = _prepare_policy(load_package(args.policy).to(accelerator.device), args)
         world_model = WorldModel.from_pretrained(args.world_model, device=accelerator.device)
         reward = VideoReward(RewardModel.from_pretrained(args.reward, device=accelerator.device))
         starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size)
@@ -121,7 +141,7 @@ def main_grpo_sim(args: argparse.Namespace) -> int:
         if args.max_steps is not None:
             config.max_steps = args.max_steps
         config.validate()
-        policy = load_package(args.policy)
+        policy = _prepare_policy(load_package(args.policy), args)
         result = train_grpo_sim(policy, args.task, args.out, config, progress=not args.quiet)
     except (OSError, ValueError, PackageError) as exc:
         return _error("grpo-sim", str(exc))
@@ -152,7 +172,7 @@ def main_dpo(args: argparse.Namespace) -> int:
         config.budget = args.budget
         if args.max_steps is not None:
             config.max_steps = args.max_steps
-        policy = load_package(args.policy)
+        policy = _prepare_policy(load_package(args.policy), args)
         ids: list[str] = []
         if args.episodes:
             from wmpo_core.data.bag import episode_dirs

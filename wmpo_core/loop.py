@@ -761,7 +761,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="significance of the one-sided paired sign test of the gate (default 0.05; 1 = any gain)")
     parser.add_argument("--key", help="Ed25519 private key PEM (default: a key pair made in RUN/keys)")
     parser.add_argument("--push-to", help="robot policy folder, DIR or HOST:DIR (default: RUN/robot/policies)")
-    parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy)")
+    parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy); its "
+                        "policy_root parameter must be the --push-to folder (docs/security.md)")
     parser.add_argument("--collect-timeout", type=float, default=3600.0, help="ros: seconds to wait for episodes")
     parser.add_argument("--stop-after", choices=ITERATION_STAGES,
                         help="stop after this stage of the first unfinished iteration (a rerun continues)")

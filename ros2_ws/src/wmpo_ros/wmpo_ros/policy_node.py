@@ -15,8 +15,9 @@ observation (the arm's watchdog then holds).
 
 The backend sits behind one reference swapped atomically (`swap_backend`), so loading a
 new policy package at run time replaces it between two inferences: `~/load_policy` and
-`~/rollback` (std_srvs/Trigger, parameters `policy_path`, `trusted_keys`, `load_timeout_s`)
-come from `wmpo_ros.policy_swap`, which verifies, loads and warms up in the background.
+`~/rollback` (std_srvs/Trigger, parameters `policy_root`, `policy_path`, `trusted_keys`,
+`load_timeout_s`) and `~/policy_events` come from `wmpo_ros.policy_swap`, which checks,
+verifies, loads and warms up in the background (trust model: docs/security.md).
 """
 
 from __future__ import annotations

@@ -57,3 +57,35 @@ def test_imported_oft_package_drives_the_simulated_robot(oft_checkpoints, keys, 
         assert served.shape == (8, 7)  # OFT's chunk of 8 x 7, decoded in one pass
         expected = policy.predict_chunk({"agentview": images[_stamp(msg)]}, instruction)
         np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_imported_openvla_package_drives_the_simulated_robot(checkpoint, keys, tmp_path):  # noqa: F811
+    """OpenVLA proper: one autoregressively decoded action per chunk, replanned every step."""
+    from wmpo_core.cli import main as wmpo
+    from wmpo_core.policy.loading import load_policy
+
+    d, _ = checkpoint
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key)]) == 0
+    out = tmp_path / "episodes"
+    proc = subprocess.run(WMPO + ["record", "--sim", "--task", "lift", "--episodes", "1", "--max-steps", "6",
+                                  "--out", str(out), "--policy", str(pkg), "--public-key", str(keys.public_key)],
+                          env=ros_env(DOMAIN_ID + 1), capture_output=True, text=True, timeout=400)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((out / ".logs").glob("*.log"))) if out.is_dir() else ""
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}"
+    policy = load_policy(pkg)
+    (episode,) = list_episodes(out)
+    meta = bag.read_metadata(episode.path)
+    assert meta.policy_version == policy.version
+    images, chunks = {}, []
+    for topic, _, msg in bag.iter_messages(episode.path):
+        if topic == "/camera/agentview/image_raw":
+            images[_stamp(msg)] = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+        elif topic == "/wmpo/action_chunk":
+            chunks.append(msg)
+    assert len(chunks) >= 3
+    for msg in chunks:
+        served = np.array([p.positions for p in msg.points])
+        assert served.shape == (1, 7)
+        np.testing.assert_allclose(served, policy.predict_chunk({"agentview": images[_stamp(msg)]}, meta.instruction),
+                                   atol=1e-5)

@@ -122,3 +122,13 @@ def test_grpo_sim_command_with_lora_and_bf16_writes_a_plain_package(oft_checkpoi
         assert set(f.keys()) == set(g.keys())  # adapters merged: the robot loads one plain package
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert load_package(out).manifest["parent"] == load_package(pkg).version
+
+
+def test_rl_commands_refuse_a_continuous_head_package(oft_checkpoints, keys, tmp_path, capsys):  # noqa: F811
+    _, d = oft_checkpoints  # the OFT miniature with an L1-regression head: its actions have no log-probs
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key)]) == 0
+    capsys.readouterr()
+    assert wmpo(["grpo-sim", "--policy", str(pkg), "--task", "lift", "--budget", "8", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    assert "config.action_head is 'l1_regression'; GRPO and DPO need the discrete action tokens" in capsys.readouterr().err

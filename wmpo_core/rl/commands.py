@@ -41,6 +41,9 @@ def _prepare_policy(policy: Any, args: argparse.Namespace) -> Any:
     """--dtype and --lora-rank on a loaded base policy (rollouts and updates then share the same numerics)."""
     from wmpo_core.policy.placement import place_policy
 
+    if getattr(policy.config, "action_head", "tokens") != "tokens":
+        raise ValueError(f"{args.policy}: config.action_head is {policy.config.action_head!r}; GRPO and DPO need "
+                         "the discrete action tokens' log-probs (an OpenVLA-OFT checkpoint without its L1 head)")
     place_policy(policy, str(policy.device), args.dtype)
     if args.lora_rank:
         from wmpo_core.policy.lora import LoRASettings, apply_lora

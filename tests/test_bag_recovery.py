@@ -21,6 +21,7 @@ from rosbags.highlevel import AnyReader
 
 from wmpo_core.data import topics as T
 from wmpo_core.data.bag import (
+    DEFAULT_CHUNK_SIZE,
     EpisodeError,
     EpisodeMetadata,
     EpisodeWriteError,
@@ -37,8 +38,10 @@ from wmpo_core.data.episodes import EpisodeInfo, list_episodes, write_synthetic_
 FLUSH_INTERVAL_S = 0.2
 SIZE_CHUNK = 64 * 1024
 
-# Writes one 64x64 image and one applied action per step, printing "<step> <monotonic ns>"
-# after each step is handed to the writer; the parent SIGKILLs it mid-episode.
+# Writes one image and one applied action per step, printing "<step> <ns before> <ns after>"
+# (CLOCK_MONOTONIC, shared by every process) around each step; the parent SIGKILLs it mid-episode.
+# "timer": 8x8 images, so the whole episode stays far below the 1 MiB chunk size and only the
+# age of the pending chunk can flush it; "size": 64x64 images in 64 KiB chunks, no age flush.
 CHILD = r"""
 import sys, time
 import numpy as np
@@ -47,18 +50,18 @@ from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
 out, mode = sys.argv[1], sys.argv[2]
 kwargs = {"flush_interval_s": 0.2} if mode == "timer" else {"flush_interval_s": None, "chunk_size": 64 * 1024}
 w = EpisodeWriter(out, EpisodeMetadata.new("lift", "lift it", episode_id="killed"), start_ns=0, **kwargs)
-img = np.zeros((64, 64, 3), np.uint8)
+img = np.zeros((8, 8, 3) if mode == "timer" else (64, 64, 3), np.uint8)
 k = 0
 while True:
     ts = 1_000_000 + k * 10_000_000
     img[...] = k % 256
+    before = time.monotonic_ns()
     w.write(T.camera_image_topic("agentview"), ts, T.image_msg(ts, img))
     w.write(T.APPLIED_ACTION, ts, T.applied_action_msg(ts, np.full(7, float(k))))
-    print(k, time.monotonic_ns(), flush=True)
+    print(k, before, time.monotonic_ns(), flush=True)
     k += 1
     time.sleep(0.004)
 """
-
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under folder with size and mtime: proves a read-only operation modified nothing."""
@@ -88,14 +91,13 @@ def test_sigkilled_writer_is_listed_incomplete_and_repair_recovers_flushed_chunk
     write_synthetic_episode(tmp_path, 5, episode_id="earlier")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    steps: list[tuple[int, int]] = []
+    steps: list[tuple[int, int, int]] = []
     try:
         for line in proc.stdout:
             steps.append(tuple(map(int, line.split())))
-            if len(steps) >= 120 and steps[-1][1] - steps[0][1] >= 2_000_000_000:
+            if len(steps) >= 120 and steps[-1][2] - steps[0][1] >= 2_000_000_000:
                 break
         live = {e.episode_id: e.status for e in list_episodes(tmp_path) if isinstance(e, EpisodeInfo)}
-        kill_ns = time.monotonic_ns()
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -121,10 +123,13 @@ def test_sigkilled_writer_is_listed_incomplete_and_repair_recovers_flushed_chunk
     recovered = len(values)
     assert values == list(range(recovered))  # a gap-free prefix of the episode
     if mode == "timer":
-        # Pending data is flushed once it is FLUSH_INTERVAL_S old (timer checks 4x per interval);
-        # 0.5 s of slack covers scheduling on a loaded 2-core machine.
-        bound_ns = int((1.25 * FLUSH_INTERVAL_S + 0.5) * 1e9)
-        lower = sum(1 for _, t in steps if t < kill_ns - bound_ns)
+        # The writer's own clock decides, so this holds at any load: every write checks the age of the
+        # pending chunk, so a step whose write returned at least FLUSH_INTERVAL_S before a later
+        # printed step began is in a complete chunk (the background timer may only flush sooner).
+        last_began = steps[-1][1]
+        lower = sum(1 for _, _, done in steps if done + FLUSH_INTERVAL_S * 1e9 <= last_began)
+        # 8x8 frames: the whole episode is far below the 1 MiB chunk size, so no size flush happened.
+        assert (bag / "killed.mcap").stat().st_size < DEFAULT_CHUNK_SIZE // 4
     else:
         # At most one chunk is pending: 64 KiB holds 5 steps of 64x64 rgb8 (12.3 KB) + action.
         lower = printed - 6
@@ -141,6 +146,104 @@ def test_sigkilled_writer_is_listed_incomplete_and_repair_recovers_flushed_chunk
     np.testing.assert_array_equal(ep.frames["agentview"][:, 0, 0, 0], np.arange(recovered) % 256)
     entries = {e.episode_id: e for e in list_episodes(tmp_path)}
     assert entries["killed"].status == "incomplete" and entries["killed"].steps == recovered
+
+
+
+class WriterWithoutTimer(EpisodeWriter):
+    """The writer with its background timer doing nothing: only the per-write age check can flush."""
+
+    def _flush_loop(self) -> None:
+        return
+
+
+def test_a_write_flushes_the_pending_chunk_once_its_oldest_message_is_flush_interval_old(tmp_path):
+    interval = 0.5
+    w = WriterWithoutTimer(tmp_path, EpisodeMetadata.new("lift", "x", episode_id="aged"), start_ns=0,
+                           flush_interval_s=interval)
+    mcap_file = w.mcap_path
+    try:
+        assert messages_in_complete_chunks(mcap_file) == 1  # the episode metadata, flushed at start
+        w.write(T.APPLIED_ACTION, 1, T.applied_action_msg(1, np.zeros(7)))
+        written = time.monotonic()
+        assert messages_in_complete_chunks(mcap_file) == 1  # young and small: still pending
+        time.sleep(max(0.0, written + interval - time.monotonic()) + 0.01)
+        w.write(T.APPLIED_ACTION, 2, T.applied_action_msg(2, np.ones(7)))
+        # The second write found the pending chunk older than the interval and closed it, both messages in it.
+        assert messages_in_complete_chunks(mcap_file) == 3
+    finally:
+        w.close()
+
+
+# Writes a few small messages, reports "idle", then writes nothing until it is killed.
+IDLE_CHILD = r"""
+import sys, time
+import numpy as np
+from wmpo_core.data import topics as T
+from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+w = EpisodeWriter(sys.argv[1], EpisodeMetadata.new("lift", "x", episode_id="idle"), start_ns=0, flush_interval_s=0.2)
+for k in range(5):
+    w.write(T.APPLIED_ACTION, 1_000_000 + k, T.applied_action_msg(1_000_000 + k, np.full(7, float(k))))
+print("idle", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_idle_writer_is_flushed_by_its_timer_and_a_sigkill_then_loses_nothing(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", IDLE_CHILD, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mcap_file = tmp_path / "idle" / "idle.mcap"
+    try:
+        assert proc.stdout.readline().strip() == "idle", proc.stderr.read()
+        idle_at = time.monotonic()
+        # No write comes and 5 small messages are far from the size threshold: only the timer can flush.
+        # The deadline is generous because a starved thread runs late, not never.
+        while messages_in_complete_chunks(mcap_file) < 6 and time.monotonic() - idle_at < 30:
+            time.sleep(0.02)
+        waited = time.monotonic() - idle_at
+        on_disk = messages_in_complete_chunks(mcap_file)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    print(f"idle writer (flush interval 0.2 s): {on_disk - 1} of 5 messages on disk after {waited:.2f} s")
+    assert on_disk == 6, f"only {on_disk} of 6 messages reached the file in {waited:.1f} s of idling"
+    report = repair_episode(tmp_path / "idle")
+    assert report.messages == 6 and applied_values(tmp_path / "idle") == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_fsync_true_syncs_every_chunk_the_closed_bag_and_its_directories(tmp_path, monkeypatch):
+    """The calls are observed (the real os.fsync still runs): proof that they happen, not a power cut."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "episodes"
+    for fsync in (False, True):
+        name = f"fsync-{fsync}"
+        synced.clear()
+        w = EpisodeWriter(out, EpisodeMetadata.new("lift", "x", episode_id=name), start_ns=0, fsync=fsync,
+                          flush_interval_s=None)
+        mcap_file = str(w.mcap_path)
+        for k in range(3):
+            w.write(T.APPLIED_ACTION, k, T.applied_action_msg(k, np.zeros(7)))
+            w.flush()
+        chunks_before_close = w.stats["flushed_chunks"]
+        during_recording = list(synced)
+        w.close()
+        if not fsync:
+            assert synced == []
+            continue
+        assert chunks_before_close == 4  # the metadata's chunk and one per flush
+        # Every chunk is synced before the writer goes on, and the directory entries of the new bag too.
+        assert during_recording.count(mcap_file) == chunks_before_close
+        assert {str(out), str(out / name)} <= set(during_recording)
+        # Closing syncs the file's summary, metadata.yaml and the folder that lists it.
+        after_close = synced[len(during_recording):]
+        assert mcap_file in after_close and str(out / name / "metadata.yaml") in after_close
+        assert after_close[-1] == str(out / name)
 
 
 def test_truncated_mcap_recovers_exactly_the_complete_chunks(tmp_path):

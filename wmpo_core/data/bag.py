@@ -235,6 +235,9 @@ class EpisodeWriter:
             raise RuntimeError("unsupported rosbags version: McapWriter internals changed; pin rosbags<0.12")
         self.mcap_path = Path(self._storage.path)
         self._chunks_seen = len(self._storage.chunks)
+        if fsync:  # a synced chunk is lost with its file if the new names are not synced too
+            _fsync_path(self.out_dir)
+            _fsync_path(self.path)
         # Held while recording (the kernel drops it if the process dies): listing shows the bag as
         # "recording" and repair never touches a live bag.
         self._lock_fd: int | None = os.open(self.mcap_path, os.O_RDONLY)
@@ -391,8 +394,10 @@ class EpisodeWriter:
             self._writer.set_custom_data(CUSTOM_DATA_KEY, self.metadata.to_json())
             with self._guard("closing the bag"):
                 self._writer.close()
-                if self.fsync:
+                if self.fsync:  # the file's summary, metadata.yaml and the name of metadata.yaml
+                    _fsync_path(self.mcap_path)
                     _fsync_path(self.path / METADATA_FILE)
+                    _fsync_path(self.path)
             self._closed = True
             self._release()
             return self.path

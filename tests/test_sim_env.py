@@ -146,3 +146,45 @@ def test_image_size_and_camera_selection():
             env.render("agentview")
     finally:
         env.close()
+
+
+def _red_pixels(frame: np.ndarray) -> tuple[int, np.ndarray]:
+    """Pixel count and centroid (row, col) of the red lift cube."""
+    mask = (frame[..., 0].astype(int) - frame[..., 1].astype(int) > 60) & (frame[..., 0] > 90)
+    rows, cols = np.nonzero(mask)
+    return int(mask.sum()), np.array([rows.mean(), cols.mean()])
+
+
+def test_workspace_camera_shows_the_lift_at_the_models_resolution():
+    """`workspace` is agentview zoomed by the task's factor: the cube's 4 cm success lift spans >= 6 px at 64 px,
+    the whole cube stays in view on every start state tried, and agentview renders as before."""
+    from wmpo_core.sim.tasks import get_task
+
+    env = make_env("lift", image_size=64, cameras=("agentview", "workspace"))
+    plain = make_env("lift", image_size=64, cameras=("agentview",))
+    try:
+        zoom = get_task("lift").workspace_zoom
+        ratio = np.tan(np.radians(env.camera_fovy("agentview")) / 2) / np.tan(np.radians(env.camera_fovy("workspace")) / 2)
+        assert ratio == pytest.approx(zoom) and env.camera_fovy("agentview") == plain.camera_fovy("agentview")
+        sim = env.raw_env.sim
+        qpos = sim.model.jnt_qposadr[sim.model.joint_name2id("cube_joint0")]
+        for seed in range(6):
+            obs = env.reset(seed=seed)
+            # Rendering workspace leaves agentview's own field of view untouched.
+            assert np.array_equal(obs.images["agentview"], plain.reset(seed=seed).images["agentview"])
+            area_far, at_rest = _red_pixels(obs.images["agentview"])
+            area, before = _red_pixels(obs.images["workspace"])
+            assert area >= 0.8 * zoom**2 * area_far  # the cube is ~zoom^2 times larger
+            sim.data.qpos[qpos + 2] += 0.04  # the success lift, straight up
+            sim.forward()
+            _, lifted = _red_pixels(env.render("workspace"))
+            _, lifted_far = _red_pixels(env.render("agentview"))
+            assert np.linalg.norm(lifted - before) >= 6.0
+            assert np.linalg.norm(lifted_far - at_rest) < 4.0  # what agentview showed: ~3 px
+            frame = env.render("workspace")
+            border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+            red = (border[:, 0].astype(int) - border[:, 1].astype(int) > 60) & (border[:, 0] > 90)
+            assert not red.any()  # the lifted cube is still whole inside the frame
+    finally:
+        env.close()
+        plain.close()

@@ -37,6 +37,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "train-reward": ("wmpo_core.reward.commands", "train the video success classifier"),
     "eval-reward": ("wmpo_core.reward.commands", "precision / recall / F1 of the reward model"),
     "calibrate-reward": ("wmpo_core.reward.commands", "set the reward threshold on imagined replays"),
+    "diagnose-imagination": ("wmpo_core.reward.commands",
+                             "where imagination loses the task outcome: reward AUC on real to imagined video"),
     "grpo": ("wmpo_core.rl.commands", "GRPO in imagination"),
     "grpo-sim": ("wmpo_core.rl.commands", "baseline: online GRPO in the simulator"),
     "dpo": ("wmpo_core.rl.commands", "baseline: offline DPO on success/failure pairs"),

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ def write_sim_episode(
     chunks: Sequence[PlannedChunk] | None = None,
     *,
     start_ns: int | None = None,
-    fovy_deg: float = DEFAULT_FOVY_DEG,
+    fovy_deg: float | Mapping[str, float] = DEFAULT_FOVY_DEG,
     joint_names: Sequence[str] | None = None,
 ) -> Path:
     """Write one simulated episode as a bag in ``out_dir``; returns the bag directory.
@@ -89,7 +89,8 @@ def write_sim_episode(
         writer.write(T.POLICY_VERSION, t0 - 1, T.string_msg(metadata.policy_version))
         for cam, frames in result.frames.items():
             h, w = frames.shape[1:3]
-            fy = (h / 2.0) / math.tan(math.radians(fovy_deg) / 2.0)
+            fovy = fovy_deg.get(cam, DEFAULT_FOVY_DEG) if isinstance(fovy_deg, Mapping) else fovy_deg
+            fy = (h / 2.0) / math.tan(math.radians(fovy) / 2.0)
             writer.write(T.camera_info_topic(cam), t0, T.camera_info_msg(t0, w, h, fy, fy, cam))
         by_step = {int(c.step): np.asarray(c.actions, dtype=np.float64) for c in chunks}
         for t in range(n + 1):
@@ -200,7 +201,8 @@ def collect_sim_episodes(
                                            control_hz=float(env.control_hz),
                                            extra={"source": "sim-direct", "noise": float(noise),
                                                   "temperature": float(temperature), "repeat": repeat})
-            paths.append(write_sim_episode(result, out_dir, metadata, planned))
+            paths.append(write_sim_episode(result, out_dir, metadata, planned,
+                                           fovy_deg={c: env.camera_fovy(c) for c in env.cameras}))
             successes += int(result.success)
             bar.set_postfix(success=f"{successes}/{i + 1}")
     finally:

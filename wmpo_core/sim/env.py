@@ -138,6 +138,7 @@ class SimEnv:
         self._setup_rng_sharing()
         if self.cameras:
             self._configure_rendering()
+        self._fovy = self._camera_fovy()
         self._step = 0
         self.seed: int | None = None
         self.clipped_steps = 0
@@ -236,6 +237,20 @@ class SimEnv:
         ):
             ctx.scn.flags[flag] = on
 
+    def _camera_fovy(self) -> dict[str, tuple[int, float, float]]:
+        """Project camera -> (MuJoCo camera id, its own fovy, the fovy to render with), in degrees."""
+        model = self.raw_env.sim.model
+        out: dict[str, tuple[int, float, float]] = {}
+        for camera in self.cameras:
+            cam_id = model.camera_name2id(CAMERAS[camera])
+            fovy = float(model.cam_fovy[cam_id])
+            if camera == "workspace":
+                zoom = float(self.spec.workspace_zoom)
+                out[camera] = (cam_id, fovy, float(np.degrees(2 * np.arctan(np.tan(np.radians(fovy) / 2) / zoom))))
+            else:
+                out[camera] = (cam_id, fovy, fovy)
+        return out
+
     # ----------------------------------------------------------------- actions
     def to_controller_input(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Map a physical 7-d action to robosuite's normalized input.
@@ -292,12 +307,22 @@ class SimEnv:
         obs.action_clipped = clipped
         return obs
 
+    def camera_fovy(self, camera: str) -> float:
+        """Vertical field of view of ``camera`` in degrees, as rendered (``workspace``: narrowed by the zoom)."""
+        return self._fovy[camera][2]
+
     def render(self, camera: str) -> np.ndarray:
         """One upright HxWx3 uint8 frame of ``camera`` at the current state."""
         if camera not in self.cameras:
             raise ValueError(f"camera: {camera!r} was not requested at make_env (have {list(self.cameras)})")
         size = self.image_size
-        frame = self.raw_env.sim.render(width=size, height=size, camera_name=CAMERAS[camera])
+        cam_id, own, fovy = self._fovy[camera]
+        model = self.raw_env.sim.model
+        model.cam_fovy[cam_id] = fovy  # ``workspace`` shares agentview's camera with a narrower view
+        try:
+            frame = self.raw_env.sim.render(width=size, height=size, camera_name=CAMERAS[camera])
+        finally:
+            model.cam_fovy[cam_id] = own
         return np.ascontiguousarray(frame[::-1])  # OpenGL rows run bottom-up
 
     def _observe(self, *, render: bool) -> Observation:

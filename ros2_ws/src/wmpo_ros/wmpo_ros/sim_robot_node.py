@@ -196,7 +196,8 @@ class SimRobotNode(Node):
             frame = f"{self.frame_prefix}{cam}_optical_frame"
             img = obs.images[cam]
             self.image_pubs[cam].publish(numpy_to_image(img, stamp=stamp, frame_id=frame))
-            self.info_pubs[cam].publish(make_camera_info(img.shape[1], img.shape[0], stamp=stamp, frame_id=frame))
+            self.info_pubs[cam].publish(make_camera_info(img.shape[1], img.shape[0], stamp=stamp, frame_id=frame,
+                                                         fov_y_deg=self.env.camera_fovy(cam)))
         js = JointState()
         js.header.stamp = stamp
         js.header.frame_id = f"{self.frame_prefix}base"

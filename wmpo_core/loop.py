@@ -22,6 +22,10 @@ Iteration ``i`` of a run directory ``RUN``:
    `wmpo push` (copy to the robot's policy folder, ask its policy node to load it if
    ``--load-node`` is given); the pushed copy becomes the current version.
 
+With ``--robot ros`` no simulator is used (a guard makes it an error): the gate is an
+imagination screen on held-out real first frames and publish pushes a canary that the
+robot's own labelled episodes promote or roll back (wmpo_core.robot_loop, wmpo_core.canary).
+
 Gate rule (paired, one-sided): both policies run the same ``E`` seeded start states. Let
 ``b`` be the states only the candidate solves and ``c`` those only the current policy
 solves. The candidate is pushed when ``b > c`` and the exact one-sided sign test
@@ -228,7 +232,9 @@ def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path
     """
     from wmpo_core.data.bag import read_metadata
     from wmpo_core.data.sim_bags import collect_sim_episodes
+    from wmpo_core.robot_loop import check_simulator
 
+    check_simulator("recording in the simulator")
     paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps,
                                  temperature=temperature if policy != "scripted" else 0.0,
                                  steps_after_success=steps_after_success)
@@ -259,6 +265,9 @@ def record_through_ros(policy: str, task: str, count: int, first_seed: int, out:
 
     The policy node loads only packages signed by a key it trusts: ``public_key``.
     """
+    from wmpo_core.robot_loop import check_simulator
+
+    check_simulator("wmpo record --sim (the simulated robot)")
     if out.exists():
         shutil.rmtree(out)  # a half-recorded earlier attempt: record the stage afresh
     args = ["record", "--sim", "--task", task, "--policy", policy, "--episodes", str(count),
@@ -345,6 +354,9 @@ def gate_decision(current: list[dict[str, Any]], candidate: list[dict[str, Any]]
 def evaluate(policy: str, task: str, episodes: int, first_seed: int, *, max_steps: int | None = None,
              log: Path | None = None, temperature: float = 0.0) -> dict[str, Any]:
     """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..`` (sampled at ``temperature``); its JSON report."""
+    from wmpo_core.robot_loop import check_simulator
+
+    check_simulator(f"wmpo eval --policy {policy}")
     args = ["eval", "--policy", policy, "--task", task, "--episodes", str(episodes), "--seed", str(first_seed),
             "--temperature", str(temperature), "--json"]
     if max_steps:
@@ -355,11 +367,15 @@ def evaluate(policy: str, task: str, episodes: int, first_seed: int, *, max_step
 
 # ============================================================================ version chain
 class VersionChain:
-    """``RUN/versions.json``: every version the robot ran, in order, each with its parent."""
+    """``RUN/versions.json``: every version the robot ran, in order, each with its parent; and, for a
+    robot run, every decision about a candidate (``decisions``: screen refusals, canary promotions and
+    rollbacks, wmpo_core.robot_loop)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: list[dict[str, Any]] = read_json(path)["versions"] if path.is_file() else []
+        data = read_json(path) if path.is_file() else {}
+        self.entries: list[dict[str, Any]] = data.get("versions", [])
+        self.decisions: list[dict[str, Any]] = data.get("decisions", [])
 
     @property
     def current(self) -> dict[str, Any]:
@@ -378,9 +394,17 @@ class VersionChain:
         self.entries.append(entry)
         self.save()
 
+    def record_decision(self, decision: dict[str, Any]) -> None:
+        """Append a decision about a candidate; saved at once."""
+        self.decisions.append(decision)
+        self.save()
+
     def save(self) -> None:
         """Write the chain atomically."""
-        write_json_atomic(self.path, {"versions": self.entries})
+        data: dict[str, Any] = {"versions": self.entries}
+        if self.decisions:
+            data["decisions"] = self.decisions
+        write_json_atomic(self.path, data)
 
 
 # ============================================================================ the loop
@@ -414,6 +438,12 @@ class LoopConfig:
     push_to: str | None = None
     load_node: str | None = None
     collect_timeout_s: float = 3600.0
+    # ros only (wmpo_core.robot_loop): held-out real start states of the imagination screen, and the
+    # canary's sequential test (wmpo_core.canary; alpha bounds false promote and false rollback alike).
+    screen_starts: int = 4
+    canary_odds_ratio: float = 3.0
+    canary_alpha: float = 0.05
+    canary_max_pairs: int = 30
     # Settings that may differ between a run and its resumption.
     RESUMABLE: tuple[str, ...] = field(default=("out", "collect_timeout_s", "load_node"), repr=False)
 
@@ -474,6 +504,18 @@ class Loop:
             raise StageError(f"--robot: expected sim or ros, got {cfg.robot!r}")
         if cfg.robot == "ros" and not cfg.episodes_from:
             raise StageError("--robot ros: give --episodes-from, the folder the robot's recorder writes to")
+        if cfg.robot == "ros" and not cfg.load_node:
+            raise StageError("--robot ros: give --load-node, the policy node the canary is pushed to and switched on "
+                             "(e.g. /policy)")
+        if cfg.robot == "ros":
+            from wmpo_core.robot_loop import canary_rule
+
+            if cfg.screen_starts < 1:
+                raise StageError(f"--screen-starts: expected >= 1, got {cfg.screen_starts}")
+            try:
+                canary_rule(cfg)
+            except ValueError as exc:
+                raise StageError(f"--canary-*: {exc}") from None
         if cfg.episodes_per_iter < 1 or cfg.gate_episodes < 1:
             raise StageError("--episodes-per-iter and --gate-episodes must be positive")
         if not 0 < cfg.gate_alpha <= 1:
@@ -638,10 +680,16 @@ class Loop:
                 "log": str(run / "log.jsonl")}
 
     def stage_gate(self, i: int, current: dict[str, Any], candidate: str, d: Path) -> dict[str, Any]:
-        """Evaluate current and candidate on the same held-out start states; apply the gate rule."""
+        """Evaluate current and candidate on the same held-out start states; apply the gate rule.
+
+        On the real robot: the imagination screen instead (wmpo_core.robot_loop)."""
         from wmpo_core.rl.config import EVALUATION_SEEDS
 
         cfg = self.config
+        if cfg.robot == "ros":
+            from wmpo_core.robot_loop import screen_stage
+
+            return screen_stage(self, i, current, candidate, d)
         e = cfg.gate_episodes
         first = EVALUATION_SEEDS.seeds(e, offset=GATE_SEED_OFFSET + i * e)[0]
         log = d / "commands.log"
@@ -656,7 +704,13 @@ class Loop:
 
     def stage_publish(self, i: int, current: dict[str, Any], candidate: str, gate: dict[str, Any],
                       d: Path) -> dict[str, Any]:
-        """Sign and push an accepted candidate and extend the version chain; a refused one changes nothing."""
+        """Sign and push an accepted candidate and extend the version chain; a refused one changes nothing.
+
+        On the real robot: pushed as a canary, promoted or rolled back by its episodes (wmpo_core.robot_loop)."""
+        if self.config.robot == "ros":
+            from wmpo_core.robot_loop import run_canary
+
+            return run_canary(self, i, current, gate, candidate, d)
         if not gate["decision"]["accept"]:
             return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
         pkg = d / "package"
@@ -721,6 +775,10 @@ class Loop:
 
     def run(self, iterations: int, stop_after: str | None = None) -> list[dict[str, Any]]:
         """Run iterations ``0 .. iterations - 1``, skipping finished stages; the per-iteration results."""
+        if self.config.robot == "ros":
+            from wmpo_core.robot_loop import forbid_simulator
+
+            forbid_simulator("`wmpo loop --robot ros`")
         self.prepare()
         done = []
         for i in range(iterations):
@@ -764,6 +822,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy); its "
                         "policy_root parameter must be the --push-to folder (docs/security.md)")
     parser.add_argument("--collect-timeout", type=float, default=3600.0, help="ros: seconds to wait for episodes")
+    parser.add_argument("--screen-starts", type=int, default=4,
+                        help="ros: held-out episodes whose first frames start the imagination screen (default 4)")
+    parser.add_argument("--canary-odds-ratio", type=float, default=3.0,
+                        help="ros: effect size the canary test is built for (default 3: 50%% vs 25%% or 75%% success)")
+    parser.add_argument("--canary-alpha", type=float, default=0.05,
+                        help="ros: bound on false promote and on false rollback at that effect size (default 0.05)")
+    parser.add_argument("--canary-max-pairs", type=int, default=30,
+                        help="ros: most canary/current episode pairs per decision (default 30 = 60 episodes)")
     parser.add_argument("--stop-after", choices=ITERATION_STAGES,
                         help="stop after this stage of the first unfinished iteration (a rerun continues)")
 
@@ -873,6 +939,10 @@ def main_loop_report(args: argparse.Namespace) -> int:
         print("wmpo loop-report: --episodes must be >= 1", file=sys.stderr)
         return 2
     run_dir = Path(args.out).resolve()
+    if (run_dir / "loop.json").is_file() and read_json(run_dir / "loop.json").get("robot") == "ros":
+        from wmpo_core.robot_loop import print_robot_report
+
+        return print_robot_report(run_dir, as_json=args.json)
     try:
         rows = report_rows(run_dir, args.episodes, args.seed_offset, args.temperature,
                            log=run_dir / "report" / "commands.log")

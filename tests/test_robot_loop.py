@@ -1,0 +1,250 @@
+"""`wmpo loop --robot ros` without a simulator: the guard, labels in trust order, the imagination screen,
+and the canary promoted or rolled back through a real policy node over DDS (its own domain)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmpo_core.data import topics as T
+from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
+from wmpo_core.loop import Loop, LoopConfig, evaluate, record_in_sim, record_through_ros
+from wmpo_core.robot_loop import SimulatorForbidden, allow_simulator, episode_outcome
+
+DOMAIN_ID = 127
+NODE = "/policy_node"
+
+
+@pytest.fixture(autouse=True)
+def simulator_allowed_after():
+    yield
+    allow_simulator()
+
+
+def robot_episode(out: Path, episode_id: str, version: str, *, recorder_label: bool | None = None,
+                  topic: list[bool] | None = None, steps: int = 12, start_ns: int | None = None,
+                  brightness: int = 0) -> Path:
+    """A real MCAP episode bag as the robot's recorder writes it: frames, the version that ran, optional labels."""
+    meta = EpisodeMetadata.new("lift", "lift the red cube", episode_id=episode_id, policy_version=version,
+                               robot_id="panda-test")
+    start = time.time_ns() if start_ns is None else start_ns
+    writer = EpisodeWriter(out, meta, start_ns=start)
+    writer.write(T.POLICY_VERSION, start, T.string_msg(version))
+    image = np.full((64, 64, 3), brightness, np.uint8)
+    for t in range(steps):
+        stamp = start + (t + 1) * 50_000_000
+        writer.write(T.camera_image_topic("agentview"), stamp, T.image_msg(stamp, image, "agentview"))
+        writer.write(T.APPLIED_ACTION, stamp + 1, T.applied_action_msg(stamp + 1, np.zeros(7)))
+    for k, value in enumerate(topic or []):
+        writer.write(T.SUCCESS, start + (k + 1) * 100_000_000, T.bool_msg(value))
+    if recorder_label is not None:
+        writer.set_label(recorder_label)
+    return writer.close(start + (steps + 2) * 50_000_000)
+
+
+# ============================================================================ guard
+@pytest.mark.sim
+def test_robot_mode_forbids_the_simulator_with_a_clear_message(tmp_path: Path) -> None:
+    from test_loop import tiny_package
+
+    (tmp_path / "episodes").mkdir()
+    loop = Loop(LoopConfig(out=str(tmp_path / "run"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
+                           episodes_from=str(tmp_path / "episodes"), load_node=NODE, collect_timeout_s=0.0))
+    # No episode arrives: the loop stops in collection, after it has forbidden the simulator for good.
+    with pytest.raises(RuntimeError, match="only 0 of 8 episodes"):
+        loop.run(1)
+    with pytest.raises(SimulatorForbidden, match=r"wmpo eval --policy .*not used in `wmpo loop --robot ros`"):
+        evaluate(str(tmp_path / "base"), "lift", 2, 0)
+    with pytest.raises(SimulatorForbidden, match="recording in the simulator"):
+        record_in_sim("scripted", "lift", 1, 0, tmp_path / "sim")
+    with pytest.raises(SimulatorForbidden, match="simulated robot"):
+        record_through_ros("scripted", "lift", 1, 0, tmp_path / "ros")
+    assert not (tmp_path / "sim").exists() and not (tmp_path / "ros").exists()  # refused before starting anything
+    # In simulator mode the same calls run (the guard is the mode's, not the process's for ever).
+    allow_simulator()
+    rows = record_in_sim("scripted", "lift", 1, 7, tmp_path / "sim", max_steps=5)
+    assert len(rows) == 1
+
+
+def test_robot_mode_needs_the_policy_node(tmp_path: Path) -> None:
+    from test_loop import tiny_package
+
+    (tmp_path / "episodes").mkdir()
+    loop = Loop(LoopConfig(out=str(tmp_path / "run"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
+                           episodes_from=str(tmp_path / "episodes")))
+    with pytest.raises(RuntimeError, match="--load-node"):
+        loop.prepare()
+    loop = Loop(LoopConfig(out=str(tmp_path / "run2"), policy=str(tmp_path / "base"), robot="ros",
+                           episodes_from=str(tmp_path / "episodes"), load_node=NODE, canary_odds_ratio=0.5))
+    with pytest.raises(RuntimeError, match="odds_ratio"):
+        loop.prepare()
+
+
+# ============================================================================ labels
+def test_labels_in_order_of_trust(tmp_path: Path) -> None:
+    from wmpo_core.data.labels import EpisodeLabel, write_label
+    from wmpo_core.reward.model import RewardModel
+
+    eps = tmp_path / "episodes"
+    topic_only = robot_episode(eps, "ep-topic", "v1", topic=[False, True, False])
+    topic_never = robot_episode(eps, "ep-topic-no", "v1", topic=[False, False])
+    recorder = robot_episode(eps, "ep-recorder", "v1", recorder_label=False, topic=[True])
+    relabelled = robot_episode(eps, "ep-file", "v1", recorder_label=False, topic=[False])
+    write_label(relabelled, EpisodeLabel(True, labelled_at="now"))
+    bare = robot_episode(eps, "ep-bare", "v1", brightness=200)
+
+    assert episode_outcome(topic_only) == {"success": True, "source": "success topic"}
+    assert episode_outcome(topic_never) == {"success": False, "source": "success topic"}
+    assert episode_outcome(recorder) == {"success": False, "source": "recorder label"}  # over the topic
+    assert episode_outcome(relabelled) == {"success": True, "source": "operator label file"}  # over both
+    assert episode_outcome(bare) == {"success": None, "source": "none"}
+
+    # Without any label the reward model judges the real video, marked as model-labelled with its F1.
+    reward = RewardModel.tiny()
+    run = tmp_path / "reward"
+    reward.save_pretrained(run)
+    (run / "training.json").write_text(json.dumps({"val_f1_real": 0.8, "val_f1": 0.75}))
+    by_model = episode_outcome(bare, str(run))
+    assert by_model["source"] == "model" and by_model["f1"] == 0.8
+    from wmpo_core.world_model.episodes import load_episode_frames
+
+    frames = load_episode_frames(bare, reward.settings.camera, reward.settings.image_size).frames
+    assert by_model["success"] == bool(reward.predict_success([frames])[0])
+    # A labelled episode never goes to the model.
+    assert episode_outcome(recorder, str(run))["source"] == "recorder label"
+
+
+# ============================================================================ canary on a real policy node
+@pytest.fixture
+def robot(tmp_path: Path):
+    """A prepared robot-mode loop and a policy_node process serving its first version from the loop's policy root."""
+    pytest.importorskip("rclpy")
+    from ros_helpers import LOCALHOST_ENV, RosProbe, start_node
+    from std_msgs.msg import String
+    from test_loop import tiny_package
+    from wmpo_ros.common import LATCHED_QOS, POLICY_VERSION_TOPIC
+
+    saved = {k: os.environ.get(k) for k in (*LOCALHOST_ENV, "ROS_DOMAIN_ID")}
+    os.environ.update(LOCALHOST_ENV)
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)  # the loop's own participants (push, rollback) join the node's domain
+    (tmp_path / "episodes").mkdir()
+    loop = Loop(LoopConfig(out=str(tmp_path / "run"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
+                           episodes_from=str(tmp_path / "episodes"), load_node=NODE, collect_timeout_s=120.0,
+                           canary_max_pairs=6))
+    loop.prepare()
+    params = {"backend": "vla", "policy_path": loop.versions.current["installed"], "policy_root": loop.push_target,
+              "trusted_keys": str(loop.public_key), "cameras": ["agentview"], "control_rate_hz": 10.0,
+              "vla.num_threads": 1, "load_timeout_s": 30.0}
+    node = start_node("wmpo_ros.policy_node", params, DOMAIN_ID, tmp_path)
+    probe = RosProbe(DOMAIN_ID, name="canary_probe")
+    try:
+        versions = probe.subscribe(String, POLICY_VERSION_TOPIC, LATCHED_QOS)
+        probe.wait_for(lambda: bool(versions) and versions.last().data == loop.versions.current["version"], 60,
+                       "the node's first version", node)
+        yield loop, versions, node, tmp_path
+    finally:
+        node.stop()
+        probe.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_canary_with_operator(loop: Loop, i: int, candidate: Path, canary_succeeds: bool, versions,
+                             node, episodes: Path) -> tuple[dict, list[tuple[str, bool]]]:
+    """run_canary in a thread; the 'operator' records an episode every 1.2 s with whatever version the node
+    publishes, labelled (recorder ~/label): the canary succeeds iff ``canary_succeeds``, the current version iff not."""
+    from wmpo_core.loop import MARKER, write_json_atomic
+    from wmpo_core.robot_loop import run_canary
+
+    write_json_atomic(loop.iter_dir(i) / "reward" / MARKER, {"trained": None})  # labels come from the recorder
+    current = loop.versions.current
+    gate = {"decision": {"accept": True, "reason": "screen passed (test)"}}
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["result"] = run_canary(loop, i, current, gate, str(candidate), loop.iter_dir(i) / "publish")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    recorded: list[tuple[str, bool]] = []
+    deadline = time.monotonic() + 240
+    while thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(1.2)
+        if not thread.is_alive() or not (loop.iter_dir(i) / "publish" / "canary.json").is_file():
+            continue  # the canary is not pushed and loaded yet
+        version = versions.last().data
+        success = canary_succeeds if version != current["version"] else not canary_succeeds
+        robot_episode(episodes, f"ep-{i}-{len(recorded):02d}", version, recorder_label=success)
+        recorded.append((version, success))
+    thread.join(timeout=60)
+    assert "error" not in out, f"{out.get('error')!r}\n{node.output()[-3000:]}"
+    assert "result" in out, f"canary undecided after {len(recorded)} episodes\n{node.output()[-3000:]}"
+    return out["result"], recorded
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(600)
+def test_canary_rolls_back_a_worse_version_and_promotes_a_better_one(robot) -> None:
+    import subprocess
+    import sys
+
+    from test_loop import tiny_package
+
+    from wmpo_core.data.bag import read_metadata
+    from wmpo_core.loop import VersionChain
+
+    loop, versions, node, tmp = robot
+    base = loop.versions.current["version"]
+    episodes = tmp / "episodes"
+
+    # A worse canary (fails where the current version succeeds) is rolled back after 3 pairs.
+    worse = tiny_package(tmp / "worse", seed=1)
+    result, recorded = run_canary_with_operator(loop, 0, worse, False, versions, node, episodes)
+    canary = result["canary_version"]
+    assert not result["pushed"] and result["version"] == base, result
+    assert versions.last().data == base  # the robot is not left on the refused canary
+    chain = VersionChain(loop.run_dir / "versions.json")
+    assert [e["version"] for e in chain.entries] == [base]
+    dec = chain.decisions[-1]
+    assert dec["verdict"] == "rolled back" and dec["candidate"] == canary and dec["node_version_after"] == base
+    assert dec["canary"]["pairs"] == 3 and dec["canary"]["canary_losses"] == 3 and dec["robot_episodes"] == 6
+    assert {v for v, _ in recorded} == {base, canary}  # the node really alternated between the two
+    # The decision's episodes are the bags', with the version each bag recorded.
+    for e in dec["episodes"]:
+        bag = loop.iter_dir(0) / "publish" / "canary_episodes" / e["episode_id"]
+        assert read_metadata(bag).policy_version == e["policy_version"] and e["source"] == "recorder label"
+
+    # A better canary (succeeds where the current version fails) is promoted: the chain's head, on the robot.
+    better = tiny_package(tmp / "better", seed=2)
+    result, recorded = run_canary_with_operator(loop, 1, better, True, versions, node, episodes)
+    canary2 = result["canary_version"]
+    for _ in range(50):
+        if versions.last().data == canary2:
+            break
+        time.sleep(0.1)
+    assert result["pushed"] and result["version"] == canary2 and versions.last().data == canary2
+    chain = VersionChain(loop.run_dir / "versions.json")
+    assert [e["version"] for e in chain.entries] == [base, canary2] and chain.current["parent"] == base
+    assert [d["verdict"] for d in chain.decisions] == ["rolled back", "promoted"]
+    assert chain.decisions[-1]["node_version_after"] == canary2
+
+    # `wmpo loop-report` of the robot run shows the decisions and evaluates nothing in the simulator.
+    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(loop.run_dir), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["decision"] for r in rows] == ["initial", "canary: rolled back", "canary: promoted", "robot runs"]
+    assert rows[1]["version"] == canary and rows[1]["canary_successes"] == "0/3" and rows[1]["current_successes"] == "3/3"
+    assert rows[-1]["version"] == canary2 and not (loop.run_dir / "report").exists()

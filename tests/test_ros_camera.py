@@ -91,3 +91,34 @@ def test_camera_node_survives_a_missing_device(tmp_path):
             assert int(values["open_errors"]) >= 3
             assert len(images) == 0
     assert cam.returncode == 0, cam.output()[-2000:]
+
+
+def test_camera_node_zoom_publishes_the_centre_with_matching_camera_info(tmp_path):
+    """`zoom` 2: the middle half of each frame, scaled back to width x height, and CameraInfo's focal length doubled."""
+    video = tmp_path / "target.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (W, H))
+    bgr = np.zeros((H, W, 3), np.uint8)
+    bgr[H // 4 : 3 * H // 4, W // 4 : 3 * W // 4] = 255  # a white box covering exactly the centre half
+    for _ in range(4):
+        writer.write(bgr)
+    writer.release()
+    params = {"name": "ws", "source": str(video), "width": W, "height": H, "rate_hz": 40.0, "loop": True, "zoom": 2.0,
+              "fov_y_deg": 45.0}
+    with RosProbe(20) as probe:
+        images = probe.subscribe(Image, image_topic("ws"), IMAGE_QOS)
+        infos = probe.subscribe(CameraInfo, camera_info_topic("ws"), IMAGE_QOS)
+        with start_node("wmpo_ros.camera_node", params, 20, tmp_path) as cam:
+            probe.wait_for(lambda: len(images) >= 3 and len(infos) >= 1, 30, "zoomed frames", cam)
+        frame = image_to_numpy(list(images)[-1])
+        assert frame.shape == (H, W, 3)
+        inner = frame[3 : H - 3, 3 : W - 3]  # away from the MJPEG-blurred box edge
+        assert inner.min() > 200, "the published frame is the white centre only"
+        info = infos[0]
+        fy_whole = 0.5 * H / np.tan(np.radians(45.0) / 2)
+        assert info.k[4] == pytest.approx(2 * fy_whole, rel=1e-6) and (info.width, info.height) == (W, H)
+    assert cam.returncode == 0, cam.output()[-2000:]
+    with start_node("wmpo_ros.camera_node", params | {"zoom": 0.5}, 20, tmp_path) as bad:
+        deadline = time.monotonic() + 30
+        while bad.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert "zoom" in bad.output(), bad.output()[-2000:]

@@ -4,20 +4,25 @@ Frames come from a backend (`camera_backends`: OpenCV USB device or video file; 
 plug in through the same interface) at `rate_hz`. A camera that cannot be opened or
 stops delivering does not stop the node: it reports ERROR on /diagnostics and retries
 every `retry_period_s`. Depth, when a backend provides it, goes to
-`camera/<name>/depth/image_raw` (16UC1).
+`camera/<name>/depth/image_raw` (16UC1). `zoom` > 1 publishes the centred 1/zoom of each frame
+(the simulator's `workspace` view, `wmpo_core.data.views`) with its CameraInfo moved to match.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
+from wmpo_core.data.views import centre_zoom, check_zoom, zoom_intrinsics
 from wmpo_ros.camera_backends import BACKENDS, CameraConfig, make_camera_backend
 from wmpo_ros.common import (
     ERROR,
@@ -54,6 +59,10 @@ class CameraNode(Node):
         self.retry_period_s = declare(self, "retry_period_s", 2.0, "seconds between attempts to (re)open the camera")
         self.fov_y_deg = declare(self, "fov_y_deg", 45.0, "vertical field of view for camera_info when uncalibrated")
         self.max_failures = declare(self, "max_read_failures", 30, "consecutive failed reads before reopening")
+        # The simulator's `workspace` view on a real camera: the centred 1/zoom of each frame, scaled back to
+        # width x height, with CameraInfo to match (wmpo_core.data.views). 1 publishes the whole image.
+        self.zoom = check_zoom(declare(self, "zoom", 1.0, "centre crop: publish the middle 1/zoom of each frame, "
+                                       "scaled to width x height (1 = whole image)", read_only=True))
         if self.config.width <= 0 or self.config.height <= 0:
             raise ValueError(f"parameters 'width'/'height': must be positive, got {self.config.width}x{self.config.height}")
         if not self.config.rate_hz > 0:
@@ -127,6 +136,8 @@ class CameraNode(Node):
         stamp_ns = frame.stamp_ns if frame.stamp_ns is not None else self.get_clock().now().nanoseconds
         stamp = ns_to_stamp(stamp_ns)
         try:
+            if self.zoom != 1.0:
+                frame = self._zoomed(frame)
             msg = numpy_to_image(frame.rgb, stamp=stamp, frame_id=self.frame_id, encoding="rgb8")
         except ValueError as exc:
             self._reopen_later(f"backend returned a bad frame: {exc}")
@@ -145,11 +156,28 @@ class CameraNode(Node):
             self.diag.set_status(OK, "streaming")
         self.diag.update({"frames": self._frames, "fps": fps, **self.backend.info()})
 
+    def _zoomed(self, frame: Any) -> Any:
+        """``frame`` with its colour (and depth) image cropped by ``zoom`` and its calibration moved to match."""
+        rgb = np.asarray(frame.rgb)
+        if rgb.ndim != 3:
+            raise ValueError(f"expected an (H, W, 3) colour image, got shape {rgb.shape}")
+        h, w = rgb.shape[:2]
+        extra = dict(getattr(frame, "extra", None) or {})
+        calib = extra.get("camera_info")
+        if calib:
+            k, p = zoom_intrinsics(calib["k"], calib["p"], int(calib.get("width", w)), int(calib.get("height", h)),
+                                   self.zoom, (w, h))
+            extra["camera_info"] = {**calib, "k": k, "p": p, "width": w, "height": h}
+        depth = None if frame.depth is None else centre_zoom(frame.depth, self.zoom)
+        return replace(frame, rgb=centre_zoom(rgb, self.zoom), depth=depth, extra=extra)
+
     def _camera_info(self, frame: Any, width: int, height: int, stamp: Any) -> CameraInfo:
-        """The backend's calibrated intrinsics when it has them (RealSense), else a pinhole from fov_y_deg."""
+        """The backend's calibrated intrinsics when it has them (RealSense), else a pinhole from fov_y_deg
+        (narrowed by ``zoom``)."""
         calib = (getattr(frame, "extra", None) or {}).get("camera_info")
         if not calib:
-            return make_camera_info(width, height, stamp=stamp, frame_id=self.frame_id, fov_y_deg=self.fov_y_deg)
+            fov = math.degrees(2 * math.atan(math.tan(math.radians(self.fov_y_deg) / 2) / self.zoom))
+            return make_camera_info(width, height, stamp=stamp, frame_id=self.frame_id, fov_y_deg=fov)
         msg = CameraInfo()
         msg.header.stamp = stamp
         msg.header.frame_id = self.frame_id

@@ -248,3 +248,35 @@ def test_canary_rolls_back_a_worse_version_and_promotes_a_better_one(robot) -> N
     assert [r["decision"] for r in rows] == ["initial", "canary: rolled back", "canary: promoted", "robot runs"]
     assert rows[1]["version"] == canary and rows[1]["canary_successes"] == "0/3" and rows[1]["current_successes"] == "3/3"
     assert rows[-1]["version"] == canary2 and not (loop.run_dir / "report").exists()
+
+
+# ============================================================================ imagination screen
+def test_imagination_screen_pairs_trajectories_by_seed(tmp_path: Path) -> None:
+    """Real tiny world model, reward model and policies from saved files; real first frames of recorded bags."""
+    import torch
+    from test_rl_trainers_imagination import tiny_policy, tiny_world_model
+
+    from wmpo_core.registry.package import save_package
+    from wmpo_core.reward.model import RewardModel, RewardSettings
+    from wmpo_core.robot_loop import imagination_screen
+
+    torch.set_num_threads(1)
+    eps = tmp_path / "held_out"
+    for k, level in enumerate((40, 120, 200)):
+        robot_episode(eps, f"start-{k}", "v1", recorder_label=True, brightness=level, steps=3)
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    reward = RewardModel.tiny(RewardSettings(image_size=32, clip_len=4))
+    reward.save_pretrained(tmp_path / "reward")
+    save_package(tiny_policy(seed=0), tmp_path / "a")
+    save_package(tiny_policy(seed=5), tmp_path / "b")
+    kw = {"group_size": 2, "horizon": 8, "temperature": 1.0, "alpha": 1.0}
+
+    same = imagination_screen(str(tmp_path / "a"), str(tmp_path / "a"), str(tmp_path / "wm"),
+                              str(tmp_path / "reward"), eps, **kw)
+    d = same["decision"]
+    # The same policy from the same frames and seeds imagines the same trajectories: nothing discordant, refused.
+    assert d.episodes == 6 and d.candidate_only == 0 and d.current_only == 0 and not d.accept
+    assert d.current_successes == d.candidate_successes and same["starts"] == ["start-0", "start-1", "start-2"]
+    other = imagination_screen(str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "wm"),
+                               str(tmp_path / "reward"), eps, **kw)["decision"]
+    assert other.episodes == 6 and other.current_successes == d.current_successes  # the current side reproduces

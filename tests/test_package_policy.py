@@ -9,8 +9,9 @@ from safetensors.torch import load_file, save_file
 from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
 
 from wmpo_core.policy.configuration_vla import VLAConfig
+from wmpo_core.policy.loading import load_package
 from wmpo_core.policy.modeling_vla import VLAPolicy
-from wmpo_core.registry.package import PackageError, load_package, save_package
+from wmpo_core.registry.package import PackageError, save_package
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_predict_json_matches_the_policy(package, tmp_path, capsys):
                "--instruction", "lift the cube", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and np.asarray(out["chunk"]).shape == (8, 7)
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
 
     expected = load_package(package).predict_chunk({"agentview": image}, "lift the cube")
     np.testing.assert_allclose(out["chunk"], expected, atol=1e-6)

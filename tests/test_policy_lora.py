@@ -14,6 +14,7 @@ from test_policy_openvla import IMG
 from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
 
 from wmpo_core.cli import main as wmpo
+from wmpo_core.policy.loading import load_package
 from wmpo_core.policy.lora import (
     LoRASettings,
     apply_lora,
@@ -24,7 +25,7 @@ from wmpo_core.policy.lora import (
     merge_lora,
     trainable_parameters,
 )
-from wmpo_core.registry.package import load_package, save_package, verify_package_contents
+from wmpo_core.registry.package import save_package, verify_package_contents
 from wmpo_core.rl.grpo import GRPOBatch, GRPOConfig, grpo_update
 from wmpo_core.rl.trainer_imagination import GRPOPolicy, PolicyLogProbs
 

@@ -318,7 +318,8 @@ def test_predict_device_and_dtype_settings(oft_checkpoints, keys, tmp_path, caps
 
 
 def test_train_policy_init_fine_tunes_an_imported_package(oft_checkpoints, keys, tmp_path, capsys):
-    from wmpo_core.registry.package import load_package, verify_package_contents
+    from wmpo_core.policy.loading import load_package
+    from wmpo_core.registry.package import verify_package_contents
 
     d, _ = oft_checkpoints
     pkg = tmp_path / "pkg"
@@ -361,7 +362,7 @@ def _write_bags(root):
 
 
 def test_loaded_weights_do_not_follow_later_changes_of_the_file(oft_checkpoints, keys, tmp_path):
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
 
     d, _ = oft_checkpoints
     pkg = tmp_path / "pkg"

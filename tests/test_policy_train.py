@@ -13,9 +13,9 @@ from test_dataset_episodes import write_episode_bag
 from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
 
 from wmpo_core.policy.configuration_vla import VLAConfig
+from wmpo_core.policy.loading import load_package
 from wmpo_core.policy.modeling_vla import VLAPolicy
 from wmpo_core.policy.train import TrainConfig, bc_loss, latest_checkpoint, train_policy
-from wmpo_core.registry.package import load_package
 
 TINY = dict(num_layers=1, vision_layers=1, hidden_size=64, vision_hidden_size=64, intermediate_size=128,
             vision_intermediate_size=128, text_vocab_size=320)

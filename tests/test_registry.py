@@ -267,8 +267,8 @@ def test_push_reports_missing_policy_node(tmp_path, keys):
 def test_export_vla_checkpoint_and_run(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from wmpo_core.policy.configuration_vla import VLAConfig
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.policy.modeling_vla import VLAPolicy
-    from wmpo_core.registry.package import load_package
 
     keys = generate_keypair(tmp_path / "keys")
     torch.manual_seed(0)

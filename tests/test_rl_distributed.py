@@ -141,7 +141,7 @@ def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.mark.timeout(600)
 def test_train_wmpo_on_two_processes_shards_imagination_and_keeps_one_policy(tmp_path):
     mp.spawn(_trainer_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.rl.trainer_imagination import read_log
 
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]

@@ -124,7 +124,7 @@ def test_trainer_dynamic_sampling_discards_uniform_groups_and_resumes(world_mode
             assert key in r, key
     manifest = json.loads((tmp_path / "run" / "policy" / "manifest.json").read_text())
     assert manifest["parent"] == "base-0" and manifest["training_data"]["method"] == "wmpo"
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
 
     resumed = load_package(tmp_path / "run" / "policy")
     assert resumed.version == manifest["version"]

@@ -29,6 +29,12 @@ def _error(message: str) -> int:
     return 1
 
 
+def _register_model_types() -> None:
+    """Import the shipped models so that their tensor-shape rules are registered (the registry itself
+    imports no model code; checking a package's shapes needs its model type's rule)."""
+    import wmpo_core.policy  # noqa: F401
+
+
 # ---------------------------------------------------------------- keygen
 def configure_keygen(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo keygen`."""
@@ -107,6 +113,7 @@ def _checkpoint_data(checkpoint: Path) -> dict:
 
 def main_export(args: argparse.Namespace) -> int:
     """Package (when given a checkpoint or run) and sign a policy into --out."""
+    _register_model_types()
     from wmpo_core.registry.signing import load_private_key, sign_package
     from wmpo_core.registry.verify import (
         MANIFEST_FILE,
@@ -187,6 +194,7 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
 
 def main_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the package passes every check, 1 with the reasons otherwise."""
+    _register_model_types()
     from wmpo_core.registry.signing import verify_package
 
     trusted = _trusted_keys(args)
@@ -220,6 +228,7 @@ def main_push(args: argparse.Namespace) -> int:
     """Verify, copy atomically, then (unless --no-load) ask the policy node to load the package and wait for
     its verdict. Exit 0: loaded (or copied with --no-load); 1: refused or failed; PUSH_PENDING_EXIT: copied,
     but the node gave no verdict within --wait."""
+    _register_model_types()
     from wmpo_core.registry.push import PolicyLoadError, PolicyLoadPending, push_package
     from wmpo_core.registry.verify import PackageError
 

@@ -9,9 +9,11 @@ A package is a directory::
     manifest.json       format, version, parent, created_at, training data summary, sha256 of every file
     signature.json      optional, written by ``wmpo export`` (see signing.py)
 
-:func:`load_package` checks every hash, refuses unlisted or pickle-format files and
+:func:`verify_package_contents` checks every hash, refuses unlisted or pickle-format files and
 tensor shapes that disagree with ``config.json`` before anything is deserialized; the
-checks themselves live in :mod:`wmpo_core.registry.verify` (shared with signing).
+checks themselves live in :mod:`wmpo_core.registry.verify` (shared with signing). This
+module imports no model code: :func:`wmpo_core.policy.loading.load_package` builds the
+model from a package verified here.
 """
 
 from __future__ import annotations
@@ -134,16 +136,11 @@ def verify_package_contents(directory: str | Path) -> dict[str, Any]:
 
 
 def load_package(directory: str | Path) -> Any:
-    """Verify then load a package as a :class:`~wmpo_core.policy.modeling_vla.VLAPolicy` (eval mode)."""
-    from wmpo_core.policy.modeling_vla import PolicyLoadError, VLAPolicy
+    """Verify then load a package as a model: kept for old imports; the loader lives with the
+    model code, in :func:`wmpo_core.policy.loading.load_package`."""
+    from wmpo_core.policy.loading import load_package as _load_package
 
-    manifest = verify_package_contents(directory)
-    try:
-        policy = VLAPolicy.from_pretrained(directory, version=manifest["version"])
-    except (PolicyLoadError, ValueError) as exc:
-        raise PackageError(f"{directory}: {exc}") from exc
-    policy.manifest = manifest
-    return policy.eval()
+    return _load_package(directory)
 
 
 def read_package_manifest(directory: str | Path) -> dict[str, Any]:

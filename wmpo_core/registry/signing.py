@@ -150,6 +150,12 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
+def trusted_key_paths(value: str | Iterable[str]) -> list[str]:
+    """The non-empty entries of a trusted-keys setting: one path, a comma-separated list, or a list."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(s).strip() for s in items if s and str(s).strip()]
+
+
 def load_trusted_keys(trusted: str | Path | Iterable[str | Path]) -> dict[str, Ed25519PublicKey]:
     """``{key id: public key}`` from a PEM file, a directory of ``*.pem`` files, or a list of both."""
     items = [trusted] if isinstance(trusted, str | Path) else list(trusted)

@@ -289,16 +289,13 @@ def config_model_type(config: Mapping[str, Any]) -> str | None:
 
 
 def shape_rule_for(config: Mapping[str, Any]) -> ShapeRule | None:
-    """The registered shape rule for a config's model type, importing the policy modules
-    once so that their registrations run."""
+    """The registered shape rule for a config's model type (None when none is registered).
+
+    The registry imports no model code: a model package registers its rule when it is imported
+    (``import wmpo_core.policy`` registers ``wmpo-vla``)."""
     model_type = config_model_type(config)
     if model_type is None:
         return None
-    if model_type not in _SHAPE_RULES:
-        try:
-            import wmpo_core.policy  # noqa: F401  (registers the shape rules of the shipped models)
-        except ImportError:
-            pass
     return _SHAPE_RULES.get(model_type)
 
 
@@ -354,8 +351,8 @@ def check_model_shapes(pkg_dir: str | Path, shape_rule: ShapeRule | None = None)
     rule = shape_rule or shape_rule_for(config)
     if rule is None:
         return [
-            f"{CONFIG_FILE}: no shape rule known for field 'model_type' = {config_model_type(config)!r}, "
-            f"cannot check {MODEL_FILE}"
+            f"{CONFIG_FILE}: no shape rule known for field 'model_type' = {config_model_type(config)!r} "
+            f"(registered ones: {sorted(_SHAPE_RULES)}), cannot check {MODEL_FILE}"
         ]
     try:
         expected = {name: tuple(int(d) for d in shape) for name, shape in _apply_shape_rule(rule, config, root).items()}

@@ -88,7 +88,7 @@ def main_grpo(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
 
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.config import WMPOConfig, load_config
@@ -132,7 +132,7 @@ def configure_grpo_sim(parser: argparse.ArgumentParser) -> None:
 
 def main_grpo_sim(args: argparse.Namespace) -> int:
     """Online GRPO in the simulator until the budget is spent."""
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.rl.config import SimGRPOConfig, load_config
     from wmpo_core.rl.trainer_sim import train_grpo_sim
@@ -164,7 +164,7 @@ def configure_dpo(parser: argparse.ArgumentParser) -> None:
 
 def main_dpo(args: argparse.Namespace) -> int:
     """Offline DPO against the frozen base policy."""
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS, DPOTrainConfig, load_config
     from wmpo_core.rl.trainer_dpo import collect_base_rollouts, train_dpo

@@ -15,7 +15,7 @@ runs in one background thread, one request at a time, cheapest check first:
    policy root whose own chain reaches it (at most `MAX_LINEAGE_DEPTH` steps). A node
    serving no package (the scripted backend) accepts any signed package as its first;
 4. verify the rest (file sizes, hashes, no unlisted or pickle file, tensor shapes against
-   config.json), load it (`wmpo_core.registry.package.load_package`) and check the
+   config.json), load it (`wmpo_core.policy.loading.load_verified_policy`) and check the
    signature again over the manifest the loader hashed;
 5. warm it up with one dummy inference (a wrong shape or NaN refuses it);
 6. swap the node's backend reference (`swap_backend`): the inference thread picks the

@@ -1,9 +1,9 @@
 """Learned policy backend `vla`: a signed policy package (wmpo_core.registry) served by the policy node.
 
-Loading goes through :func:`load_verified_policy`: the package is verified against the
-node's trusted public keys (signature, file hashes, no pickle, tensor shapes) before any
-tensor is read, then loaded with `wmpo_core.registry.package.load_package`, and the
-signature is checked again over the exact manifest the loader hashed (so a package
+Loading goes through `wmpo_core.policy.loading.load_verified_policy`, the loader `wmpo eval`
+and `wmpo compare` share: the package is verified against the node's trusted public keys
+(signature, file hashes, no pickle, tensor shapes) before any tensor is read, then loaded,
+and the signature is checked again over the exact manifest the loader hashed (so a package
 changed between the two steps is refused, not half-trusted).
 
 Prediction calls the policy's own `predict_chunk`, the same call `wmpo eval` makes
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wmpo_core.registry.signing import trusted_key_paths
 from wmpo_ros.policy_backends.base import PolicyBackend, PolicyError
 
 if TYPE_CHECKING:
@@ -53,37 +54,17 @@ def declare_package_parameters(node: Node) -> dict[str, Any]:
     }
 
 
-def trusted_key_paths(value: str | Iterable[str]) -> list[str]:
-    """The non-empty entries of the `trusted_keys` parameter (one path, or a comma-separated list)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [s.strip() for s in items if s and s.strip()]
-
-
 def load_verified_policy(path: str | Path, trusted_keys: str | Iterable[str],
                          should_stop: Callable[[], bool] | None = None) -> Any:
-    """Verify a package against `trusted_keys`, then load it (eval mode).
-
-    Raises `PackageError` (a ValueError) whose message names the package and every reason
-    it is refused: unsigned, untrusted key, tampered file, unlisted or pickle file,
-    tensor shapes that disagree with config.json, or a model that fails to build. The
-    signature is checked before anything is hashed; `should_stop` (polled while hashing)
-    raises `VerificationCancelled`.
-    """
-    from wmpo_core.registry.package import load_package
-    from wmpo_core.registry.signing import check_signature, load_trusted_keys, verify_package
+    """The node's package loader: :func:`wmpo_core.policy.loading.load_verified_policy` (signature,
+    hashes, shapes, then the model), refusing an empty `trusted_keys` in the node's own words."""
+    from wmpo_core.policy.loading import load_verified_policy as load
     from wmpo_core.registry.verify import PackageError
 
-    keys = trusted_key_paths(trusted_keys)
-    if not keys:
+    if not trusted_key_paths(trusted_keys):
         raise PackageError(f"parameter '{TRUSTED_KEYS_PARAM}' is empty: this node trusts no signing key, "
                            f"so it loads no package")
-    report = verify_package(path, keys, should_stop=should_stop)
-    report.raise_for_refusal()
-    policy = load_package(path)  # re-hashes every file against the manifest it reads
-    reasons, _ = check_signature(path, policy.manifest, load_trusted_keys(keys))
-    if reasons:
-        raise PackageError(f"{path}: refused: package changed while loading: " + "; ".join(reasons))
-    return policy
+    return load(path, trusted_keys, should_stop=should_stop)
 
 
 class VLAPolicyBackend(PolicyBackend):

@@ -251,8 +251,16 @@ def test_canary_rolls_back_a_worse_version_and_promotes_a_better_one(robot) -> N
 
 
 # ============================================================================ imagination screen
+def digest_reward(trajectories):
+    """Success iff a hash of the imagined frames is odd: identical trajectories always get identical outcomes,
+    different ones independent coin flips (a test reward that sees every pixel)."""
+    import hashlib
+
+    return [(hashlib.sha256(np.ascontiguousarray(f).tobytes()).digest()[0] % 2 == 1, None) for f in trajectories]
+
+
 def test_imagination_screen_pairs_trajectories_by_seed(tmp_path: Path) -> None:
-    """Real tiny world model, reward model and policies from saved files; real first frames of recorded bags."""
+    """Real tiny world model and policies from saved files; real first frames of recorded bags."""
     import torch
     from test_rl_trainers_imagination import tiny_policy, tiny_world_model
 
@@ -265,18 +273,24 @@ def test_imagination_screen_pairs_trajectories_by_seed(tmp_path: Path) -> None:
     for k, level in enumerate((40, 120, 200)):
         robot_episode(eps, f"start-{k}", "v1", recorder_label=True, brightness=level, steps=3)
     tiny_world_model().save_pretrained(tmp_path / "wm")
-    reward = RewardModel.tiny(RewardSettings(image_size=32, clip_len=4))
-    reward.save_pretrained(tmp_path / "reward")
     save_package(tiny_policy(seed=0), tmp_path / "a")
     save_package(tiny_policy(seed=5), tmp_path / "b")
-    kw = {"group_size": 2, "horizon": 8, "temperature": 1.0, "alpha": 1.0}
+    kw = {"group_size": 4, "horizon": 8, "temperature": 1.0, "alpha": 1.0}
+    wm, a, b = str(tmp_path / "wm"), str(tmp_path / "a"), str(tmp_path / "b")
 
-    same = imagination_screen(str(tmp_path / "a"), str(tmp_path / "a"), str(tmp_path / "wm"),
-                              str(tmp_path / "reward"), eps, **kw)
-    d = same["decision"]
-    # The same policy from the same frames and seeds imagines the same trajectories: nothing discordant, refused.
-    assert d.episodes == 6 and d.candidate_only == 0 and d.current_only == 0 and not d.accept
-    assert d.current_successes == d.candidate_successes and same["starts"] == ["start-0", "start-1", "start-2"]
-    other = imagination_screen(str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "wm"),
-                               str(tmp_path / "reward"), eps, **kw)["decision"]
-    assert other.episodes == 6 and other.current_successes == d.current_successes  # the current side reproduces
+    same = imagination_screen(a, a, wm, digest_reward, eps, **kw)
+    d, outcomes = same["decision"], same["outcomes"]
+    # The same policy from the same frames and seeds imagines the same trajectories, pair by pair: refused.
+    assert outcomes["current"] == outcomes["candidate"] and len(outcomes["current"]) == 12
+    assert 0 < sum(outcomes["current"]) < 12  # the digest really varies between trajectories
+    assert d.episodes == 12 and d.candidate_only == 0 and d.current_only == 0 and not d.accept
+    assert same["starts"] == ["start-0", "start-1", "start-2"]
+    other = imagination_screen(a, b, wm, digest_reward, eps, **kw)
+    assert other["outcomes"]["current"] == outcomes["current"]  # the current side reproduces
+    assert other["decision"].episodes == 12
+
+    # The screen's own reward model loads from its run directory.
+    reward = RewardModel.tiny(RewardSettings(image_size=32, clip_len=4))
+    reward.save_pretrained(tmp_path / "reward")
+    by_model = imagination_screen(a, a, wm, str(tmp_path / "reward"), eps, **kw)
+    assert by_model["outcomes"]["current"] == by_model["outcomes"]["candidate"]

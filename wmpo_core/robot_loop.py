@@ -212,13 +212,14 @@ def wait_for_episodes(loop: Loop, i: int, version: str, count: int, out: Path, w
 
 
 # ============================================================================ imagination screen
-def imagination_screen(current_pkg: str, candidate_pkg: str, world_model_run: str, reward_run: str,
+def imagination_screen(current_pkg: str, candidate_pkg: str, world_model_run: str, reward_run: str | Any,
                        starts_dir: Path, *, group_size: int, horizon: int, temperature: float,
                        alpha: float) -> dict[str, Any]:
     """Both policies imagined from the same real first frames with the same seeds; the paired gate rule on the results.
 
     Trajectory ``g`` of start ``s`` draws from seed ``SCREEN_SEED + s * G + g`` for both policies,
-    so the pair differs only by the policy.
+    so the pair differs only by the policy. ``reward_run``: a reward-model run directory, or any
+    :class:`~wmpo_core.rl.rollouts.TrajectoryReward`.
     """
     from wmpo_core.registry.package import load_package
     from wmpo_core.reward.model import RewardModel
@@ -226,7 +227,7 @@ def imagination_screen(current_pkg: str, candidate_pkg: str, world_model_run: st
     from wmpo_core.world_model.model import WorldModel
 
     world_model = WorldModel.from_pretrained(world_model_run)
-    reward = VideoReward(RewardModel.from_pretrained(reward_run))
+    reward = VideoReward(RewardModel.from_pretrained(reward_run)) if isinstance(reward_run, str | Path) else reward_run
     starts = load_start_states(starts_dir, world_model.settings.camera, world_model.settings.image_size)
     results: dict[str, list[dict[str, Any]]] = {}
     for role, pkg in (("current", current_pkg), ("candidate", candidate_pkg)):
@@ -236,7 +237,8 @@ def imagination_screen(current_pkg: str, candidate_pkg: str, world_model_run: st
         results[role] = [{"seed": k, "success": bool(r)} for k, r in enumerate(batch.reward.tolist())]
     decision = gate_decision(results["current"], results["candidate"], alpha)
     return {"decision": decision, "starts": starts.ids, "group_size": group_size, "horizon": horizon,
-            "temperature": temperature}
+            "temperature": temperature,
+            "outcomes": {role: [r["success"] for r in rows] for role, rows in results.items()}}
 
 
 def screen_stage(loop: Loop, i: int, current: dict[str, Any], candidate: str, d: Path) -> dict[str, Any]:

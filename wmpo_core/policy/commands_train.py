@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="replace an earlier run in --out (its checkpoints and packages are deleted; "
                              "without this or --resume an existing run is refused)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from wmpo_core.policy.training_options import add_training_options
+
+    add_training_options(parser, "N samples")
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -123,6 +126,10 @@ def main(args: argparse.Namespace) -> int:
             setattr(tc, name, getattr(args, flag))
     if args.all_episodes:
         tc.only_success = False
+    if args.micro_batch is not None:
+        tc.micro_batch = args.micro_batch
+    if args.grad_checkpointing:
+        tc.grad_checkpointing = True
     try:  # the flags above bypass from_dict's checks
         from wmpo_core.config_io import check_config
 
@@ -133,7 +140,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         episodes = args.episodes or recipe_episodes(recipe, args.out, progress=not args.no_progress)
         package = train_policy(episodes, args.out, config, tc, resume=args.resume, parent=args.parent,
-                               overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
+                               overwrite=args.overwrite, progress=not args.no_progress, init=args.init,
+                               device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)
         return 2

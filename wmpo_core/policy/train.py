@@ -14,6 +14,7 @@ the same samples in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -68,6 +69,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     schedule_steps: int = 0  # length of the lr schedule (0 = steps); larger stops early on a longer schedule's path
     augment_shift: int = 0  # random-shift augmentation: pixels of replicate padding, then a random crop back
+    micro_batch: int = 0  # samples per forward pass, gradients accumulated (the step is unchanged); 0 = whole batch
+    grad_checkpointing: bool = False  # recompute the transformers backbones' activations in the backward pass
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -265,6 +268,7 @@ def train_policy(
     progress: bool = True,
     overwrite: bool = False,
     init: str | Path | None = None,
+    device: str = "cpu",
 ) -> Path | None:
     """Train (or resume) behavior cloning; returns the final package path (on the main process).
 
@@ -275,10 +279,18 @@ def train_policy(
     ``init``: fine-tune a policy package (e.g. from `wmpo import-openvla`, verified on load) instead of a
     fresh model: its config, tokenizer, norm stats (the episodes' actions are normalized with them) and
     weights in their dtype are kept; ``policy_config`` is ignored and the package becomes the parent.
+
+    ``device``: ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` (wmpo_core.policy.training_options); with
+    ``tc.micro_batch`` each step runs that many samples at a time and accumulates the gradients.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from wmpo_core.policy.training_options import (
+        enable_gradient_checkpointing,
+        make_accelerator,
+        micro_slices,
+        training_device,
+    )
     from wmpo_core.registry.package import save_package, summarize_training_data
 
     tc = train_config or TrainConfig()
@@ -310,8 +322,7 @@ def train_policy(
     config = policy_config or VLAConfig()
     # AR decoding leaves the action slots unused, parallel leaves nothing unused; DDP must know.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.decoding != "parallel")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp],
-                              log_with=None)
+    accelerator = make_accelerator(device, kwargs_handlers=[ddp], log_with=None)
     torch.manual_seed(tc.seed)
 
     all_ids = [d.name for d in list_episode_dirs(episodes_dir)]
@@ -334,6 +345,9 @@ def train_policy(
         policy = _make_policy(config, dataset)
         state, start_step = {}, 0
     dataset.norm_stats = policy.norm_stats
+    policy.to(training_device(device, accelerator))
+    if tc.grad_checkpointing:
+        enable_gradient_checkpointing(policy)
     val = None
     if val_ids:
         val = EpisodeDataset(episodes_dir, chunk_size=config.chunk_size, cameras=config.cameras, episode_ids=val_ids,
@@ -373,9 +387,19 @@ def train_policy(
             gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 64 + rank)
             batch.pixel_values = random_shift(batch.pixel_values, tc.augment_shift, gen)
         global_tokens = accelerator.reduce(mask.sum().float(), reduction="sum").item()
-        loss, accuracy = bc_loss(model, batch, tokens, mask, global_tokens, world)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        # each part's loss is already divided by the whole global batch's tokens: the parts' gradients add up
+        loss, correct = torch.zeros((), device=mask.device), torch.zeros((), device=mask.device)
+        parts = list(micro_slices(len(idx), tc.micro_batch))
+        for i, rows in enumerate(parts):
+            # DDP all-reduces the gradients once, after the last part
+            with accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext():
+                part_loss, part_accuracy = bc_loss(model, batch.index(rows), tokens[rows], mask[rows], global_tokens,
+                                                   world)
+                accelerator.backward(part_loss)
+            loss = loss + part_loss.detach()
+            correct = correct + part_accuracy.detach() * mask[rows].sum()
+        accuracy = correct / mask.sum().clamp(min=1)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
         done = step + 1

@@ -15,6 +15,9 @@ from typing import Any
 HELP = "policy improvement: GRPO in imagination, online GRPO and DPO baselines, results table"
 
 
+ROWS = "N rows (one observation and its action chunk)"
+
+
 def _error(command: str, message: str) -> int:
     print(f"wmpo {command}: {message}", file=sys.stderr)
     return 2
@@ -24,7 +27,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, micro_unit: str) -> None:
+    from wmpo_core.policy.training_options import add_training_options
+
     parser.add_argument("--policy", required=True, help="base policy package directory")
     parser.add_argument("--out", required=True, type=Path, help="run directory (the package goes to <out>/policy)")
     parser.add_argument("--config", help="JSON trainer config (fields of the command's config dataclass)")
@@ -34,17 +39,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "(needs the lora extra; merged into the package; 0 = full fine-tuning)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights dtype while training (auto: as stored in the package)")
+    add_training_options(parser, micro_unit)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _prepare_policy(policy: Any, args: argparse.Namespace) -> Any:
-    """--dtype and --lora-rank on a loaded base policy (rollouts and updates then share the same numerics)."""
+def _prepare_policy(policy: Any, args: argparse.Namespace, device: Any) -> Any:
+    """--device, --dtype, --lora-rank and --grad-checkpointing on a loaded base policy (rollouts and updates
+    then share the same numerics)."""
     from wmpo_core.policy.placement import place_policy
+    from wmpo_core.policy.training_options import enable_gradient_checkpointing
 
     if getattr(policy.config, "action_head", "tokens") != "tokens":
         raise ValueError(f"{args.policy}: config.action_head is {policy.config.action_head!r}; GRPO and DPO need "
                          "the discrete action tokens' log-probs (an OpenVLA-OFT checkpoint without its L1 head)")
-    place_policy(policy, str(policy.device), args.dtype)
+    place_policy(policy, str(device), args.dtype)
     if args.lora_rank:
         from wmpo_core.policy.lora import LoRASettings, apply_lora
 
@@ -52,6 +60,8 @@ def _prepare_policy(policy: Any, args: argparse.Namespace) -> Any:
             apply_lora(policy, LoRASettings(rank=args.lora_rank))
         except ImportError as exc:
             raise ValueError(f"--lora-rank: {exc}") from None
+    if args.grad_checkpointing:
+        enable_gradient_checkpointing(policy)
     return policy
 
 
@@ -70,7 +80,7 @@ def _finish(command: str, result: dict[str, Any], sign: Path | None) -> int:
 # ================================================================================ grpo (imagination)
 def configure_grpo(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo grpo`."""
-    _add_common(parser)
+    _add_common(parser, ROWS)
     parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
     parser.add_argument("--reward", required=True, help="reward-model directory (reward.json)")
     parser.add_argument("--episodes", required=True, nargs="+",
@@ -85,10 +95,8 @@ def main_grpo(args: argparse.Namespace) -> int:
     Data parallel: ``accelerate launch --multi_gpu --num_processes N -m wmpo_core.cli grpo ...``
     (on CPU-only machines too: each rank imagines its share of the start states, DDP over gloo).
     """
-    import torch
-    from accelerate import Accelerator
-
     from wmpo_core.policy.loading import load_package
+    from wmpo_core.policy.training_options import check_micro_batch, make_accelerator, training_device
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.config import WMPOConfig, load_config
@@ -101,12 +109,14 @@ def main_grpo(args: argparse.Namespace) -> int:
         config = load_config(WMPOConfig, args.config)
         if args.iterations:
             config.iterations = args.iterations
+        if check_micro_batch(args.micro_batch) is not None:
+            config.grpo.micro_batch = args.micro_batch
         config.validate()
-        # Without cpu=True accelerate ignores a multi-process launch on a machine without CUDA.
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        policy = _prepare_policy(load_package(args.policy).to(accelerator.device), args)
-        world_model = WorldModel.from_pretrained(args.world_model, device=accelerator.device)
-        reward = VideoReward(RewardModel.from_pretrained(args.reward, device=accelerator.device))
+        accelerator = make_accelerator(args.device)
+        device = training_device(args.device, accelerator)
+        policy = _prepare_policy(load_package(args.policy), args, device)
+        world_model = WorldModel.from_pretrained(args.world_model, device=device)
+        reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
         starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size)
     except (OSError, ValueError, PackageError) as exc:
         return _error("grpo", str(exc))
@@ -124,7 +134,7 @@ def main_grpo(args: argparse.Namespace) -> int:
 # ================================================================================ grpo-sim
 def configure_grpo_sim(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo grpo-sim`."""
-    _add_common(parser)
+    _add_common(parser, ROWS)
     parser.add_argument("--task", required=True, help="simulated task: lift, stack, square")
     parser.add_argument("--budget", type=int, required=True, help="P: real trajectories in total")
     parser.add_argument("--max-steps", type=int, help="episode horizon (default: the task's)")
@@ -133,6 +143,7 @@ def configure_grpo_sim(parser: argparse.ArgumentParser) -> None:
 def main_grpo_sim(args: argparse.Namespace) -> int:
     """Online GRPO in the simulator until the budget is spent."""
     from wmpo_core.policy.loading import load_package
+    from wmpo_core.policy.training_options import check_micro_batch, training_device
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.rl.config import SimGRPOConfig, load_config
     from wmpo_core.rl.trainer_sim import train_grpo_sim
@@ -143,8 +154,10 @@ def main_grpo_sim(args: argparse.Namespace) -> int:
         config.budget = args.budget
         if args.max_steps is not None:
             config.max_steps = args.max_steps
+        if check_micro_batch(args.micro_batch) is not None:
+            config.grpo.micro_batch = args.micro_batch
         config.validate()
-        policy = _prepare_policy(load_package(args.policy), args)
+        policy = _prepare_policy(load_package(args.policy), args, training_device(args.device))
         result = train_grpo_sim(policy, args.task, args.out, config, progress=not args.quiet)
     except (OSError, ValueError, PackageError) as exc:
         return _error("grpo-sim", str(exc))
@@ -154,7 +167,7 @@ def main_grpo_sim(args: argparse.Namespace) -> int:
 # ================================================================================ dpo
 def configure_dpo(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo dpo`."""
-    _add_common(parser)
+    _add_common(parser, "N preference pairs")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--episodes", help="folder of recorded, labeled rollouts of the base policy")
     source.add_argument("--task", help="collect the rollouts in the simulator for this task instead")
@@ -165,6 +178,7 @@ def configure_dpo(parser: argparse.ArgumentParser) -> None:
 def main_dpo(args: argparse.Namespace) -> int:
     """Offline DPO against the frozen base policy."""
     from wmpo_core.policy.loading import load_package
+    from wmpo_core.policy.training_options import check_micro_batch, training_device
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS, DPOTrainConfig, load_config
     from wmpo_core.rl.trainer_dpo import collect_base_rollouts, train_dpo
@@ -175,7 +189,10 @@ def main_dpo(args: argparse.Namespace) -> int:
         config.budget = args.budget
         if args.max_steps is not None:
             config.max_steps = args.max_steps
-        policy = _prepare_policy(load_package(args.policy), args)
+        if check_micro_batch(args.micro_batch) is not None:
+            config.dpo.micro_batch = args.micro_batch
+        check_micro_batch(config.dpo.micro_batch, "config.dpo.micro_batch")
+        policy = _prepare_policy(load_package(args.policy), args, training_device(args.device))
         ids: list[str] = []
         if args.episodes:
             from wmpo_core.data.bag import episode_dirs

@@ -108,6 +108,12 @@ def load_config(cls: type[ConfigT], path: str | Path | None) -> ConfigT:
     return _from_dict(cls, data, str(p))
 
 
+def _check_micro_batch(field_name: str, value: Any) -> None:
+    from wmpo_core.policy.training_options import check_micro_batch
+
+    check_micro_batch(value, field_name)
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """JSON-ready dict of a (nested) config dataclass."""
     return dataclasses.asdict(config)
@@ -140,6 +146,7 @@ class WMPOConfig:
                 raise ValueError(f"config.{name}: expected a positive integer, got {getattr(self, name)!r}")
         if self.grpo.group_size < 2:
             raise ValueError(f"config.grpo.group_size: expected >= 2, got {self.grpo.group_size}")
+        _check_micro_batch("config.grpo.micro_batch", self.grpo.micro_batch)
 
 
 @dataclass
@@ -162,6 +169,7 @@ class SimGRPOConfig:
             raise ValueError(f"config.budget: expected a positive multiple of the group size {g}, got {self.budget}")
         if self.groups_per_iteration < 1:
             raise ValueError(f"config.groups_per_iteration: expected >= 1, got {self.groups_per_iteration}")
+        _check_micro_batch("config.grpo.micro_batch", self.grpo.micro_batch)
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"config.max_steps: expected a positive integer or null, got {self.max_steps}")
 
@@ -189,3 +197,4 @@ class DPOTrainConfig:
         for name in ("epochs", "pairs_per_step"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        _check_micro_batch("config.dpo.micro_batch", self.dpo.micro_batch)

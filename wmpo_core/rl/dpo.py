@@ -34,6 +34,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     max_pairs_per_group: int = 16  # caps the success x failure product of one start state
     seed: int = 0
+    micro_batch: int = 0  # preference pairs per forward pass, gradients accumulated; 0 = the whole step at once
 
 
 def sequence_log_probs(token_logp: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -131,16 +132,26 @@ def dpo_update(
     config: DPOConfig,
 ) -> dict[str, float]:
     """One gradient step of DPO; ``policy_sequence_logps(batch) -> (P,)`` runs the trainable
-    policy, the reference log-probs were computed once with the frozen reference."""
-    loss, stats = dpo_loss(
-        policy_sequence_logps(chosen),
-        policy_sequence_logps(rejected),
-        reference_chosen_logps,
-        reference_rejected_logps,
-        config.beta,
-    )
+    policy, the reference log-probs were computed once with the frozen reference.
+
+    ``config.micro_batch`` pairs at a time: each part's mean loss is weighted by its share of the
+    pairs and the gradients add up, so the step is the full-batch step (statistics over all pairs)."""
+    from wmpo_core.policy.training_options import micro_slices
+
+    n_pairs = int(reference_chosen_logps.shape[0])
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    chosen_parts, rejected_parts = [], []
+    for part in micro_slices(n_pairs, config.micro_batch):
+        whole = part == slice(0, n_pairs)  # the batch as given (any type); parts need pair-indexable batches
+        chosen_logps = policy_sequence_logps(chosen if whole else chosen[part])
+        rejected_logps = policy_sequence_logps(rejected if whole else rejected[part])
+        loss, _ = dpo_loss(chosen_logps, rejected_logps, reference_chosen_logps[part], reference_rejected_logps[part],
+                           config.beta)
+        (loss * ((part.stop - part.start) / n_pairs)).backward()
+        chosen_parts.append(chosen_logps.detach())
+        rejected_parts.append(rejected_logps.detach())
+    _, stats = dpo_loss(torch.cat(chosen_parts), torch.cat(rejected_parts), reference_chosen_logps,
+                        reference_rejected_logps, config.beta)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()

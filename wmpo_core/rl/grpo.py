@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from wmpo_core.policy.training_options import micro_slices
+
 
 @dataclass
 class GRPOConfig:
@@ -36,6 +38,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     update_epochs: int = 1  # passes over each imagined batch
     minibatch_size: int = 16  # trajectories per gradient step
+    micro_batch: int = 0  # rows (observation + action chunk) per forward pass, gradients accumulated; 0 = all at once
 
 
 def group_relative_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
@@ -173,6 +176,15 @@ def policy_log_probs(policy: ActionTokenPolicy, batch: GRPOBatch, temperature: f
     return policy.log_prob(batch.observations, batch.action_tokens, temperature=temperature), None
 
 
+def _rows(batch: GRPOBatch, rows: slice) -> GRPOBatch:
+    """Rows of a batch; the observations are a tensor or have an ``index`` method (``VLABatch``)."""
+    if rows == slice(0, batch.action_tokens.shape[0]):
+        return batch
+    obs = batch.observations
+    return GRPOBatch(obs[rows] if isinstance(obs, Tensor) else obs.index(rows), batch.action_tokens[rows],
+                     batch.logp_old[rows], batch.advantages[rows], batch.mask[rows])
+
+
 def grpo_update(
     policy: ActionTokenPolicy, optimizer: torch.optim.Optimizer, batch: GRPOBatch, config: GRPOConfig,
     accelerator: Any = None,
@@ -183,13 +195,27 @@ def grpo_update(
     rank's loss is weighted by its share of the valid tokens of all ranks, so the step is the
     token-level average over the global batch, as in one process, even when the ranks' shares
     differ (imagined trajectories end at different lengths). The logged statistics stay local.
+
+    ``config.micro_batch`` rows at a time: each part's loss (a token average over its own rows) is
+    weighted by its share of the batch's valid tokens and the gradients add up, so the step is the
+    full-batch step; the statistics are computed once over the whole batch.
     """
-    logp_new, entropy = policy_log_probs(policy, batch, config.temperature)
-    loss, stats = grpo_loss(
-        logp_new, batch.logp_old, batch.advantages, batch.mask, config.clip_low, config.clip_high, entropy
-    )
+    share = _token_share(accelerator, batch.mask)
     optimizer.zero_grad(set_to_none=True)
-    (loss * _token_share(accelerator, batch.mask)).backward()
+    n_valid = batch.mask.detach().float().sum().clamp(min=1.0)
+    new_parts: list[Tensor] = []
+    entropy_parts: list[Tensor | None] = []
+    for rows in micro_slices(batch.action_tokens.shape[0], config.micro_batch):
+        part = _rows(batch, rows)
+        logp_new, entropy = policy_log_probs(policy, part, config.temperature)
+        loss, _ = grpo_loss(logp_new, part.logp_old, part.advantages, part.mask, config.clip_low, config.clip_high,
+                            entropy)
+        (loss * (part.mask.detach().float().sum() / n_valid) * share).backward()
+        new_parts.append(logp_new.detach())
+        entropy_parts.append(None if entropy is None else entropy.detach())
+    entropy_all = None if any(e is None for e in entropy_parts) else torch.cat(entropy_parts)  # type: ignore[arg-type]
+    _, stats = grpo_loss(torch.cat(new_parts), batch.logp_old, batch.advantages, batch.mask, config.clip_low,
+                         config.clip_high, entropy_all)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +55,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from wmpo_core.io_utils import StageError, read_json, write_json_atomic  # re-exported: demo and older imports
+from wmpo_core.stats import sign_test_p_value  # re-exported
 
 HELP = "lifelong learning: collect, align world and reward models, GRPO in imagination, gate, push"
 HELP_loop_report = "evaluate every policy of a loop run (robot version and candidate per iteration) on the same held-out start states"
@@ -68,27 +69,7 @@ COLLECT_SEED_OFFSET = 50_000
 GATE_SEED_OFFSET = 50_000
 
 
-class StageError(RuntimeError):
-    """A stage could not finish; the message names the command or file."""
-
-
 # ============================================================================ stage runner
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file; a StageError naming the file when it is unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StageError(f"{path}: cannot read JSON: {exc}") from exc
-
-
 def stage_done(stage_dir: Path) -> bool:
     """True when the stage in ``stage_dir`` finished (its marker exists)."""
     return (stage_dir / MARKER).is_file()
@@ -320,15 +301,6 @@ class GateDecision:
     current_only: int  # c: start states only the current policy solved
     p_value: float
     alpha: float
-
-
-def sign_test_p_value(b: int, c: int) -> float:
-    """One-sided exact sign test: P(X >= b) for X ~ Binomial(b + c, 1/2) (1.0 when nothing is discordant)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    # Exact binomial tail in integers; no stats library is in the stack and this is three lines.
-    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
 
 
 def gate_decision(current: list[dict[str, Any]], candidate: list[dict[str, Any]], alpha: float) -> GateDecision:

@@ -38,7 +38,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#1
 def version_row(label: str, version: str | None, successes: int, episodes: int, *, parent: str | None = None,
                 seeds: Sequence[int] = (), evaluated_via: str = "") -> dict[str, Any]:
     """One ``versions`` row: success rate with its 95% Wilson interval."""
-    from wmpo_core.policy.commands_eval import wilson_interval
+    from wmpo_core.stats import wilson_interval
 
     lo, hi = wilson_interval(successes, episodes)
     return {"label": label, "version": version, "parent": parent,

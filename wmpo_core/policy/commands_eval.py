@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,19 +14,9 @@ import numpy as np
 import torch
 
 from wmpo_core.policy.placement import DEVICE_HELP, DTYPE_HELP, DTYPES
+from wmpo_core.stats import wilson_interval  # re-exported: older imports
 
 HELP = "evaluate a policy closed loop in the simulator"
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (closed form; no stats library in the stack)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wmpo_core.loop import read_json
+from wmpo_core.io_utils import read_json, write_json_atomic
 from wmpo_core.rl.config import (
     EVALUATION_SEEDS,
     POLICY_ROLLOUT_SEEDS,
@@ -60,7 +60,7 @@ class MethodResult:
 def paired_against(base: MethodResult, other: MethodResult) -> dict[str, Any] | None:
     """Wins (start states only ``other`` solved), losses (only ``base`` solved) and the one-sided exact
     sign-test p-value that ``other`` is better; None unless both carry outcomes for the same seeds."""
-    from wmpo_core.loop import sign_test_p_value
+    from wmpo_core.stats import sign_test_p_value
 
     if not base.outcomes or not other.outcomes or base.seeds != other.seeds:
         return None
@@ -134,9 +134,9 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
     """
     import torch
 
-    from wmpo_core.policy.commands_eval import wilson_interval
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.sim import run_episode
+    from wmpo_core.stats import wilson_interval
 
     policy = load_package(package)
     env = pool.env_for(policy)
@@ -178,7 +178,6 @@ def collect_budget_rollouts(task: str, budget: int, base: str | Path, out: Path,
     steps are masked out of every policy-gradient and preference loss.
     """
     from wmpo_core.data.sim_bags import collect_sim_episodes
-    from wmpo_core.loop import read_json, write_json_atomic
 
     marker = out / "rollouts.json"
     if marker.is_file() and read_json(marker).get("budget") == budget:
@@ -285,7 +284,7 @@ def train_missing(
     is represented by the one that does best on ``validation_episodes`` validation start states.
     """
     from wmpo_core.data.bag import episode_dirs
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig
 
     configs = configs or {}
@@ -364,7 +363,6 @@ def select_on_validation(run: Path, task: str, pool: SimulatorPool, temperature:
     (``packages/iter_*``), the candidate with the most successes on ``VALIDATION_SEEDS`` (the final
     one on ties). The scores go to ``run/validation.json``; a finished selection is reused.
     """
-    from wmpo_core.loop import write_json_atomic
     from wmpo_core.rl.config import VALIDATION_SEEDS
 
     final = run / "policy"
@@ -480,7 +478,6 @@ def _evaluate_in_processes(task: str, methods: list[str], packages: dict[str, Pa
 def _cached_evaluation(method: str, package: Path, seeds: list[int], pool: SimulatorPool, max_steps: int | None,
                        temperature: float, cache: Path | None) -> MethodResult:
     """``evaluate_package``, reusing an earlier result for the same package version, seeds and settings."""
-    from wmpo_core.loop import write_json_atomic
 
     path = _cache_file(method, package, seeds, max_steps, temperature, cache)
     cached = _read_cached(path)

@@ -34,32 +34,39 @@ from sensor_msgs.msg import CameraInfo, Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from wmpo_core.control import ACTION_DIM, ACTION_NAMES
+from wmpo_core.data import topics as T
 
 # ---------------------------------------------------------------------------------------
-# Topic names (relative, so a namespace moves the whole graph; /sim/state is global)
+# Topic names: those of wmpo_core.data.topics (the one home of every name, as recorded in
+# bags), made relative so a namespace moves the whole graph; /sim/state stays global
 # ---------------------------------------------------------------------------------------
 
-ACTION_CHUNK_TOPIC = "wmpo/action_chunk"
-APPLIED_ACTION_TOPIC = "wmpo/applied_action"
-INSTRUCTION_TOPIC = "wmpo/instruction"
-POLICY_VERSION_TOPIC = "wmpo/policy_version"
-SUCCESS_TOPIC = "wmpo/success"
-EPISODE_TOPIC = "wmpo/episode"
-EE_POSE_TOPIC = "wmpo/ee_pose"  # geometry_msgs/PoseStamped, end-effector in the robot base frame
-JOINT_STATES_TOPIC = "joint_states"
-SIM_STATE_TOPIC = "/sim/state"  # std_msgs/String JSON: privileged simulator state
-SIM_ARM_COMMAND_TOPIC = "sim/arm_command"  # JointTrajectory, one point: one simulator step
-DIAGNOSTICS_TOPIC = "/diagnostics"
+
+def _relative(topic: str) -> str:
+    return topic.lstrip("/")
+
+
+ACTION_CHUNK_TOPIC = _relative(T.ACTION_CHUNK)
+APPLIED_ACTION_TOPIC = _relative(T.APPLIED_ACTION)
+INSTRUCTION_TOPIC = _relative(T.INSTRUCTION)
+POLICY_VERSION_TOPIC = _relative(T.POLICY_VERSION)
+SUCCESS_TOPIC = _relative(T.SUCCESS)
+EPISODE_TOPIC = _relative(T.EPISODE)
+EE_POSE_TOPIC = _relative(T.EE_POSE)
+JOINT_STATES_TOPIC = _relative(T.JOINT_STATES)
+SIM_STATE_TOPIC = T.SIM_STATE  # std_msgs/String JSON: privileged simulator state
+SIM_ARM_COMMAND_TOPIC = _relative(T.SIM_ARM_COMMAND)
+DIAGNOSTICS_TOPIC = "/diagnostics"  # the ROS 2 convention, not a WMPO topic
 
 
 def image_topic(camera: str) -> str:
     """Topic of the raw rgb8 images of camera `camera`."""
-    return f"camera/{camera}/image_raw"
+    return f"{_relative(T.CAMERA_PREFIX)}{camera}{T.IMAGE_SUFFIX}"
 
 
 def camera_info_topic(camera: str) -> str:
     """Topic of the CameraInfo of camera `camera`."""
-    return f"camera/{camera}/camera_info"
+    return f"{_relative(T.CAMERA_PREFIX)}{camera}{T.CAMERA_INFO_SUFFIX}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
-from test_policy_train import _batch, _free_port
+from test_policy_train import TINY, _batch, _free_port, bags  # noqa: F401  (module fixture)
 from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
 from test_training_options import _grpo_batch, _policy
 
+from wmpo_core.policy.configuration_vla import VLAConfig
 from wmpo_core.policy.fsdp import full_gradients, full_state_dict, shard_policy, shard_units
 from wmpo_core.policy.train import bc_loss
 from wmpo_core.rl.grpo import GRPOBatch, GRPOConfig, grpo_update
@@ -136,3 +137,54 @@ def test_fsdp_two_processes_match_one_process_step(tmp_path):
 def test_shard_policy_without_a_process_group_says_so():
     with pytest.raises(ValueError, match="FSDP needs torch.distributed initialized"):
         shard_policy(_policy(0))
+
+
+def _train_worker(rank, world, port, bags_dir, run_dir, steps, resume):
+    from wmpo_core.policy.train import TrainConfig, train_policy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    tc = TrainConfig(**TRAIN, steps=steps, fsdp=True)
+    train_policy(bags_dir, run_dir, VLAConfig(**TINY), tc, resume=resume, progress=False)
+    os._exit(0)
+
+
+TRAIN = dict(batch_size=4, warmup_steps=1, val_fraction=0.0, lr=LR, save_every=1, keep_checkpoints=3)
+
+
+def test_train_policy_fsdp_matches_one_process_and_resumes(bags, tmp_path):  # noqa: F811
+    """`train-policy --fsdp` on 2 processes: 2 steps take the weights where one process's 2 steps take them; an
+    FSDP run stopped after step 1 and resumed from its checkpoint (gathered weights and optimizer state) ends
+    where the uninterrupted FSDP run ends; checkpoints and the package are plain, loadable packages."""
+    from wmpo_core.policy.loading import load_package
+    from wmpo_core.policy.train import TrainConfig, train_policy
+
+    def fsdp_run(run, steps, resume=False):
+        mp.spawn(_train_worker, args=(2, _free_port(), str(bags), str(run), steps, resume), nprocs=2, join=True)
+
+    fsdp_run(tmp_path / "fsdp", 2)
+    fsdp_run(tmp_path / "resumed", 1)
+    fsdp_run(tmp_path / "resumed", 2, resume=True)
+    single = train_policy(bags, tmp_path / "single", VLAConfig(**TINY), TrainConfig(**TRAIN, steps=2), progress=False)
+    weights = {name: load_file(str(tmp_path / name / "package_step0000002" / "model.safetensors"))
+               for name in ("fsdp", "resumed")}
+    reference = load_file(str(single / "model.safetensors"))
+    init = _policy(0).state_dict()
+    assert set(weights["fsdp"]) == set(reference) and sum(not torch.equal(reference[k], init[k]) for k in init) > 20
+    for name, w in reference.items():
+        torch.testing.assert_close(weights["fsdp"][name], w, rtol=0, atol=2 * LR / 20, msg=name)
+        torch.testing.assert_close(weights["resumed"][name], weights["fsdp"][name], rtol=0, atol=1e-6, msg=name)
+    step1 = tmp_path / "fsdp" / "checkpoints" / "step_0000001"
+    assert load_package(tmp_path / "fsdp" / "package_step0000002").num_parameters() == _policy(0).num_parameters()
+    state = load_file(str(step1 / "optimizer.safetensors"))
+    assert {k.rsplit("::", 1)[1] for k in state} == {"step", "exp_avg", "exp_avg_sq"}
+    assert {k.rsplit("::", 1)[0] for k in state} == set(reference)  # full (not sharded) state, named per weight
+
+
+def test_train_policy_fsdp_in_one_process_says_how_to_launch(bags, tmp_path, capsys):  # noqa: F811
+    from wmpo_core.cli import main as wmpo
+
+    code = wmpo(["train-policy", "--episodes", str(bags), "--out", str(tmp_path / "run"), "--steps", "1", "--fsdp",
+                 "--no-progress"])
+    assert code == 2 and "--fsdp: needs 2 or more processes (accelerate launch" in capsys.readouterr().err

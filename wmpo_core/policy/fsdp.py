@@ -80,3 +80,69 @@ def full_gradients(module: nn.Module) -> dict[str, torch.Tensor]:
             grad = p.grad
             out[name] = (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).detach().cpu()
     return out
+
+
+def gathered_policy(policy: nn.Module) -> nn.Module | None:
+    """An unsharded copy of a sharded VLA policy on the CPU, on rank 0 (None on the others): a collective.
+
+    Built without memory (meta device), then it takes the gathered tensors, so saving a checkpoint or a
+    package goes through the policy's own ``save_pretrained``.
+    """
+    import torch.distributed as dist
+    from accelerate import init_empty_weights
+
+    state = full_state_dict(policy)
+    if dist.get_rank() != 0:
+        return None
+    with init_empty_weights(include_buffers=False):
+        copy = type(policy)(policy.config, policy.text_tokenizer, policy.norm_stats, version=policy.version)
+    copy.load_weights(state, where="gathered FSDP weights", assign=True)
+    return copy
+
+
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+
+
+def save_full_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Any | None) -> None:
+    """Gather the sharded optimizer state (a collective) and, on rank 0 (``directory`` not None), write it
+    without pickle: tensors by parameter name to safetensors, the rest to JSON."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if directory is None:
+        return
+    tensors, scalars = {}, {}
+    for name, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}::{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{name}::{key}"] = value
+    save_file(tensors, str(Path(directory) / OPTIMIZER_TENSORS))
+    meta = {"format": "fsdp-full", "param_groups": state["param_groups"], "scalars": scalars}
+    (Path(directory) / OPTIMIZER_META).write_text(json.dumps(meta))
+
+
+def load_full_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Any) -> None:
+    """Inverse of :func:`save_full_optimizer` (every process reads the file and keeps its own shard)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    meta = json.loads((Path(directory) / OPTIMIZER_META).read_text())
+    if meta.get("format") != "fsdp-full":
+        raise ValueError(f"{directory}: optimizer state was not written by an FSDP run; resume it without --fsdp")
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in [*load_file(str(Path(directory) / OPTIMIZER_TENSORS)).items(), *meta["scalars"].items()]:
+        name, field = key.rsplit("::", 1)
+        state.setdefault(name, {})[field] = value
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": meta["param_groups"]},
+                             options=StateDictOptions(full_state_dict=True))

@@ -364,10 +364,32 @@ def rig(tmp_path_factory):
         os.environ["ROS_DOMAIN_ID"] = old_domain
 
 
+def _assert_planned_during_loads(rig: SwapRig) -> int:
+    """Inference never waits for a load, at any machine load. With X one replan interval: for every
+    load (from its request to its outcome in the node's own log) during which the camera published
+    a frame stamped more than X after the load began at least 3X before it ended, a chunk planned
+    from a frame stamped more than X after the load began reached the arm more than X before the
+    load ended (a blocked inference plans nothing until the load ends; waiting X lets a loader
+    that started late take no credit). Returns how many loads this checked."""
+    x = rig.replan * rig.period_ns
+    published = {stamp: stamp + int(late_ms * 1e6) for stamp, late_ms in rig.camera_lateness_ms().items()}
+    rig.probe.wait_for(lambda: rig._arrivals_cover(0, None), 10, "the arm process to log every chunk", rig.arm)
+    arrived = rig._read_pairs(rig.arm)
+    checked = 0
+    for begin, end in rig.load_windows():
+        if not any(begin + x < s and p <= end - 3 * x for s, p in published.items()):
+            continue
+        checked += 1
+        planned = [s for s, t in arrived.items() if begin + x < s and t < end - x]
+        assert planned, f"no chunk planned during the {(end - begin) / 1e6:.0f} ms load at {begin}: inference waited"
+    return checked
+
+
 def _assert_no_gap(rig: SwapRig, start: int, stop: int | None = None) -> None:
     gaps = rig.stamp_gaps(start, stop)
     assert len(gaps) > 0 and gaps.min() >= rig.replan - 0.5, gaps.tolist()
     assert len(rig.load_windows()) > 0
+    checked = _assert_planned_during_loads(rig)
     # A chunk every `replan` periods. Loading competes for the CPU, so a chunk may come late, but
     # never so late that the arm runs out of planned actions: a chunk covers `chunk` periods from
     # its observation, so the next one must be planned from a frame at most chunk - 1 periods
@@ -382,6 +404,7 @@ def _assert_no_gap(rig: SwapRig, start: int, stop: int | None = None) -> None:
     assert not too_long, f"gaps (stamp, periods) longer than {bound} periods during a load: {long}"
     if long["swap"] or elsewhere:
         print(f"gaps (stamp, periods) longer than {rig.replan + 1} periods, all within {bound}: {long}")
+    print(f"{checked} of {len(rig.load_windows())} loads long enough to show planning during them: it went on in each")
 
 
 def test_push_refuse_and_rollback(rig):
@@ -457,12 +480,12 @@ def test_long_load_answers_pending_then_reports(rig):
 
 def test_node_serves_while_a_load_runs(rig, tmp_path):
     """A slow load never blocks the node's executor: while the ~/load_policy reply is pending, the
-    node answers parameter requests and keeps planning chunks. The package (a 72 MB model, about
-    0.35 s to verify and build here) needs a camera the node does not receive, so it is refused
-    only once it is built, and the serving policy stays."""
+    node answers parameter requests and keeps planning chunks. The package (a 270 MB model, 0.8-1.5 s
+    to verify and build here) needs a camera the node does not receive, so it is refused only once
+    it is built, and the serving policy stays."""
     serving = rig.versions.last().data
-    big = build_package(tmp_path / "big", 7, "big-1", rig.packages.trusted, parent=serving, hidden_size=512, num_layers=4,
-                        intermediate_size=2048, num_heads=8, num_kv_heads=8, cameras=["agentview", "wrist"])
+    big = build_package(tmp_path / "big", 7, "big-1", rig.packages.trusted, parent=serving, hidden_size=768, num_layers=8,
+                        intermediate_size=3072, num_heads=12, num_kv_heads=12, cameras=["agentview", "wrist"])
     final, _ = push_local(big, rig.robot_dir)
     value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(final))
     request = SetParameters.Request(parameters=[Parameter(name="policy_path", value=value)])
@@ -491,9 +514,9 @@ def test_node_serves_while_a_load_runs(rig, tmp_path):
     assert rig.versions.last().data == serving and rig.policy_path() == str(rig.robot_dir / serving)
     rig.probe.wait_for(lambda: len(rig.load_windows()) > windows_before, 10, "the load in the node log", rig.proc)
     begin, end = rig.load_windows()[-1]
-    # an answer received 20 ms after the load began was served after it began (loopback delivers in ~1 ms)
-    during = [t for t in answered if begin + 20_000_000 < t < end]
-    assert end - begin > 100_000_000, f"the load took only {(end - begin) / 1e6:.0f} ms: too fast to show anything"
+    # One request is in flight at a time, so of the answers received inside the load at most the first
+    # was served before it began: three prove the executor served two while it ran, at any speed.
+    during = [t for t in answered if begin < t < end]
     assert len(during) >= 3, (f"{len(during)} parameter answers during a {(end - begin) / 1e6:.0f} ms load "
                               f"({len(answered)} while the reply was pending): the load blocked the executor")
     rig.wait_chunks(4)

@@ -1,4 +1,5 @@
-"""Small file helpers shared by the run stages (`wmpo demo`, `wmpo loop`, `wmpo compare`).
+"""Small file helpers: the JSON files of the run stages (`wmpo demo`, `wmpo loop`, `wmpo compare`) and
+fsync by path (the bag writer, the package push).
 
 Imports nothing from ``wmpo_core``: anything may use it without reaching up a layer.
 """
@@ -29,3 +30,12 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise StageError(f"{path}: cannot read JSON: {exc}") from exc
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path (a directory's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,10 +25,9 @@ import numpy as np
 import yaml
 
 from wmpo_core.data.normalization import NormStats, Stats, action_mask, compute_stats
+from wmpo_core.data.topics import APPLIED_ACTION as APPLIED_ACTION_TOPIC
 
 log = logging.getLogger(__name__)
-
-APPLIED_ACTION_TOPIC = "/wmpo/applied_action"
 
 
 @dataclass

@@ -18,7 +18,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from wmpo_core.control import ACTION_NAMES
 
-# Topic names (absolute, no namespace).
+# Topic names (absolute, no namespace); the ROS nodes use the same names made relative
+# (wmpo_ros.common), so that a namespace moves the whole graph.
 JOINT_STATES = "/joint_states"
 ACTION_CHUNK = "/wmpo/action_chunk"
 APPLIED_ACTION = "/wmpo/applied_action"
@@ -27,6 +28,9 @@ POLICY_VERSION = "/wmpo/policy_version"
 SUCCESS = "/wmpo/success"
 EPISODE = "/wmpo/episode"
 SIM_STATE = "/sim/state"
+# Graph topics not recorded by default.
+EE_POSE = "/wmpo/ee_pose"  # geometry_msgs/PoseStamped, end-effector in the robot base frame
+SIM_ARM_COMMAND = "/sim/arm_command"  # JointTrajectory, one point: one simulator step
 
 # ROS 2 message type names.
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -84,6 +88,14 @@ def camera_info_topic(name: str) -> str:
     """CameraInfo topic of camera ``name``: ``/camera/<name>/camera_info``."""
     _check_camera_name(name)
     return f"{CAMERA_PREFIX}{name}{CAMERA_INFO_SUFFIX}"
+
+
+def recorded_by_default() -> list[str]:
+    """What the episode recorder records unless its ``topics`` parameter says otherwise: both simulated
+    cameras (images and CameraInfo), joint states, action chunks, applied actions, instruction, policy
+    version and success."""
+    cameras = [t for name in SIM_CAMERAS for t in (camera_image_topic(name), camera_info_topic(name))]
+    return [*cameras, JOINT_STATES, ACTION_CHUNK, APPLIED_ACTION, INSTRUCTION, POLICY_VERSION, SUCCESS]
 
 
 def camera_name_from_topic(topic: str) -> str | None:

@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from wmpo_core.policy.training_options import add_training_options
 
     add_training_options(parser, "N samples")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="shard weights, gradients and optimizer state over the processes of `accelerate launch "
+                             "--multi_gpu --num_processes N` (FSDP) instead of a full copy on each (DDP)")
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -130,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
         tc.micro_batch = args.micro_batch
     if args.grad_checkpointing:
         tc.grad_checkpointing = True
+    if args.fsdp:
+        tc.fsdp = True
     try:  # the flags above bypass from_dict's checks
         from wmpo_core.config_io import check_config
 

@@ -71,6 +71,7 @@ class TrainConfig:
     augment_shift: int = 0  # random-shift augmentation: pixels of replicate padding, then a random crop back
     micro_batch: int = 0  # samples per forward pass, gradients accumulated (the step is unchanged); 0 = whole batch
     grad_checkpointing: bool = False  # recompute the transformers backbones' activations in the backward pass
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (wmpo_core.policy.fsdp)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -216,8 +217,11 @@ def _checkpoint_run_id(path: Path) -> str | None:
 
 
 def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer, step: int,
-                    extra: dict[str, Any], keep: int = 2) -> Path:
+                    extra: dict[str, Any], keep: int = 2, write_optimizer: Any = None) -> Path:
     """Write ``checkpoints/step_<N>`` atomically (temporary directory, then rename); prune old ones.
+
+    ``write_optimizer(directory)`` writes the optimizer state instead of :func:`save_optimizer`
+    (an FSDP run's gathered state).
 
     Pruning removes only checkpoints of this run (the same ``extra["run_id"]``): another
     run's checkpoints in the same folder, or ones without a run id, are never touched.
@@ -229,7 +233,10 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Opt
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     policy.save_pretrained(tmp)
-    save_optimizer(optimizer, tmp)
+    if write_optimizer is not None:
+        write_optimizer(tmp)
+    else:
+        save_optimizer(optimizer, tmp)
     save_file({"torch": torch.get_rng_state()}, str(tmp / RNG_TENSORS))
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -354,12 +361,24 @@ def train_policy(
                              norm_stats=policy.norm_stats, unnorm_key=config.unnorm_key, cache_size=4,
                              only_success=tc.only_success)
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.fsdp:  # sharded before the optimizer is made, so that it holds only this process's shards
+        from wmpo_core.policy import fsdp
+
+        if accelerator.num_processes < 2:
+            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
+        model = fsdp.shard_policy(policy)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if checkpoint is not None:
+            fsdp.load_full_optimizer(policy, optimizer, checkpoint)
+    else:
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if checkpoint is not None:
+            load_optimizer(optimizer, checkpoint)
     if checkpoint is not None:
-        load_optimizer(optimizer, checkpoint)
         torch.set_rng_state(load_file(str(checkpoint / RNG_TENSORS))["torch"])
-    model, optimizer = accelerator.prepare(policy, optimizer)
-    inner: VLAPolicy = accelerator.unwrap_model(model)
+    if not tc.fsdp:
+        model, optimizer = accelerator.prepare(policy, optimizer)
+    inner: VLAPolicy = policy if tc.fsdp else accelerator.unwrap_model(model)
     world, rank = accelerator.num_processes, accelerator.process_index
     writer = None
     if accelerator.is_main_process:
@@ -401,6 +420,7 @@ def train_policy(
             correct = correct + part_accuracy.detach() * mask[rows].sum()
         accuracy = correct / mask.sum().clamp(min=1)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         optimizer.step()
         done = step + 1
         if writer is not None and (done % tc.log_every == 0 or done == tc.steps):
@@ -419,21 +439,32 @@ def train_policy(
                 for k, v in metrics.items():
                     writer.add_scalar(f"val/{k}", v, done)
             accelerator.wait_for_everyone()
+            inner.version = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{run.name}-step{done:07d}")
+            # FSDP: every process takes part in gathering the full weights and optimizer state
+            saved = fsdp.gathered_policy(inner) if tc.fsdp else inner
+            write_optimizer = None
+            if tc.fsdp:
+                full_optimizer = fsdp.save_full_optimizer
+
+                def write_optimizer(directory, full_optimizer=full_optimizer):
+                    full_optimizer(inner, optimizer, directory)
             if accelerator.is_main_process:
-                inner.version = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{run.name}-step{done:07d}")
-                save_checkpoint(run, inner, optimizer, done, {"train_episodes": train_ids, "val_episodes": val_ids,
+                save_checkpoint(run, saved, optimizer, done, {"train_episodes": train_ids, "val_episodes": val_ids,
                                                                "val": metrics, "seed": tc.seed, "run_id": run_id},
-                                tc.keep_checkpoints)
+                                tc.keep_checkpoints, write_optimizer)
+            elif tc.fsdp:
+                fsdp.save_full_optimizer(inner, optimizer, None)
             accelerator.wait_for_everyone()
     bar.close()
     package = None
+    final = fsdp.gathered_policy(inner) if tc.fsdp else inner
     if accelerator.is_main_process:
         if writer is not None:
             writer.close()
         package = run / f"package_step{tc.steps:07d}"
         if package.exists():
             shutil.rmtree(package)  # a package of this very step is re-made from the same weights
-        save_package(inner, package, parent=parent,
+        save_package(final, package, parent=parent,
                      data=summarize_training_data(dataset.episode_ids, steps=tc.steps, source=str(episodes_dir)))
     accelerator.wait_for_everyone()
     return package

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wmpo_core.io_utils import fsync_path
 from wmpo_core.registry.signing import verify_package
 from wmpo_core.registry.verify import (
     MANIFEST_FILE,
@@ -115,14 +116,6 @@ def _package_entries(manifest: dict) -> list[str]:
     return [*sorted(manifest_file_hashes(manifest)), MANIFEST_FILE, SIGNATURE_FILE]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _same_package(a: Path, b: Path) -> bool:
     try:
         same_manifest = canonical_json_bytes(read_manifest(a)) == canonical_json_bytes(read_manifest(b))
@@ -158,14 +151,14 @@ def push_local(pkg_dir: str | Path, dest_dir: str | Path) -> tuple[Path, bool]:
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
         for directory in sorted({(incoming / n).parent for n in _package_entries(manifest)}, reverse=True):
-            _fsync_dir(directory)
+            fsync_path(directory)
         # Re-hash the copy: a disk or transfer error must not be renamed into place.
         if reasons := check_files(incoming, manifest):
             raise PackageError(f"{incoming}: copy does not match the manifest: " + "; ".join(reasons))
         if final.exists():
             raise FileExistsError(f"{final}: appeared while copying; refusing to overwrite")
         os.rename(incoming, final)
-        _fsync_dir(dest)
+        fsync_path(dest)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise

@@ -46,12 +46,8 @@ from wmpo_ros.common import (
     run_node,
 )
 
-DEFAULT_TOPICS = [
-    "camera/agentview/image_raw", "camera/agentview/camera_info",
-    "camera/wrist/image_raw", "camera/wrist/camera_info",
-    "joint_states", "wmpo/action_chunk", "wmpo/applied_action",
-    "wmpo/instruction", "wmpo/policy_version", "wmpo/success",
-]
+# relative names, so that a namespace moves the recorder with the graph
+DEFAULT_TOPICS = [topic.lstrip("/") for topic in schema.recorded_by_default()]
 # A recorder must not drop what a RELIABLE publisher offers: a deeper reader queue than
 # IMAGE_QOS absorbs a late writer-thread wakeup (about 1 s of two 30 Hz cameras).
 RECORD_RELIABLE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,

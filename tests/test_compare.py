@@ -101,7 +101,6 @@ def test_paired_against_base_hand_computed():
 def test_compare_json_rows(tmp_path, capsys):
     """Base from a package; P = 8 base rollouts collected once (4 start states x G = 2, sampled) feed DPO and
     align the world model; online GRPO spends its own 8; WMPO is trained here in imagination."""
-    import numpy as np
     from test_rl_trainers_imagination import SIZE, tiny_policy, tiny_world_model
 
     from wmpo_core.cli import main
@@ -149,7 +148,6 @@ def test_compare_json_rows(tmp_path, capsys):
         manifest = json.loads((tmp_path / "work" / method / "policy" / "manifest.json").read_text())
         assert manifest["parent"] == rows[0]["version"], method
         assert manifest["training_data"]["budget"] == 8, method
-    assert np.isfinite([r["success_rate"] for r in rows]).all()
     assert all(r["temperature"] == 1.0 for r in rows)
     # One set of P real rollouts: G per start state, recorded as bags, used by DPO and by the alignment.
     from wmpo_core.data.bag import episode_dirs, read_metadata

@@ -178,7 +178,10 @@ def test_launch_files_reference_existing_files_and_graph_api(name: str) -> None:
     spec = importlib.util.spec_from_file_location(name.replace(".", "_"), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.generate_launch_description() is not None
+    from launch import LaunchDescription
+
+    description = module.generate_launch_description()
+    assert isinstance(description, LaunchDescription) and description.entities
 
 
 def test_wmpo_cli_lists_up_and_record() -> None:

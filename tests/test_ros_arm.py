@@ -158,11 +158,13 @@ def test_watchdog_holds_after_n_silent_periods(rig_factory):
     rig = rig_factory(12, chunk_size=0, watchdog_periods=4)
     t = rig.send(_const_chunk([-0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], k=60))
     rig.probe.wait_for(lambda: len(rig.applied_after(t + 15 * P_NS)) >= 5, 15, "ticks after the watchdog", rig.proc)
-    moves = [(s, a) for s, a in rig.applied_after(t) if a[0] < 0]
-    assert 1 <= len(moves) <= 5, len(moves)  # 4 periods after the chunk at most (one tick of slack)
-    assert all(s - t <= 5 * P_NS for s, _ in moves)
-    late = rig.applied_after(t + 6 * P_NS)
-    assert late and all(np.all(a[:6] == 0.0) and a[6] == 1.0 for _, a in late)  # hold keeps the gripper closed
+    # Counts and order only, true at any load: the 60-step chunk moves the arm for the ticks within
+    # 4 periods of its arrival (at most 5 ticks fit), then every tick holds, the gripper kept closed.
+    after = [a for _, a in rig.applied_after(t)]
+    moves = next((i for i, a in enumerate(after) if a[0] >= 0), len(after))
+    assert 1 <= moves <= 5, f"{moves} steps executed after the chunk stopped coming"
+    held = after[moves:]
+    assert len(held) >= 5 and all(np.all(a[:6] == 0.0) and a[6] == 1.0 for a in held), held
     rig.probe.wait_for(lambda: rig.last_diag().get("hold_reason") == "watchdog", 5, "watchdog in diagnostics", rig.proc)
 
 

@@ -22,6 +22,7 @@ from ros_helpers import NodeProcess, RosProbe, ros_env, start_node, write_params
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from test_bag_recovery import messages_in_complete_chunks  # noqa: E402
 from wmpo_ros.common import (  # noqa: E402
     COMMAND_QOS,
     DIAGNOSTICS_QOS,
@@ -125,9 +126,13 @@ def test_recorder_sigkill_midepisode_then_restart_recovers_bag(tmp_path: Path) -
         try:
             probe.wait_for_subscribers(img_pub, 1, proc=rec)
             episode_id = json.loads(call_ok(probe, Trigger, "/recorder/start").message)["episode_id"]
-            for i in range(60):  # 3 s: the writer flushes a chunk every second
+            for i in range(60):
                 img_pub.publish(numpy_to_image(frame(i), stamp=probe.now_msg()))
                 time.sleep(0.05)
+            # An idle writer's timer hands its pending chunk to the OS: wait until the file holds every
+            # frame (and the metadata message), however long the loaded machine takes, then kill.
+            live = out / episode_id / f"{episode_id}.mcap"
+            probe.wait_for(lambda: messages_in_complete_chunks(live) >= 61, 60, "every frame on disk", rec)
             rec.signal(signal.SIGKILL)
             rec.proc.wait(10)
         finally:
@@ -146,9 +151,7 @@ def test_recorder_sigkill_midepisode_then_restart_recovers_bag(tmp_path: Path) -
     meta = bag.read_metadata(path)
     assert meta.complete is False and meta.episode_id == episode_id
     recovered = read_topic(path, "/camera/agentview/image_raw")
-    # At most the last ~1.25 s (unflushed chunk) is lost; at least the first 1.5 s survive.
-    assert 25 <= len(recovered) <= 60
-    assert [int(m.data[0]) for m in recovered] == list(range(len(recovered)))
+    assert [int(m.data[0]) for m in recovered] == list(range(60))  # every frame on disk before the kill
     statuses = {e.episode_id: e.status for e in list_episodes(out) if not isinstance(e, Exception)}
     assert statuses[episode_id] == "incomplete" and list(statuses.values()).count("complete") == 1
 

@@ -82,12 +82,21 @@ class VLABatch:
         )
 
 
-def images_to_tensor(image: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:
-    """HxWx3 uint8 -> 3 x size x size float in [0, 1] (resized when needed)."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"image: expected H x W x 3 uint8, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.array(arr, dtype=np.float32)).permute(2, 0, 1) / 255.0  # copy: inputs may be read-only
+def images_to_tensor(image: np.ndarray | torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """HxWx3 uint8 -> 3 x size x size float in [0, 1] (resized when needed).
+
+    A torch tensor is converted and resized where it lies (e.g. imagined frames on the GPU), with the
+    same values as the numpy path.
+    """
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"image: expected H x W x 3 uint8, got {image.dtype} {tuple(image.shape)}")
+        t = image.to(torch.float32).permute(2, 0, 1) / 255.0
+    else:
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image: expected H x W x 3 uint8, got {arr.dtype} {arr.shape}")
+        t = torch.from_numpy(np.array(arr, dtype=np.float32)).permute(2, 0, 1) / 255.0  # copy: inputs may be read-only
     if t.shape[1] != size or t.shape[2] != size:
         t = F.interpolate(t[None], size=(size, size), mode=interpolation, align_corners=False, antialias=True)[0]
         t = t.clamp(0.0, 1.0)  # bicubic overshoots
@@ -274,11 +283,14 @@ class VLAPolicy(nn.Module):
 
     def prepare_batch(
         self,
-        images: Sequence[dict[str, np.ndarray]],
+        images: Sequence[dict[str, np.ndarray | torch.Tensor]],
         instructions: Sequence[str],
         proprio: np.ndarray | None = None,
     ) -> VLABatch:
-        """Raw observations -> :class:`VLABatch` (proprio in physical units, normalized here)."""
+        """Raw observations -> :class:`VLABatch` (proprio in physical units, normalized here).
+
+        Images are numpy arrays or uint8 tensors; tensors on the policy's device stay there.
+        """
         if len(images) != len(instructions):
             raise ValueError(f"prepare_batch: {len(images)} image sets but {len(instructions)} instructions")
         pix = []

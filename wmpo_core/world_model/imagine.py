@@ -3,7 +3,9 @@
 From ``c`` real frames per trajectory: the policy samples K actions from the newest
 (decoded) frame, the world model predicts K latent frames from the last ``c`` latents and
 those actions, the frames are decoded, and so on until the horizon. All trajectories of
-a batch (start states x group members) advance together. Every random draw of
+a batch (start states x group members) advance together. Frames stay on the world model's
+device until the end (the policy reads and resizes them there); the result is copied to
+the host once. Every random draw of
 trajectory ``i``, the policy's and the world model's, comes from its own generator seeded
 with ``seeds[i]``, so a batch reproduces its members run one at a time.
 """
@@ -36,9 +38,10 @@ class ImaginationPolicy(Protocol):
     chunk_size: int
 
     def sample_chunk(
-        self, frames: np.ndarray, instruction: str, generators: Sequence[torch.Generator]
+        self, frames: torch.Tensor, instruction: str, generators: Sequence[torch.Generator]
     ) -> PolicyChunk:
-        """frames (B, H, W, 3) uint8 -> a chunk per frame; trajectory i draws only from generators[i]."""
+        """frames (B, H, W, 3) uint8 on the world model's device -> a chunk per frame; trajectory i draws
+        only from generators[i]."""
         ...
 
 
@@ -68,7 +71,7 @@ class ReplayPolicy:
         self.chunk_size = chunk_size
         self._cursor = 0
 
-    def sample_chunk(self, frames: np.ndarray, instruction: str, generators: Sequence[torch.Generator]) -> PolicyChunk:
+    def sample_chunk(self, frames: torch.Tensor, instruction: str, generators: Sequence[torch.Generator]) -> PolicyChunk:
         """The next K recorded actions of every trajectory (zero-padded past the end)."""
         b, k = len(frames), self.chunk_size
         if b != len(self.actions):
@@ -100,9 +103,13 @@ class VLAImaginationPolicy:
         self.chunk_size = policy.chunk_size
 
     @torch.no_grad()
-    def sample_chunk(self, frames: np.ndarray, instruction: str, generators: Sequence[torch.Generator]) -> PolicyChunk:
-        """Batched forward pass, per-trajectory Gumbel noise, actions decoded to physical units."""
+    def sample_chunk(self, frames: torch.Tensor, instruction: str, generators: Sequence[torch.Generator]) -> PolicyChunk:
+        """Batched forward pass, per-trajectory Gumbel noise, actions decoded to physical units.
+
+        The frames go to the policy's device (a no-op when it shares the world model's) and are resized there.
+        """
         policy = self.policy
+        frames = torch.as_tensor(frames).to(policy.device)
         batch = policy.prepare_batch([{self.camera: f} for f in frames], [instruction] * len(frames))
         logits = policy.action_logits(batch, decoding="parallel").float()
         temperature = self.temperature if self.temperature > 0 else 1.0
@@ -152,8 +159,9 @@ def imagine(
     # A separate stream for the world model keeps its draws independent of how many the policy made.
     world_gens = [torch.Generator().manual_seed(int(s) + 0x5EED) for s in seeds]
 
-    latents = world_model.encode(torch.from_numpy(start).to(world_model.device))
-    frames = [torch.from_numpy(start)]
+    start = torch.from_numpy(start).to(world_model.device)
+    latents = world_model.encode(start)
+    frames = [start]
     actions, tokens, log_probs = [], [], []
     newest = start[:, -1]
     for _ in range((horizon + k - 1) // k):
@@ -165,10 +173,10 @@ def imagine(
         actions.append(chunk.actions)
         tokens.append(chunk.tokens)
         log_probs.append(chunk.log_probs)
-        newest = decoded[:, -1].numpy()
+        newest = decoded[:, -1]
     return Imagination(
-        frames=torch.cat(frames, dim=1)[:, : c + horizon].numpy(),
-        actions=torch.cat(actions, dim=1)[:, :horizon].numpy(),
+        frames=torch.cat(frames, dim=1)[:, : c + horizon].cpu().numpy(),  # the one copy to the host
+        actions=torch.cat(actions, dim=1)[:, :horizon].cpu().numpy(),
         tokens=torch.stack(tokens, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
         context_frames=c,

@@ -77,10 +77,10 @@ def encode_frames(vae: AutoencoderKL, frames: np.ndarray | torch.Tensor, batch_s
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Scaled latents (N, C, h, w) -> uint8 frames (N, H, W, 3)."""
+    """Scaled latents (N, C, h, w) -> uint8 frames (N, H, W, 3) on the VAE's device."""
     z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
     out = [vae.decode(z[i : i + batch_size]).sample for i in range(0, len(z), batch_size)]
-    return tensor_to_frames(torch.cat(out)).cpu()
+    return tensor_to_frames(torch.cat(out))
 
 
 @torch.no_grad()

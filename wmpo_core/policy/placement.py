@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 DEVICE_HELP = "where the policy runs: auto (the first CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N"
+MODELS_DEVICE_HELP = ("where the world model, reward model and policy run: cpu (default), cuda, cuda:N or auto "
+                      "(the first CUDA GPU when there is one)")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_HELP = "weights dtype: auto (as stored in the package), float32, bfloat16 or float16"
 

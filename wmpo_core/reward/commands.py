@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from wmpo_core.policy.placement import MODELS_DEVICE_HELP
+from wmpo_core.policy.training_options import TRAIN_DEVICE_HELP
+
 HELP = "reward model: train and evaluate the video success classifier"
 
 
@@ -29,15 +32,18 @@ def configure_train_reward(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-frame", type=int, help="success is not declared by clips ending before this frame")
     parser.add_argument("--world-model", help="also train on imagined replays of the episodes in this world model "
                         "(tau then calibrated on real and imagined validation episodes)")
+    parser.add_argument("--device", default="cpu", help=TRAIN_DEVICE_HELP)
 
 
 def main_train_reward(args: argparse.Namespace) -> int:
     """Train, calibrate tau, save."""
     from wmpo_core.config_io import check_config
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.train import RewardTrainConfig, train_reward
     from wmpo_core.world_model.episodes import load_episodes
 
     try:
+        device = resolve_device(args.device)  # a missing GPU stops here, before anything is read or written
         cfg = RewardTrainConfig.from_json(args.config) if args.config else RewardTrainConfig()
         if args.steps is not None:
             cfg.steps = args.steps
@@ -49,11 +55,12 @@ def main_train_reward(args: argparse.Namespace) -> int:
         if args.world_model:
             from wmpo_core.world_model.model import WorldModel
 
-            world_model = WorldModel.from_pretrained(args.world_model)
+            world_model = WorldModel.from_pretrained(args.world_model, device=device)
             if world_model.settings.image_size != cfg.image_size:
                 raise ValueError(f"{args.world_model}: {world_model.settings.image_size} px frames, the reward "
                                  f"config expects {cfg.image_size}")
-        result = train_reward(episodes, args.out, cfg, backbone=args.backbone, world_model=world_model)
+        result = train_reward(episodes, args.out, cfg, backbone=args.backbone, world_model=world_model,
+                              device=args.device)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     from accelerate import PartialState
@@ -70,23 +77,26 @@ def configure_eval_reward(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-model", help="also score imagined replays of the episodes in this world model "
                         "against their real outcome")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
 def main_eval_reward(args: argparse.Namespace) -> int:
     """Precision, recall, F1 at the calibrated tau."""
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.reward.train import evaluate_reward
     from wmpo_core.world_model.episodes import load_episodes
 
     try:
-        model = RewardModel.from_pretrained(args.model)
+        device = resolve_device(args.device)
+        model = RewardModel.from_pretrained(args.model, device=device)
         episodes = load_episodes(args.episodes, model.settings.camera, model.settings.image_size)
         report = evaluate_reward(model, episodes)
         if args.world_model:
             from wmpo_core.reward.train import evaluate_reward_on_imagination
             from wmpo_core.world_model.model import WorldModel
 
-            wm = WorldModel.from_pretrained(args.world_model)
+            wm = WorldModel.from_pretrained(args.world_model, device=device)
             if wm.settings.image_size != model.settings.image_size:
                 episodes = load_episodes(args.episodes, wm.settings.camera, wm.settings.image_size)
             report["imagined"] = evaluate_reward_on_imagination(model, wm, episodes)
@@ -114,12 +124,14 @@ def configure_calibrate_reward(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episodes", type=int, help="use at most this many episodes (evenly spaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the imagined replays (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
 def main_calibrate_reward(args: argparse.Namespace) -> int:
     """Copy a reward model with tau calibrated on imagined replays of labelled episodes."""
     from pathlib import Path
 
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.reward.train import calibrate_on_imagination
     from wmpo_core.world_model.episodes import load_episodes
@@ -129,8 +141,9 @@ def main_calibrate_reward(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.model).resolve():
         return _error("calibrate-reward: --out must differ from --model (the input is kept as it is)")
     try:
-        model = RewardModel.from_pretrained(args.model)
-        wm = WorldModel.from_pretrained(args.world_model)
+        device = resolve_device(args.device)
+        model = RewardModel.from_pretrained(args.model, device=device)
+        wm = WorldModel.from_pretrained(args.world_model, device=device)
         episodes = load_episodes(args.episodes, wm.settings.camera, wm.settings.image_size)
         if args.max_episodes is not None and len(episodes) > args.max_episodes > 0:
             keep = sorted({round(i * (len(episodes) - 1) / (args.max_episodes - 1 or 1))
@@ -172,6 +185,7 @@ def configure_diagnose_imagination(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the imagined frames and the bootstrap")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--json", help="also write the full report (with every episode's scores) to this file")
+    parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
 def _parse_region(text: str) -> tuple[float, float, float, float]:
@@ -189,6 +203,7 @@ def main_diagnose_imagination(args: argparse.Namespace) -> int:
     """Print the ladder; write JSON with --json."""
     from pathlib import Path
 
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.ladder import RUNGS, region_mask, run_ladder
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.world_model.episodes import load_episodes
@@ -204,8 +219,9 @@ def main_diagnose_imagination(args: argparse.Namespace) -> int:
         return _error(f"diagnose-imagination: {args.json} exists; choose a new file (nothing is overwritten)")
     try:
         region = _parse_region(args.region) if args.region else None
-        wm = WorldModel.from_pretrained(args.world_model)
-        reward = RewardModel.from_pretrained(args.reward)
+        device = resolve_device(args.device)
+        wm = WorldModel.from_pretrained(args.world_model, device=device)
+        reward = RewardModel.from_pretrained(args.reward, device=device)
         if reward.settings.camera != wm.settings.camera:
             raise ValueError(f"the reward model reads camera {reward.settings.camera!r}, the world model imagines "
                              f"{wm.settings.camera!r}")

@@ -245,8 +245,12 @@ def train_reward(
     backbone: str | Path | None = None,
     world_model: Any = None,
     progress: bool = True,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
     """Train on labelled clips, calibrate tau on validation episodes, save to ``out``.
+
+    ``device``: cpu, cuda, cuda:N or auto (:func:`wmpo_core.policy.training_options.training_device`);
+    the classifier and every batch live there.
 
     With ``world_model``, the imagined replays of the training episodes (:func:`imagined_replays`,
     the real labels) are training episodes too, and ``tau`` is calibrated on the validation
@@ -256,12 +260,14 @@ def train_reward(
     Under ``accelerate launch`` every rank draws its own balanced batches, DDP all-reduces the
     gradients, and only the main process writes ``out``.
     """
-    from accelerate import Accelerator
     from torch.utils.tensorboard import SummaryWriter
+
+    from wmpo_core.policy.training_options import make_accelerator, training_device
 
     cfg = config or RewardTrainConfig()
     out = Path(out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(device)
+    train_on = training_device(device, accelerator)
     main_process, rank = accelerator.is_main_process, accelerator.process_index
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +288,7 @@ def train_reward(
         val = val + imagined_replays(world_model, val, cfg.seed + 100_000, progress=progress)
     torch.manual_seed(cfg.seed)
     model = load_backbone(backbone, settings) if backbone else RewardModel.tiny(settings, **cfg.model)
-    model.classifier.train()
+    model.classifier.to(train_on).train()
 
     items = [(i, end, label) for i, ep in enumerate(train)
              for end, label in labelled_clip_ends(len(ep.frames), ep.success, settings.clip_len, cfg.stride,

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wmpo_core.policy.placement import MODELS_DEVICE_HELP
+from wmpo_core.policy.training_options import TRAIN_DEVICE_HELP
+
 HELP = "world model: train the frame VAE and the video diffusion model, evaluate, imagine"
 
 
@@ -30,10 +33,12 @@ def configure_train_vae(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (diffusers AutoencoderKL)")
     parser.add_argument("--config", help="JSON training config (WorldModelTrainConfig fields: vae_*, camera, image_size)")
     parser.add_argument("--steps", type=int, help="override vae_steps")
+    parser.add_argument("--device", default="cpu", help=TRAIN_DEVICE_HELP)
 
 
 def main_train_vae(args: argparse.Namespace) -> int:
     """Train the tiny VAE on every frame of the episodes."""
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.train import train_vae
     from wmpo_core.world_model.vae import TinyVAEConfig
@@ -42,12 +47,13 @@ def main_train_vae(args: argparse.Namespace) -> int:
         cfg = _load_config(args.config)
         if args.steps is not None and args.steps <= 0:
             raise ValueError(f"--steps: must be > 0, got {args.steps}")
+        device = resolve_device(args.device)
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     stats = train_vae(episodes, args.out, steps=args.steps or cfg.vae_steps, batch_size=cfg.vae_batch_size,
                       lr=cfg.vae_lr, kl_weight=cfg.vae_kl_weight, image_size=cfg.image_size,
-                      tiny=TinyVAEConfig(image_size=cfg.image_size, **cfg.tiny_vae), seed=cfg.seed)
+                      tiny=TinyVAEConfig(image_size=cfg.image_size, **cfg.tiny_vae), seed=cfg.seed, device=device)
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -64,15 +70,18 @@ def configure_train_world_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--no-noisy-context", action="store_true",
                         help="ablation: clean context frames (context_noise_step = 0) in training and imagination")
+    parser.add_argument("--device", default="cpu", help=TRAIN_DEVICE_HELP)
 
 
 def main_train_world_model(args: argparse.Namespace) -> int:
     """Pretrain, align (--init) or resume a world model."""
     from wmpo_core.config_io import check_config
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.train import train_world_model
 
     try:
+        resolve_device(args.device)  # a missing GPU stops here, before anything is read or written
         cfg = _load_config(args.config)
         if args.steps is not None:
             cfg.steps = args.steps
@@ -82,7 +91,7 @@ def main_train_world_model(args: argparse.Namespace) -> int:
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
         if args.init and not (Path(args.init) / "world_model.json").is_file():
             return _error(f"{args.init}: not a finished world-model run (no world_model.json)")
-        result = train_world_model(episodes, args.out, cfg, vae_path=args.vae, init=args.init)
+        result = train_world_model(episodes, args.out, cfg, vae_path=args.vae, init=args.init, device=args.device)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     from accelerate import PartialState
@@ -104,6 +113,7 @@ def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-training", action="store_true",
                         help="also score episodes the model was trained on (excluded by default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
 def _training_ids(run: Path) -> set[str]:
@@ -132,12 +142,14 @@ def _pretraining_run(run: Path) -> Path:
 
 def main_eval_world_model(args: argparse.Namespace) -> int:
     """Fidelity table: model(s), repeat_last, shuffled_actions."""
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.evaluate import evaluate_fidelity
     from wmpo_core.world_model.model import WorldModel
 
     try:
-        models = {Path(m).name: WorldModel.from_pretrained(m) for m in args.model}
+        device = resolve_device(args.device)
+        models = {Path(m).name: WorldModel.from_pretrained(m, device=device) for m in args.model}
         first_run = Path(args.model[0])
         first = models[first_run.name]
         episodes = load_episodes(args.episodes, first.settings.camera, first.settings.image_size)
@@ -168,17 +180,20 @@ def configure_imagine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--scale", type=int, default=4, help="upscale factor of the video")
+    parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
-def load_policy_for_imagination(path: str | Path, camera: str, temperature: float):
-    """A signed policy package (verified) or a plain checkpoint directory, wrapped for imagination."""
+def load_policy_for_imagination(path: str | Path, camera: str, temperature: float, device: str | None = "cpu"):
+    """A signed policy package (verified) or a plain checkpoint directory on ``device``, wrapped for imagination."""
     from wmpo_core.policy.modeling_vla import VLAPolicy
+    from wmpo_core.policy.placement import place_policy
     from wmpo_core.registry.package import load_package
     from wmpo_core.registry.verify import MANIFEST_FILE
     from wmpo_core.world_model.imagine import VLAImaginationPolicy
 
     path = Path(path)
     policy = load_package(path) if (path / MANIFEST_FILE).is_file() else VLAPolicy.from_pretrained(path).eval()
+    place_policy(policy, str(device))
     return VLAImaginationPolicy(policy, camera=camera, temperature=temperature)
 
 
@@ -194,6 +209,7 @@ def main_imagine(args: argparse.Namespace) -> int:
     """Imagine from an episode's first frame and write real | imagined as MP4 and GIF."""
     import imageio.v2 as imageio
 
+    from wmpo_core.policy.placement import resolve_device
     from wmpo_core.world_model.episodes import load_episode_frames
     from wmpo_core.world_model.imagine import ReplayPolicy, imagine
     from wmpo_core.world_model.model import WorldModel
@@ -202,13 +218,14 @@ def main_imagine(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".mp4":
         return _error(f"--out {out}: expected a .mp4 file name")
     try:
-        wm = WorldModel.from_pretrained(args.model)
+        device = resolve_device(args.device)
+        wm = WorldModel.from_pretrained(args.model, device=device)
         ep = load_episode_frames(args.episode, wm.settings.camera, wm.settings.image_size)
         horizon = args.horizon or len(ep.frames) - 1
         if args.replay_actions:
             policy = ReplayPolicy(ep.actions[None, :horizon], wm.chunk_size)
         elif args.policy:
-            policy = load_policy_for_imagination(args.policy, wm.settings.camera, args.temperature)
+            policy = load_policy_for_imagination(args.policy, wm.settings.camera, args.temperature, device)
         else:
             return _error("give --policy PKG, or --replay-actions to replay the recorded actions")
         result = imagine(wm, policy, ep.frames[None, :1], ep.instruction, horizon, seeds=[args.seed])

@@ -97,6 +97,12 @@ class WorldModel:
     def device(self) -> torch.device:
         return self.transformer.device
 
+    def to(self, device: str | torch.device) -> WorldModel:
+        """Move the autoencoder and the transformer to ``device``; returns self."""
+        self.vae.to(device)
+        self.transformer.to(device)
+        return self
+
     # ---------------------------------------------------------------- pixels <-> latents
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ class WorldModel:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (B, T, C, h, w) -> uint8 (B, T, H, W, 3)."""
+        """latents (B, T, C, h, w) -> uint8 (B, T, H, W, 3) on the VAE's device."""
         b, t = latents.shape[:2]
         x = decode_latents(self.vae, latents.reshape(b * t, *latents.shape[2:]))
         return x.reshape(b, t, *x.shape[1:])
@@ -216,11 +222,11 @@ class WorldModel:
         if not (path / SETTINGS_FILE).is_file():
             raise FileNotFoundError(f"{path}: no {SETTINGS_FILE}; not a world-model directory")
         settings = WorldModelSettings.from_json(path / SETTINGS_FILE)
-        vae = load_vae(path / "vae").to(device).eval()
+        vae = load_vae(path / "vae").eval()
         vae.requires_grad_(False)
         transformer = VideoDiffusionTransformer.from_pretrained(
             str(path / "transformer"), local_files_only=True, use_safetensors=True
-        ).to(device).eval()
+        ).eval()
         noise = DDPMScheduler.from_pretrained(str(path / "scheduler"))
         sampler = DDIMScheduler.from_pretrained(str(path / "sampler"))
-        return cls(vae, transformer, noise, sampler, settings)
+        return cls(vae, transformer, noise, sampler, settings).to(device)

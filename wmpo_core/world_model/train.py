@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
+from wmpo_core.policy.training_options import make_accelerator, training_device
 from wmpo_core.world_model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wmpo_core.world_model.episodes import EpisodeFrames
 from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
@@ -98,8 +98,12 @@ def train_vae(
     tiny: TinyVAEConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Train the tiny AutoencoderKL on all frames, measure its latent scaling factor, save to ``out``."""
+    """Train the tiny AutoencoderKL on all frames, measure its latent scaling factor, save to ``out``.
+
+    ``device``: where the autoencoder and its batches live (the random draws stay on the CPU generator).
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(out)
@@ -109,7 +113,7 @@ def train_vae(
         raise ValueError(f"frames are {frames.shape[1]} px, VAE config expects {image_size}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = make_tiny_vae(tiny or TinyVAEConfig(image_size=image_size))
+    vae = make_tiny_vae(tiny or TinyVAEConfig(image_size=image_size)).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     writer = SummaryWriter(str(out / "tb"))
     data = frames_to_tensor(frames)
@@ -117,7 +121,7 @@ def train_vae(
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="train-vae", disable=not progress):
         idx = torch.randint(0, len(data), (batch_size,), generator=generator)
-        loss = vae_loss(vae, data[idx], kl_weight, generator)
+        loss = vae_loss(vae, data[idx].to(device), kl_weight, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -246,8 +250,12 @@ def train_world_model(
     init: str | Path | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
     """Train (or resume, or align from ``init``) a world model into ``out``.
+
+    ``device``: cpu, cuda, cuda:N or auto (:func:`wmpo_core.policy.training_options.training_device`);
+    the autoencoder, the transformer and every batch live there.
 
     ``stop_after`` ends this invocation after that global step (with a checkpoint), as an
     interruption would; calling again resumes. Returns the losses of this invocation and timings.
@@ -263,7 +271,8 @@ def train_world_model(
         _check_resumable(resume_from, config)
     # Data parallel (`accelerate launch`): every rank trains on its own windows and noise, DDP
     # all-reduces the gradients, and only the main process writes files.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(device)
+    train_on = training_device(device, accelerator)
     main_process, rank = accelerator.is_main_process, accelerator.process_index
 
     if init is None and vae_path is None:
@@ -273,10 +282,10 @@ def train_world_model(
                 episodes, vae_path, steps=config.vae_steps, batch_size=config.vae_batch_size, lr=config.vae_lr,
                 kl_weight=config.vae_kl_weight, image_size=config.image_size,
                 tiny=TinyVAEConfig(image_size=config.image_size, **config.tiny_vae), seed=config.seed,
-                progress=progress,
+                progress=progress, device=train_on,
             )
         accelerator.wait_for_everyone()  # the other ranks load the autoencoder the main process trained
-    wm = build_world_model(config, vae_path=vae_path, init=init)
+    wm = build_world_model(config, vae_path=vae_path, init=init).to(train_on)
     if main_process:
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         (out / "episodes.json").write_text(json.dumps(
@@ -313,7 +322,7 @@ def train_world_model(
         generator.manual_seed((config.seed * 1_000_003 + step) * 1_009 + rank)
         idx = torch.randint(0, len(windows), (config.batch_size,), generator=generator)
         latents, actions = windows.batch(idx)
-        loss = wm.training_loss(latents.to(accelerator.device), actions.to(accelerator.device), generator,
+        loss = wm.training_loss(latents.to(train_on), actions.to(train_on), generator,
                                 transformer=transformer)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)

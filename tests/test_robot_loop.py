@@ -3,6 +3,7 @@ and the canary promoted or rolled back through a real policy node over DDS (its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -121,41 +122,64 @@ def test_labels_in_order_of_trust(tmp_path: Path) -> None:
 
 
 # ============================================================================ canary on a real policy node
-@pytest.fixture
-def robot(tmp_path: Path):
-    """A prepared robot-mode loop and a policy_node process serving its first version from the loop's policy root."""
-    pytest.importorskip("rclpy")
-    from ros_helpers import LOCALHOST_ENV, RosProbe, start_node
+@contextlib.contextmanager
+def policy_node_for(loop_dir: Path, tmp_path: Path):
+    """A policy_node process serving a prepared loop's first version from the loop's policy root (its own domain);
+    yields the latched version messages and the process."""
+    from ros_helpers import RosProbe, start_node
     from std_msgs.msg import String
-    from test_loop import tiny_package
     from wmpo_ros.common import LATCHED_QOS, POLICY_VERSION_TOPIC
 
-    saved = {k: os.environ.get(k) for k in (*LOCALHOST_ENV, "ROS_DOMAIN_ID")}
-    os.environ.update(LOCALHOST_ENV)
-    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)  # the loop's own participants (push, rollback) join the node's domain
-    (tmp_path / "episodes").mkdir()
-    loop = Loop(LoopConfig(out=str(tmp_path / "run"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
-                           episodes_from=str(tmp_path / "episodes"), load_node=NODE, collect_timeout_s=120.0,
-                           canary_max_pairs=6))
-    loop.prepare()
-    params = {"backend": "vla", "policy_path": loop.versions.current["installed"], "policy_root": loop.push_target,
-              "trusted_keys": str(loop.public_key), "cameras": ["agentview"], "control_rate_hz": 10.0,
-              "vla.num_threads": 1, "load_timeout_s": 30.0}
+    from wmpo_core.loop import VersionChain
+
+    first = VersionChain(loop_dir / "versions.json").entries[0]
+    params = {"backend": "vla", "policy_path": first["installed"], "policy_root": str(loop_dir / "robot" / "policies"),
+              "trusted_keys": str(loop_dir / "keys" / "wmpo_policy_signing.pub.pem"), "cameras": ["agentview"],
+              "control_rate_hz": 10.0, "vla.num_threads": 1, "load_timeout_s": 30.0}
     node = start_node("wmpo_ros.policy_node", params, DOMAIN_ID, tmp_path)
     probe = RosProbe(DOMAIN_ID, name="canary_probe")
     try:
         versions = probe.subscribe(String, POLICY_VERSION_TOPIC, LATCHED_QOS)
-        probe.wait_for(lambda: bool(versions) and versions.last().data == loop.versions.current["version"], 60,
+        probe.wait_for(lambda: bool(versions) and versions.last().data == first["version"], 60,
                        "the node's first version", node)
-        yield loop, versions, node, tmp_path
+        yield versions, node
     finally:
         node.stop()
         probe.close()
+
+
+@contextlib.contextmanager
+def robot_domain():
+    """This process's ROS participants (the loop's push and rollback clients) on the test's domain, localhost only."""
+    from ros_helpers import LOCALHOST_ENV
+
+    saved = {k: os.environ.get(k) for k in (*LOCALHOST_ENV, "ROS_DOMAIN_ID")}
+    os.environ.update(LOCALHOST_ENV)
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    try:
+        yield
+    finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def robot(tmp_path: Path):
+    """A prepared robot-mode loop and a policy_node process serving its first version from the loop's policy root."""
+    pytest.importorskip("rclpy")
+    from test_loop import tiny_package
+
+    with robot_domain():
+        (tmp_path / "episodes").mkdir()
+        loop = Loop(LoopConfig(out=str(tmp_path / "run"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
+                               episodes_from=str(tmp_path / "episodes"), load_node=NODE, collect_timeout_s=120.0,
+                               canary_max_pairs=6))
+        loop.prepare()
+        with policy_node_for(loop.run_dir, tmp_path) as (versions, node):
+            yield loop, versions, node, tmp_path
 
 
 def run_canary_with_operator(loop: Loop, i: int, candidate: Path, canary_succeeds: bool, versions,
@@ -294,3 +318,199 @@ def test_imagination_screen_pairs_trajectories_by_seed(tmp_path: Path) -> None:
     reward.save_pretrained(tmp_path / "reward")
     by_model = imagination_screen(a, a, wm, str(tmp_path / "reward"), eps, **kw)
     assert by_model["outcomes"]["current"] == by_model["outcomes"]["candidate"]
+
+
+# ============================================================================ whole iterations, robot mode
+LOOP_PROCESS = """
+import json, sys
+from wmpo_core.cli import main
+code = main(sys.argv[1:])
+simulator = sorted(m for m in sys.modules if m.split(".")[0] in ("mujoco", "robosuite"))
+print(json.dumps({"exit": code, "simulator_modules": simulator}))
+sys.exit(code)
+"""
+
+
+class Operator:
+    """Plays the robot's operator in a thread: whenever fewer than 3 unused episodes of the version the policy node
+    publishes wait in the recorder's folder (counting, during a canary, only those recorded since it started), it
+    records a real episode bag with that version and labels it (recorder ~/label) with ``label(version, canary)``,
+    ``canary`` being (index, version) of the canary under test or None. It also reads the node's version after each
+    decision written to versions.json."""
+
+    def __init__(self, run: Path, episodes: Path, versions, label) -> None:
+        from wmpo_core.robot_loop import used_episode_ids
+
+        self.run, self.episodes, self.versions, self.label = run, episodes, versions, label
+        self.view = Loop(LoopConfig(out=str(run), policy="unused"))
+        self.used = lambda: used_episode_ids(self.view, 20)
+        self.written: dict[str, tuple[str, int]] = {}  # episode id -> (version, start ns)
+        self.node_after: dict[int, str] = {}  # decision index -> version the node published after it
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _canary(self) -> tuple[int, str, int] | None:
+        """(index, version, start ns) of the canary being decided, None outside a canary."""
+        states = sorted(self.run.glob("iter_*/publish/canary.json"))
+        if not states or (states[-1].parent / "stage.json").exists():
+            return None
+        state = json.loads(states[-1].read_text())
+        return len(states) - 1, state["canary"], state["started_ns"]
+
+    def _decisions(self) -> list[dict]:
+        path = self.run / "versions.json"
+        return json.loads(path.read_text()).get("decisions", []) if path.is_file() else []
+
+    def _run(self) -> None:
+        n, last = 0, 0.0
+        while not self.stop.is_set():
+            time.sleep(0.5)
+            for k, d in enumerate(self._decisions()):
+                if k not in self.node_after and d["stage"] == "canary":
+                    self.node_after[k] = self.versions.last().data
+            canary = self._canary()
+            since = canary[2] if canary else 0
+            if canary and time.monotonic() - last < 3.0:
+                continue  # an episode takes a while: the loop switches the node between two of them
+            version = self.versions.last().data
+            used = self.used()
+            if sum(1 for e, (v, t) in self.written.items() if v == version and t >= since and e not in used) >= 3:
+                continue
+            episode_id, start = f"op-{n:03d}", time.time_ns()
+            success = self.label(version, None if canary is None else canary[:2], n)
+            robot_episode(self.episodes, episode_id, version, recorder_label=success, brightness=(37 * n) % 256,
+                          start_ns=start)
+            self.written[episode_id] = (version, start)
+            n, last = n + 1, time.monotonic()
+
+
+def run_robot_loop(tmp_path: Path, extra: list[str], label) -> tuple[Path, Operator, object, str]:
+    """`wmpo loop --robot ros` for 3 iterations in its own process against a real policy node, episodes from an
+    Operator; returns (run dir, operator, the chain, the node's version at the end)."""
+    pytest.importorskip("rclpy")
+    import subprocess
+    import sys
+
+    from test_loop import GRPO_CONFIG, REWARD_CONFIG, WM_CONFIG, tiny_package
+
+    from wmpo_core.loop import VersionChain
+
+    run, episodes = tmp_path / "run", tmp_path / "episodes"
+    episodes.mkdir()
+    for name, cfg in (("wm", WM_CONFIG), ("reward", REWARD_CONFIG), ("grpo", GRPO_CONFIG)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    args = ["loop", "--robot", "ros", "--out", str(run), "--policy", str(tiny_package(tmp_path / "base")),
+            "--episodes-from", str(episodes), "--load-node", NODE, "--episodes-per-iter", "2",
+            "--wm-config", str(tmp_path / "wm.json"), "--reward-config", str(tmp_path / "reward.json"),
+            "--grpo-config", str(tmp_path / "grpo.json"), "--screen-starts", "1", "--gate-alpha", "1", *extra]
+    with robot_domain():
+        # First call: sets the run up (keys, the signed first version in the policy root) and stops waiting.
+        first = subprocess.run([sys.executable, "-m", "wmpo_core.cli", *args, "--iterations", "1",
+                                "--collect-timeout", "0"], capture_output=True, text=True, timeout=600)
+        assert first.returncode == 1 and "only 0 of 2 episodes" in first.stderr, first.stderr[-2000:]
+        with policy_node_for(run, tmp_path) as (versions, node):
+            operator = Operator(run, episodes, versions, label)
+            operator.thread.start()
+            try:
+                proc = subprocess.run([sys.executable, "-c", LOOP_PROCESS, *args, "--iterations", "3",
+                                       "--collect-timeout", "300"], capture_output=True, text=True, timeout=1700)
+            finally:
+                time.sleep(1.5)  # the operator reads the node after the last decision
+                operator.stop.set()
+                operator.thread.join(timeout=10)
+            assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert report == {"exit": 0, "simulator_modules": []}, report  # the loop process never loaded a simulator
+            chain = VersionChain(run / "versions.json")
+            for _ in range(50):
+                if versions.last().data == chain.current["version"]:
+                    break
+                time.sleep(0.1)
+            return run, operator, chain, versions.last().data
+
+
+def check_iterations_agree(run: Path, operator: Operator, chain) -> None:
+    """Every iteration's collected episodes ran its version; each decision's episodes are the bags'; the report
+    lists the decisions of versions.json."""
+    import subprocess
+    import sys
+
+    from wmpo_core.data.bag import read_metadata
+
+    assert [d["iteration"] for d in chain.decisions] == [0, 1, 2], chain.decisions
+    for i, d in enumerate(chain.decisions):
+        it = run / f"iter_{i:03d}"
+        metrics = json.loads((it / "metrics.json").read_text())
+        collected = sorted(p.name for p in (it / "collect" / "episodes").iterdir())
+        assert len(collected) == 2 and all(operator.written[e][0] == metrics["policy_version"] for e in collected)
+        for e in d.get("episodes", []):
+            bag = it / "publish" / "canary_episodes" / e["episode_id"]
+            assert read_metadata(bag).policy_version == e["policy_version"] == operator.written[e["episode_id"]][0]
+    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(run), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["decision"] for r in rows[1:-1]] == [f"{d['stage']}: {d['verdict']}" for d in chain.decisions]
+    assert rows[-1]["version"] == chain.current["version"] and not (run / "report").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+@pytest.mark.timeout(1800)
+def test_robot_loop_iterations_canary_rolls_back_worse_and_promotes_better(tmp_path: Path) -> None:
+    """3 iterations with every candidate sent to the canary (--no-screen). The robot's outcomes (operator labels):
+    the first canary fails where the current version succeeds, the second succeeds where it fails, the third
+    fails again. Expected: rolled back, promoted, rolled back; the node on the right version after each."""
+
+    def label(version: str, canary: tuple[int, str] | None, n: int) -> bool:
+        if canary is None:
+            return n % 2 == 0  # collection: both outcomes, for the reward model
+        index, canary_version = canary
+        canary_good = index == 1
+        return canary_good if version == canary_version else not canary_good
+
+    # Odds ratio 5: a lead of 2 pairs decides, so a verdict comes right after a canary episode (pair 2 runs current
+    # first), and rolling back must really switch the node.
+    run, operator, chain, node_version = run_robot_loop(
+        tmp_path, ["--no-screen", "--canary-odds-ratio", "5", "--canary-max-pairs", "4"], label)
+    assert [d["verdict"] for d in chain.decisions] == ["rolled back", "promoted", "rolled back"], chain.decisions
+    base = chain.entries[0]["version"]
+    promoted = chain.decisions[1]["candidate"]
+    assert [e["version"] for e in chain.entries] == [base, promoted] and chain.current["parent"] == base
+    # A refused canary never leaves the robot on it: the node's version after each decision, seen from outside.
+    assert [operator.node_after[k] for k in range(3)] == [base, promoted, promoted]
+    assert [d["node_version_after"] for d in chain.decisions] == [base, promoted, promoted]
+    assert node_version == promoted
+    for d in chain.decisions:  # decided by the sequential test at a lead of 2, within the 8-episode cap
+        assert d["canary"]["pairs"] == 2 and d["robot_episodes"] == 4
+        assert {e["source"] for e in d["episodes"]} == {"recorder label"}
+    assert chain.decisions[0]["current"] == base and chain.decisions[2]["current"] == promoted
+    check_iterations_agree(run, operator, chain)
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+@pytest.mark.timeout(1800)
+def test_robot_loop_iterations_screen_from_held_out_real_frames(tmp_path: Path) -> None:
+    """3 iterations with the imagination screen: each candidate is screened on a held-out real first frame the
+    loop never trained on; a refusal costs no robot episode, an acceptance goes to the canary."""
+
+    def label(version: str, canary: tuple[int, str] | None, n: int) -> bool:
+        return n % 2 == 0
+
+    run, operator, chain, node_version = run_robot_loop(tmp_path, ["--canary-max-pairs", "2"], label)
+    assert node_version == chain.current["version"]
+    for i, d in enumerate(chain.decisions):
+        it = run / f"iter_{i:03d}"
+        gate = json.loads((it / "gate" / "stage.json").read_text())
+        assert "imagined reward AUC" in gate["decision"]["reason"]
+        if d["stage"] == "imagination screen":
+            assert d["robot_episodes"] == 0 and not gate["decision"]["accept"]
+            assert not (it / "publish" / "canary.json").exists()
+        else:
+            assert gate["decision"]["accept"]
+            assert d["node_version_after"] == (d["candidate"] if d["verdict"] == "promoted" else d["current"])
+        held_out = {p.name for p in (it / "gate" / "held_out").iterdir()}
+        assert len(held_out) == 1 and not held_out & {p.name for p in (it / "world_model" / "data").iterdir()}
+        assert operator.written[next(iter(held_out))][0] == json.loads((it / "metrics.json").read_text())[
+            "policy_version"]
+    check_iterations_agree(run, operator, chain)

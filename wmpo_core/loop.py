@@ -412,6 +412,7 @@ class LoopConfig:
     collect_timeout_s: float = 3600.0
     # ros only (wmpo_core.robot_loop): held-out real start states of the imagination screen, and the
     # canary's sequential test (wmpo_core.canary; alpha bounds false promote and false rollback alike).
+    screen: bool = True  # False: every candidate goes to the canary (a world model / reward not worth screening with)
     screen_starts: int = 4
     canary_odds_ratio: float = 3.0
     canary_alpha: float = 0.05
@@ -794,6 +795,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy); its "
                         "policy_root parameter must be the --push-to folder (docs/security.md)")
     parser.add_argument("--collect-timeout", type=float, default=3600.0, help="ros: seconds to wait for episodes")
+    parser.add_argument("--no-screen", dest="screen", action="store_false",
+                        help="ros: skip the imagination screen; every candidate goes to the canary (e.g. when the "
+                        "imagined reward's AUC is near 0.5)")
     parser.add_argument("--screen-starts", type=int, default=4,
                         help="ros: held-out episodes whose first frames start the imagination screen (default 4)")
     parser.add_argument("--canary-odds-ratio", type=float, default=3.0,

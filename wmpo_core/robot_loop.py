@@ -249,6 +249,10 @@ def screen_stage(loop: Loop, i: int, current: dict[str, Any], candidate: str, d:
 
     cfg = loop.config
     it = loop.iter_dir(i)
+    if not cfg.screen:
+        reason = "imagination screen skipped (--no-screen): the canary decides"
+        print(f"    gate: {reason}", flush=True)
+        return {"decision": {"accept": True, "reason": reason, "imagined_reward_auc": None}, "screen": None}
     held_out = d / "held_out"
     wait_for_episodes(loop, i, current["version"], cfg.screen_starts, held_out,
                       "held-out start states of the imagination screen")

@@ -249,3 +249,25 @@ def test_metrics_and_fidelity_report(trained, episodes):
     assert set(report.per_chunk) == {"model", "repeat_last", "shuffled_actions"}
     assert len(report.per_frame["model"]["psnr"]) == 2 * K and len(report.per_chunk["model"]["ssim"]) == 2
     assert "LPIPS" in report.table()
+
+
+def test_an_oft_policy_imagines_with_its_own_decoding(trained, episodes):
+    """An OpenVLA-OFT policy samples imagined chunks with OFT decoding, so GRPO's update (PolicyLogProbs,
+    the policy's own decoding) recomputes exactly the rollout's log-probs: the ratio starts at 1."""
+    from wmpo_core.policy.configuration_vla import VLAConfig
+    from wmpo_core.policy.modeling_vla import VLAPolicy
+    from wmpo_core.rl.trainer_imagination import PolicyLogProbs
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(VLAConfig(image_size=SIZE, patch_size=8, vision_hidden_size=32, vision_layers=1,
+                                 vision_heads=2, vision_intermediate_size=64, hidden_size=32, num_layers=1,
+                                 num_heads=2, num_kv_heads=2, intermediate_size=64, chunk_size=K, max_text_tokens=24,
+                                 decoding="oft")).eval()
+    group = imagine_group(trained, VLAImaginationPolicy(policy, "agentview", 1.6), episodes[1].frames[None, :1],
+                          "lift the cube", 2 * K, group_size=2, seed=3)
+    for j in range(2):  # the frame the policy saw before chunk j
+        seen = group.frames[:, C - 1 + j * K]
+        batch = policy.prepare_batch([{"agentview": f} for f in seen], ["lift the cube"] * 2)
+        with torch.no_grad():
+            recomputed, _ = PolicyLogProbs(policy)(batch, group.tokens[:, j], 1.6)
+        torch.testing.assert_close(recomputed, group.log_probs[:, j], atol=1e-5, rtol=0)

@@ -111,7 +111,9 @@ class VLAImaginationPolicy:
         policy = self.policy
         frames = torch.as_tensor(frames).to(policy.device)
         batch = policy.prepare_batch([{self.camera: f} for f in frames], [instruction] * len(frames))
-        logits = policy.action_logits(batch, decoding="parallel").float()
+        # OpenVLA-OFT packages decode their own way; GRPO's update recomputes with the same decoding
+        decoding = "oft" if getattr(policy.config, "decoding", None) == "oft" else "parallel"
+        logits = policy.action_logits(batch, decoding=decoding).float()
         temperature = self.temperature if self.temperature > 0 else 1.0
         logp = torch.log_softmax(logits / temperature, dim=-1)
         if self.temperature > 0:

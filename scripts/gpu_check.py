@@ -1,5 +1,6 @@
 """The GPU check (run through scripts/gpu_check.sh): an imported miniature OpenVLA-OFT package predicts on
-CUDA in bf16 and takes GRPO LoRA steps on CUDA; timings and peak GPU memory are printed as one JSON object.
+CUDA in bf16, takes GRPO LoRA steps and imagines with a world model on CUDA, and a reward model scores the
+imagined trajectories; timings and peak GPU memory are printed as one JSON object.
 
 Steps, each timed:
   1. write a miniature OFT checkpoint in the published layout (bench/bench_import_memory.py's writer), bf16
@@ -9,6 +10,9 @@ Steps, each timed:
   4. GRPO with LoRA on the GPU: sample a batch of action chunks (rollout numerics), then one clipped-GRPO
      step: the ratio must be exactly 1 (the update recomputes what the rollout sampled); then the same step
      with --micro-batch and gradient checkpointing, for its peak memory
+  5. imagination on the GPU: a world model of the embedded size (random weights: 64 px frames, c = 4, K = 8)
+     and the LoRA policy imagine --batch trajectories of --horizon frames (decoded frames stay on the GPU,
+     the policy resizes them there to its 224 px); then a reward model of the embedded size scores them
 Exit 0: every step ran and the checks held; 1: a check failed; 2: no usable CUDA device (nothing ran).
 ``--device cpu`` rehearses every step on the CPU (no peak GPU memory), so the script itself is tested
 without a GPU.
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=2, help="rows per forward in the second GRPO step")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--predictions", type=int, default=20, help="timed predictions (default 20)")
+    parser.add_argument("--horizon", type=int, default=16, help="imagined frames per trajectory (default 16)")
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args(argv)
     device = _cuda_or_exit(args.device)
@@ -100,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     from wmpo_core.policy.placement import place_policy
     from wmpo_core.policy.training_options import enable_gradient_checkpointing
     from wmpo_core.registry.signing import generate_keypair
+    from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.grpo import GRPOBatch, GRPOConfig, grpo_update
     from wmpo_core.rl.trainer_imagination import GRPOPolicy, PolicyLogProbs
+    from wmpo_core.world_model.imagine import VLAImaginationPolicy, imagine_group
+    from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
+    from wmpo_core.world_model.transformer import VideoDiffusionTransformer
+    from wmpo_core.world_model.vae import make_tiny_vae
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (rehearsal)"
     result: dict = {"device": name, "torch": torch.__version__,
@@ -168,6 +178,27 @@ def main(argv: list[str] | None = None) -> int:
         if first["ratio_min"] != 1.0 or first["ratio_max"] != 1.0:
             failures.append(f"grpo_step: ratio [{first['ratio_min']}, {first['ratio_max']}] before the first step, "
                             "expected exactly 1 (rollout and update numerics differ on this GPU)")
+
+        # ---- imagination and reward scoring on the GPU
+        torch.manual_seed(0)
+        noise, sampler = make_schedulers()
+        world_model = WorldModel(make_tiny_vae().eval(), VideoDiffusionTransformer().eval(), noise, sampler,
+                                 WorldModelSettings()).to(device)
+        reward = RewardModel.tiny()
+        reward.classifier.to(device).eval()
+        start = rng.integers(0, 256, (1, 1, 64, 64, 3), dtype=np.uint8)
+        adapter = VLAImaginationPolicy(policy.eval(), "agentview", temperature=1.6)
+        _reset_peak(device)
+        imagined, seconds = _timed(lambda: imagine_group(world_model, adapter, start, instruction, args.horizon,
+                                                         group_size=args.batch), device)
+        result["imagination"] = {"trajectories": args.batch, "horizon": args.horizon, "seconds": seconds,
+                                 "peak_mb": _peak_mb(device), "frames_shape": list(imagined.frames.shape)}
+        if imagined.tokens.device.type != device.type:
+            failures.append(f"imagination: tokens on {imagined.tokens.device}, expected {device}")
+        scores, seconds = _timed(lambda: reward.trajectory_scores(list(imagined.frames)), device)
+        result["reward_scoring"] = {"trajectories": len(scores), "seconds": seconds}
+        if not np.isfinite(scores).all():
+            failures.append(f"reward scoring: scores {scores}")
     result["failures"] = failures
     text = json.dumps(result, indent=2)
     print(text)

@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh: without CUDA it stops at once with a message saying so (exit 2, nothing on stdout);
-its --device cpu rehearsal runs every step of the check end to end and reports the GRPO ratio of exactly 1."""
+its --device cpu rehearsal runs every step of the check end to end (prediction, GRPO LoRA steps with a ratio
+of exactly 1, imagination and reward scoring)."""
 
 import json
 import subprocess
@@ -22,7 +23,7 @@ def test_without_cuda_the_check_says_so_and_runs_nothing():
 def test_cpu_rehearsal_runs_every_step(tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--hidden", "128", "--layers", "1", "--batch", "4",
-                           "--predictions", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                           "--predictions", "2", "--horizon", "8", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result == json.loads(done.stdout)
@@ -30,5 +31,7 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     assert result["grpo_step"]["ratio_min"] == result["grpo_step"]["ratio_max"] == 1.0
     assert result["grpo_step_micro_checkpointed"]["micro_batch"] == 2
     assert result["lora"]["trainable_params"] > 0
+    assert result["imagination"]["frames_shape"] == [4, 4 + 8, 64, 64, 3]  # c real frames, then 8 imagined
+    assert result["reward_scoring"]["trajectories"] == 4
     for key in ("import_s", "load_s", "first_predict_s", "rollout_sample_s"):
         assert result[key] > 0, key

@@ -174,3 +174,48 @@ def test_trainer_config_errors_name_file_and_field(tmp_path):
     config.horizon = 0
     with pytest.raises(ValueError, match="config.horizon"):
         config.validate()
+
+
+def test_branched_start_states_and_rewards_in_episode_steps(world_model, tmp_path):
+    """`start: branch`: the c real frames before (outcome - branch_before); the reward sees the real prefix,
+    then the imagined frames, and a success at episode frame f means f - (branch - 1) executed steps."""
+    from wmpo_core.rl.rollouts import load_start_states
+    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
+
+    folder = tmp_path / "episodes"
+    for seed, ok in ((0, True), (1, True), (2, False)):
+        write_episode_bag(folder, toy_task_episode(30, seed, success=ok, image_size=SIZE))
+    episodes = load_episodes(folder, "agentview", SIZE)
+    steps = {ep.episode_id: ep.success_step for ep in episodes}
+    assert steps["ok-0000"] is not None and steps["fail-0002"] is None
+    starts = load_start_states(folder, "agentview", SIZE, start="branch", branch_before=6, context_frames=C)
+    assert starts.frames.shape == (3, C, SIZE, SIZE, 3) and starts.prefixes is not None
+    median = int(np.median([s for s in steps.values() if s is not None]))
+    for i, ep in enumerate(episodes):
+        outcome = min(ep.success_step if ep.success else median, len(ep.frames) - 1)
+        t = outcome - 6
+        assert len(starts.prefixes[i]) == t and np.array_equal(starts.prefixes[i], ep.frames[:t])
+        assert np.array_equal(starts.frames[i], ep.frames[t - C : t])
+    first = load_start_states(folder, "agentview", SIZE)
+    assert first.prefixes is None and first.frames.shape == (3, 1, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="start"):
+        load_start_states(folder, "agentview", SIZE, start="middle")
+
+    seen = []
+
+    def reward(trajectories):
+        seen.extend(trajectories)
+        return [(True, len(f) - 2) for f in trajectories]  # success shown on the second-to-last frame
+
+    batch = imagine_trajectories(world_model, tiny_policy(), reward, starts, [0], horizon=2 * K, group_size=2,
+                                 temperature=1.0, seed=3)
+    t = len(starts.prefixes[0])
+    assert all(len(f) == t + 2 * K and np.array_equal(f[:t], starts.prefixes[0]) for f in seen)
+    # Success at episode frame t + 2K - 2 = imagined step 2K - 1 (step 0 is the last real frame, t - 1).
+    assert batch.length.tolist() == [2 * K - 1] * 2 and batch.success_step.tolist() == [2 * K - 1] * 2
+    early = imagine_trajectories(world_model, tiny_policy(), lambda trajs: [(True, 3)] * len(trajs), starts, [0],
+                                 horizon=K, group_size=2, temperature=1.0, seed=3)
+    assert early.length.tolist() == [1, 1]  # a success the reward saw in the real prefix: the shortest trajectory
+    with pytest.raises(ValueError, match="config.start"):
+        WMPOConfig(start="middle").validate()

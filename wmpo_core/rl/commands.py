@@ -117,7 +117,9 @@ def main_grpo(args: argparse.Namespace) -> int:
         policy = _prepare_policy(load_package(args.policy), args, device)
         world_model = WorldModel.from_pretrained(args.world_model, device=device)
         reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
-        starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size)
+        starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size,
+                                   start=config.start, branch_before=config.branch_before,
+                                   context_frames=world_model.context_frames)
     except (OSError, ValueError, PackageError) as exc:
         return _error("grpo", str(exc))
     extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward)}
@@ -250,10 +252,14 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                         help="validation start states that choose among a run's snapshot packages (default 50)")
     parser.add_argument("--work", type=Path, help="where trained methods go (default: compare-<task>-P<budget>)")
     parser.add_argument("--max-steps", type=int, help="episode horizon for training and evaluation (default: the task's)")
-    parser.add_argument("--wmpo-config", help="JSON WMPOConfig for a WMPO trained here")
+    from wmpo_core.pipeline.recipe import add_recipe_option
+
+    add_recipe_option(parser)
+    parser.add_argument("--wmpo-config", help="JSON WMPOConfig for a WMPO trained here (default: the recipe's)")
     parser.add_argument("--dpo-config", help="JSON DPOTrainConfig for a DPO trained here (budget from the flags)")
     parser.add_argument("--grpo-sim-config", help="JSON SimGRPOConfig for an online GRPO trained here")
-    parser.add_argument("--reward-config", help="JSON RewardTrainConfig for a reward model trained here")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig for a reward model trained here "
+                        "(default: the recipe's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="evaluate the methods in this many processes at once (default 1; one core each)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr, --json or not)")
@@ -261,9 +267,12 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
 
 def main_compare(args: argparse.Namespace) -> int:
     """Train what is missing, evaluate every method on the same held-out seeds, print the table."""
+    from wmpo_core.io_utils import StageError
+    from wmpo_core.pipeline.compare import train_missing
+    from wmpo_core.pipeline.recipe import recipe_from_args
     from wmpo_core.registry.verify import PackageError
-    from wmpo_core.rl.compare import SimulatorPool, compare, format_table, results_json, train_missing
-    from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig, load_config
+    from wmpo_core.rl.compare import SimulatorPool, compare, format_table, results_json
+    from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, load_config
 
     _setup_logging()
     if args.episodes < 1:
@@ -272,19 +281,17 @@ def main_compare(args: argparse.Namespace) -> int:
     pool = SimulatorPool(args.task)
     try:
         configs: dict[str, Any] = {}
-        for method, cls, path in (("wmpo", WMPOConfig, args.wmpo_config), ("dpo", DPOTrainConfig, args.dpo_config),
-                                  ("grpo-sim", SimGRPOConfig, args.grpo_sim_config)):
+        for method, cls, path in (("dpo", DPOTrainConfig, args.dpo_config), ("grpo-sim", SimGRPOConfig,
+                                                                               args.grpo_sim_config)):
             if path:
                 configs[method] = load_config(cls, path)
-        if args.reward_config:
-            from wmpo_core.reward.train import RewardTrainConfig
-
-            configs["reward"] = RewardTrainConfig.from_json(args.reward_config)
+        # WMPO's world-model, reward and GRPO settings: the task's recipe, as in `wmpo loop` and `wmpo demo`.
+        recipe = recipe_from_args(args)
         if args.temperature < 0:
             raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
         packages = train_missing(
             args.task, args.budget, args.base, work,
-            {"dpo": args.dpo, "grpo-sim": args.grpo_sim, "wmpo": args.wmpo},
+            {"dpo": args.dpo, "grpo-sim": args.grpo_sim, "wmpo": args.wmpo}, recipe,
             max_steps=args.max_steps, world_model=args.world_model, reward=args.reward, episodes=args.demos,
             configs=configs, pool=pool, temperature=args.temperature, align=not args.no_align,
             align_steps=args.align_steps, steps_after_success=args.steps_after_success,
@@ -293,7 +300,7 @@ def main_compare(args: argparse.Namespace) -> int:
         results = compare(args.task, packages, args.budget, args.episodes, max_steps=args.max_steps, pool=pool,
                           seed_offset=args.seed_offset, temperature=args.temperature, cache=work / "evaluations",
                           jobs=args.jobs)
-    except (OSError, ValueError, PackageError) as exc:
+    except (OSError, ValueError, PackageError, StageError) as exc:
         return _error("compare", str(exc))
     finally:
         pool.close()

@@ -135,9 +135,17 @@ class WMPOConfig:
     # validation start states afterwards; 0 = only the final package.
     package_every: int = 0
     seed: int = 0
+    # Where imagination starts: "first" (the paper: each recorded episode's first frame) or "branch" (the
+    # real frames ``branch_before`` steps before the episode's outcome; rl.rollouts.load_start_states).
+    start: str = "first"
+    branch_before: int = 24
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field."""
+        if self.start not in ("first", "branch"):
+            raise ValueError(f"config.start: expected 'first' or 'branch', got {self.start!r}")
+        if int(self.branch_before) < 0:
+            raise ValueError(f"config.branch_before: expected >= 0, got {self.branch_before!r}")
         if int(self.package_every) < 0:
             raise ValueError(f"config.package_every: expected 0 or a positive integer, got {self.package_every!r}")
         for name in ("iterations", "groups_per_batch", "starts_per_round", "max_sampling_rounds", "horizon",

@@ -211,26 +211,65 @@ class VideoReward:
 # =========================================================================== imagination
 @dataclass
 class StartStates:
-    """Real first frames of recorded episodes: frames (S, n, H, W, 3) uint8, one instruction and id each."""
+    """Real frames imagination starts from: frames (S, n, H, W, 3) uint8 (the n real frames before the
+    first imagined one), one instruction and id each.
+
+    ``prefixes`` (branched starts only): start i begins at step ``len(prefixes[i])`` of its recorded
+    episode, and ``prefixes[i]`` holds that episode's real frames before it (frames[i] is its tail). The
+    reward then scores the real prefix followed by the imagined frames, so its frame indices are the
+    episode's own steps; without prefixes every start is an episode's first frame.
+    """
 
     frames: np.ndarray
     instructions: list[str]
     ids: list[str]
+    prefixes: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
 
 
-def load_start_states(episodes_dir: str | Path, camera: str, image_size: int) -> StartStates:
-    """First frame of every readable episode bag in ``episodes_dir`` (bad bags are logged and skipped)."""
+START_MODES = ("first", "branch")
+
+
+def load_start_states(episodes_dir: str | Path | Sequence[str | Path], camera: str, image_size: int, *,
+                      start: str = "first", branch_before: int = 24, context_frames: int = 4) -> StartStates:
+    """Start states of every readable episode bag (bad bags are logged and skipped).
+
+    ``start="first"`` (the paper): each episode's first frame. ``start="branch"``: the ``context_frames``
+    real frames before step ``outcome - branch_before``, where the outcome step is a success's recorded
+    success step and, for a failure, the median success step of the successes in the folder (clamped to
+    its length; the first frame when no episode has a recorded success). The decisive moment then falls
+    inside a short imagined horizon, where the world model is accurate; a departure from the paper,
+    measured on the imagination ladder (`wmpo diagnose-imagination`, rung d against e).
+    """
     from wmpo_core.world_model.episodes import load_episodes
 
+    if start not in START_MODES:
+        raise ValueError(f"start: expected one of {START_MODES}, got {start!r}")
     episodes = load_episodes(episodes_dir, camera, image_size)
-    return StartStates(
-        frames=np.stack([ep.frames[:1] for ep in episodes]),
-        instructions=[ep.instruction for ep in episodes],
-        ids=[ep.episode_id for ep in episodes],
-    )
+    if start == "first":
+        return StartStates(
+            frames=np.stack([ep.frames[:1] for ep in episodes]),
+            instructions=[ep.instruction for ep in episodes],
+            ids=[ep.episode_id for ep in episodes],
+        )
+    from wmpo_core.reward.ladder import outcome_steps
+
+    if branch_before < 0 or context_frames < 1:
+        raise ValueError(f"branch_before >= 0 and context_frames >= 1 expected, got {branch_before}, {context_frames}")
+    have_outcome = any(ep.success and ep.success_step is not None for ep in episodes)
+    frames, prefixes = [], []
+    for ep, outcome in zip(episodes, outcome_steps(episodes), strict=True):
+        t = max(1, outcome - branch_before) if have_outcome else 1
+        t = min(t, len(ep.frames))
+        window = ep.frames[max(0, t - context_frames) : t]
+        if len(window) < context_frames:  # too early in the episode: repeat its first frame in front
+            window = np.concatenate([np.repeat(window[:1], context_frames - len(window), axis=0), window])
+        frames.append(window)
+        prefixes.append(ep.frames[:t])
+    return StartStates(np.stack(frames), [ep.instruction for ep in episodes], [ep.episode_id for ep in episodes],
+                       prefixes)
 
 
 def imagine_trajectories(
@@ -267,13 +306,23 @@ def imagine_trajectories(
         imagined = imagine(world_model, adapter, np.repeat(starts.frames[chosen], group_size, axis=0),
                            instruction, horizon, seeds)
         c = imagined.context_frames
-        # The reward sees the last real frame followed by the imagined ones; frame index = step count.
-        trajectories = [f[c - 1 :] for f in imagined.frames]
+        if starts.prefixes is None:
+            # The reward sees the last real frame followed by the imagined ones; frame index = step count.
+            trajectories = [f[c - 1 :] for f in imagined.frames]
+            offsets = [0] * len(trajectories)
+        else:
+            # Branched: the episode's real frames up to the branch, then the imagined ones (episode steps);
+            # index (branch - 1), the last real frame, is step 0 of the imagined trajectory.
+            trajectories, offsets = [], []
+            for i, f in enumerate(imagined.frames):
+                prefix = starts.prefixes[chosen[i // group_size]]
+                trajectories.append(np.concatenate([prefix, f[c:]]))
+                offsets.append(len(prefix) - 1)
         scored = reward(trajectories)
         n_chunks = imagined.tokens.shape[1]
         for i, (success, success_frame) in enumerate(scored):
             position, s = positions[i // group_size], chosen[i // group_size]
-            length = int(success_frame) if success and success_frame is not None else horizon
+            length = int(success_frame) - offsets[i] if success and success_frame is not None else horizon
             length = max(1, min(length, horizon))
             view = np.stack([imagined.frames[i, c - 1 + j * k] for j in range(n_chunks)])
             parts.append(TrajectoryBatch(

@@ -370,16 +370,16 @@ def _assert_planned_during_loads(rig: SwapRig) -> int:
     a frame stamped more than X after the load began at least 3X before it ended, a chunk planned
     from a frame stamped more than X after the load began reached the arm more than X before the
     load ended (a blocked inference plans nothing until the load ends; waiting X lets a loader
-    that started late take no credit). Returns how many loads this checked."""
+    that started late take no credit). Returns the (begin, end) of the loads this checked."""
     x = rig.replan * rig.period_ns
     published = {stamp: stamp + int(late_ms * 1e6) for stamp, late_ms in rig.camera_lateness_ms().items()}
     rig.probe.wait_for(lambda: rig._arrivals_cover(0, None), 10, "the arm process to log every chunk", rig.arm)
     arrived = rig._read_pairs(rig.arm)
-    checked = 0
+    checked = []
     for begin, end in rig.load_windows():
         if not any(begin + x < s and p <= end - 3 * x for s, p in published.items()):
             continue
-        checked += 1
+        checked.append((begin, end))
         planned = [s for s, t in arrived.items() if begin + x < s and t < end - x]
         assert planned, f"no chunk planned during the {(end - begin) / 1e6:.0f} ms load at {begin}: inference waited"
     return checked
@@ -396,15 +396,20 @@ def _assert_no_gap(rig: SwapRig, start: int, stop: int | None = None) -> None:
     # later (one period left for inference). A shared 2-core CI machine also stalls the node away
     # from any load (seen: 15 periods with no load running); then the bound is that stall, measured
     # in the same run, plus one replan interval. A swap that blocks inference for the whole load
-    # (0.5-1 s here: 10-20 periods) still fails on a quiet machine.
+    # (0.5-1 s here: 10-20 periods) still fails on a quiet machine. A load during which planning
+    # was shown to go on (above) did not block inference: a long gap in it is the machine's CPU
+    # share (seen: 9 periods at load 7.7 on two cores), so only loads too short for that check
+    # are held to the bound.
     long = rig.long_gaps(start, stop)
     elsewhere = [gap for _, gap in long["camera"] + long["background"]]
     bound = max([rig.chunk - 1.0] + [gap + rig.replan for gap in elsewhere])
-    too_long = [(stamp, gap) for stamp, gap in long["swap"] if gap > bound]
+    after = (rig.replan + 1) * rig.period_ns
+    too_long = [(stamp, gap) for stamp, gap in long["swap"]
+                if gap > bound and not any(b - after <= stamp <= e for b, e in checked)]
     assert not too_long, f"gaps (stamp, periods) longer than {bound} periods during a load: {long}"
     if long["swap"] or elsewhere:
         print(f"gaps (stamp, periods) longer than {rig.replan + 1} periods, all within {bound}: {long}")
-    print(f"{checked} of {len(rig.load_windows())} loads long enough to show planning during them: it went on in each")
+    print(f"{len(checked)} of {len(rig.load_windows())} loads long enough to show planning during them: it went on in each")
 
 
 def test_push_refuse_and_rollback(rig):

@@ -176,7 +176,10 @@ def test_loop_resumes_after_kill_without_redoing_stages(workspace: Path, tmp_pat
     assert calibration["tau"] == reward["tau"] and len(calibration["scores"]) == 4
     assert f"--reward {it / 'reward' / 'calibrated'}" in out
     # The loop's own 2 episodes all failed, so it calibrated on every training episode and said so.
-    assert "calibrating on all training episodes" in out and reward["calibrated_on"] == [str(it / "reward" / "data")]
+    assert "calibrating on all training episodes" in out and reward["calibrated_on"] == [str(it / "data" / "episodes")]
+    # The episodes so far are linked once per iteration; the world model, reward and GRPO all read that folder.
+    assert metrics["data"]["episodes"] == 4 and sorted(p.name for p in it.iterdir() if (p / "data").exists()) == []
+    assert f"--episodes {it / 'data' / 'episodes'} " in out and "$ wmpo grpo" in out
     chain = json.loads((run / "versions.json").read_text())["versions"]
     assert len(chain) == 1 + int(metrics["publish"]["pushed"])
 

@@ -4,13 +4,19 @@
 2. behavior cloning: the base policy (`wmpo train-policy`), signed (`wmpo export`)
 3. record base-policy rollouts through the ROS 2 graph (`wmpo record --policy BASE`)
 4. world model: pretrain on the demonstrations, align on the rollouts (`wmpo train-world-model [--init]`)
-5. reward model on demonstrations + rollouts (`wmpo train-reward`), its threshold calibrated on
-   imagined replays of them (`wmpo calibrate-reward`)
-6. GRPO in imagination (`wmpo grpo`), signed with the base as parent (`wmpo export`)
-7. evaluate the base policy through the ROS 2 graph on held-out start states
-8. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
-9. evaluate the pushed policy through the ROS 2 graph on the same start states
-10. report: before/after table, DIR/report.html and DIR/report.json (wmpo_core.report)
+5. link demonstrations and rollouts into one folder of training episodes (``DIR/data``)
+6. reward model on demonstrations + rollouts (`wmpo train-reward`), its threshold calibrated on
+   imagined replays of the rollouts (`wmpo calibrate-reward`; of all of them when the rollouts
+   hold one outcome only)
+7. GRPO in imagination (`wmpo grpo`), signed with the base as parent (`wmpo export`)
+8. evaluate the base policy through the ROS 2 graph on held-out start states
+9. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
+10. evaluate the pushed policy through the ROS 2 graph on the same start states
+11. report: before/after table, DIR/report.html and DIR/report.json (wmpo_core.report)
+
+The stages are the pipeline's steps (wmpo_core.pipeline.steps) with the task's recipe
+(wmpo_core.pipeline.recipe; ``--recipe``, ``--wm-config``, ``--reward-config``, ``--grpo-config``),
+the same definitions `wmpo loop` and `wmpo compare` run.
 
 Each stage writes its outputs under ``--out`` and ``<stage>/stage.json`` when it finishes;
 a re-run reuses every finished stage (``--fresh`` starts over). The stage plan with time
@@ -23,7 +29,6 @@ rclpy: ROS stages run `wmpo` commands as subprocesses.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -35,20 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmpo_core.loop import (
-    MARKER,
-    StageError,
-    last_json_line,
-    link_episodes,
+from wmpo_core.io_utils import StageError, read_json, write_json_atomic
+from wmpo_core.pipeline.recipe import Recipe, add_recipe_option, recipe_from_args
+from wmpo_core.pipeline.runner import MARKER, Step, run_stage, run_wmpo, wmpo_command
+from wmpo_core.pipeline.steps import (
+    Collection,
+    collect,
+    data_dir,
+    export_package,
+    grpo_step,
+    link_step,
     list_complete_episodes,
-    read_json,
-    record_in_sim,
-    record_through_ros,
-    run_stage,
-    run_wmpo,
-    train_calibrated_reward,
-    wmpo_command,
-    write_json_atomic,
+    make_keys,
+    push_package,
+    reward_step,
+    train_world_model,
 )
 
 HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
@@ -73,20 +79,15 @@ REPLAY_FRAME_S = 0.02  # imagining one frame of a replayed episode for the rewar
 GRPO_ITER_S = 150.0
 DEMO_VAE_STEPS = 400
 LIFT_SUCCESS_STEPS = 48  # a scripted lift succeeds in about this many steps through the graph
-RECIPE_DIR = Path(__file__).parent / "policy" / "recipes"
-RL_CONFIG_DIR = Path(__file__).parent / "rl" / "configs"
-DEFAULT_WM_CONFIG = Path(__file__).parent / "world_model" / "configs" / "sim64.json"
-DEFAULT_REWARD_CONFIG = Path(__file__).parent / "reward" / "configs" / "lift.json"
 
 
 @dataclass
 class Stage:
-    """One step of the demo: a name, a time estimate for the chosen sizes and what it runs."""
+    """One stage of the demo as the plan shows it: a name, a title and a time estimate for the chosen sizes."""
 
     name: str
     title: str
     estimate: Callable[[argparse.Namespace], float]
-    run: Callable[[argparse.Namespace, Path], dict]
 
 
 # ============================================================================ helpers
@@ -110,80 +111,44 @@ def _package_of(run: Path) -> Path:
     return found[-1]
 
 
-def _manifest(pkg: Path) -> dict[str, Any]:
-    from wmpo_core.registry.package import read_package_manifest
-
-    return read_package_manifest(pkg)
-
-
-def _episodes_summary(folder: Path) -> dict[str, Any]:
-    rows = list_complete_episodes(folder)
-    successes = sum(1 for r in rows if r.get("success"))
-    return {"episodes_dir": str(folder), "episodes": len(rows), "successes": successes,
-            "success_rate": successes / len(rows) if rows else 0.0}
-
-
-def _record(args: argparse.Namespace, out: Path, stage: str, policy: str, count: int, seed: int,
-            noise: float | None = None, training_data: bool = False) -> dict[str, Any]:
-    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct.
-
-    A learned policy samples at ``--temperature``. Episodes that train the reward model
-    (``training_data``) record ``--steps-after-success`` steps past a success.
-    """
-    episodes = out / stage / "episodes"
-    if episodes.exists():
-        shutil.rmtree(episodes)  # a half-finished earlier attempt: record the stage afresh
-    extra = args.steps_after_success if training_data else None
-    if args.direct and policy != "scripted":
-        print(f"    {count} episodes directly in the simulator (--direct: no ROS graph)", flush=True)
-        rows = record_in_sim(policy, args.task, count, seed, episodes, max_steps=args.max_steps,
-                             temperature=args.temperature, steps_after_success=extra or 0)
-        via = "simulator (direct)"
-    else:
-        rows = record_through_ros(policy, args.task, count, seed, episodes, max_steps=args.max_steps,
-                                  log=_log(out, stage), public_key=_public_key(out), noise=noise,
-                                  temperature=args.temperature, extra_steps=extra)
-        via = "ROS 2 graph"
-    if not rows:
-        raise StageError(f"{episodes}: no complete episode was recorded")
-    summary = _episodes_summary(episodes)
-    summary.update({"evaluated_via": via, "policy": policy, "first_seed": seed,
-                    "seeds": list(range(seed, seed + count))})
-    return summary
-
-
 def _public_key(out: Path) -> Path:
     """The demo's public key: the policy node loads only packages signed by it."""
     return out / "keys" / "wmpo_policy_signing.pub.pem"
+
+
+def _private_key(out: Path) -> Path:
+    return out / "keys" / "wmpo_policy_signing.pem"
 
 
 def _sized(cmd: list[str], flag: str, value: Any) -> list[str]:
     return cmd + [flag, str(value)] if value is not None else cmd
 
 
+def _collection(args: argparse.Namespace, out: Path, policy: str, count: int, seed: int, noise: float | None = None,
+                training_data: bool = False) -> Collection:
+    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct.
+
+    A learned policy samples at ``--temperature``. Episodes that train the reward model
+    (``training_data``) record ``--steps-after-success`` steps past a success.
+    """
+    return Collection(policy, args.task, count, seed, direct=args.direct and policy != "scripted",
+                      max_steps=args.max_steps, temperature=args.temperature, noise=noise,
+                      steps_after_success=args.steps_after_success if training_data else None,
+                      public_key=_public_key(out))
+
+
 # ============================================================================ stages
-def _stage_keys(args: argparse.Namespace, out: Path) -> dict:
-    keys = out / "keys"
-    if not (keys / "wmpo_policy_signing.pem").is_file():
-        if keys.exists():
-            shutil.rmtree(keys)
-        run_wmpo("keygen", "--out", str(keys), log=_log(out, "keys"))
-    return {"private_key": str(keys / "wmpo_policy_signing.pem"), "public_key": str(keys / "wmpo_policy_signing.pub.pem")}
+def _stage_keys(out: Path) -> dict:
+    make_keys(out / "keys", log=_log(out, "keys"))
+    return {"private_key": str(_private_key(out)), "public_key": str(_public_key(out))}
 
 
-def _stage_record_demos(args: argparse.Namespace, out: Path) -> dict:
-    from wmpo_core.rl.config import DEMONSTRATION_SEEDS
-
-    seed = DEMONSTRATION_SEEDS.seeds(args.demos, offset=args.seed)[0]
-    return _record(args, out, "record_demos", "scripted", args.demos, seed, noise=args.noise, training_data=True)
-
-
-def _stage_train_bc(args: argparse.Namespace, out: Path) -> dict:
+def _stage_train_bc(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
     demos = read_json(out / "record_demos" / MARKER)["episodes_dir"]
     run = out / "train_bc" / "run"
     cmd = ["train-policy", "--episodes", demos, "--out", str(run), "--no-progress"]
-    if RECIPE_DIR.joinpath(f"{args.task}_base.json").is_file():  # the task's base-policy recipe, on these demos
-        cmd += ["--recipe", f"{args.task}_base"]
+    if recipe.bc_recipe:  # the task's base-policy recipe, on these demos
+        cmd += ["--recipe", recipe.bc_recipe]
     cmd = _sized(cmd, "--steps", args.bc_steps)
     cmd = _sized(cmd, "--train-config", args.bc_config)
     if args.bc_config is None:
@@ -194,11 +159,7 @@ def _stage_train_bc(args: argparse.Namespace, out: Path) -> dict:
         cmd.append("--resume")
     run_wmpo(*cmd, log=_log(out, "train_bc"))
     pkg = out / "train_bc" / "package"
-    if pkg.exists():
-        shutil.rmtree(pkg)
-    run_wmpo("export", str(_package_of(run)), "--out", str(pkg), "--key", str(out / "keys" / "wmpo_policy_signing.pem"),
-             log=_log(out, "train_bc"))
-    m = _manifest(pkg)
+    m = export_package(_package_of(run), pkg, _private_key(out), log=_log(out, "train_bc"))
     return {"run": str(run), "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
             "tensorboard": str(run / "tensorboard")}
 
@@ -207,92 +168,36 @@ def _base(out: Path) -> dict:
     return read_json(out / "train_bc" / MARKER)
 
 
-def _stage_record_rollouts(args: argparse.Namespace, out: Path) -> dict:
-    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
-
-    seed = POLICY_ROLLOUT_SEEDS.seeds(args.rollouts, offset=args.seed)[0]
-    return _record(args, out, "record_rollouts", _base(out)["package"], args.rollouts, seed, training_data=True)
-
-
-def _wm_config(args: argparse.Namespace, out: Path) -> Path:
-    """--wm-config (default: the 64 px simulator recipe) with the demo's VAE step count applied."""
-    data = read_json(Path(args.wm_config or DEFAULT_WM_CONFIG))
-    if args.vae_steps is not None or "vae_steps" not in data:
-        data["vae_steps"] = _vae_steps(args)
-    path = out / "world_model" / "config.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
 def _vae_steps(args: argparse.Namespace) -> int:
-    """--vae-steps, else the --wm-config value, else the demo's default (60)."""
+    """--vae-steps, else the demo's default."""
     if args.vae_steps is not None:
         return args.vae_steps
     return DEMO_VAE_STEPS
 
 
-def _stage_world_model(args: argparse.Namespace, out: Path) -> dict:
-    demos = read_json(out / "record_demos" / MARKER)["episodes_dir"]
-    rollouts = read_json(out / "record_rollouts" / MARKER)["episodes_dir"]
+def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
+    """Pretrain on the demonstrations with the recipe's config, then align on the rollouts."""
     log = _log(out, "world_model")
-    pre = out / "world_model" / "pretrain"
-    config = str(_wm_config(args, out))
-    cmd = ["train-world-model", "--episodes", demos, "--out", str(pre)]
-    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.wm_steps)
-    pre_summary = last_json_line(run_wmpo(*cmd, log=log, capture=True).stdout, "wmpo train-world-model")
-    aligned = out / "world_model" / "aligned"
-    cmd = ["train-world-model", "--episodes", rollouts, "--out", str(aligned), "--init", str(pre)]
-    cmd = _sized(_sized(cmd, "--config", config), "--steps", args.align_steps)
-    align_summary = last_json_line(run_wmpo(*cmd, log=log, capture=True).stdout, "wmpo train-world-model --init")
-    return {"pretrain": str(pre), "aligned": str(aligned), "pretrain_final_loss": pre_summary.get("final_loss"),
-            "aligned_final_loss": align_summary.get("final_loss")}
+    # --vae-steps, else the config's own value, else the demo's default
+    has_vae_steps = "vae_steps" in recipe.world_model_config_data()
+    vae_steps = _vae_steps(args) if args.vae_steps is not None or not has_vae_steps else None
+    pre = train_world_model([out / "record_demos" / "episodes"], out / "world_model" / "pretrain", recipe,
+                            steps=args.wm_steps, vae_steps=vae_steps, log=log,
+                            config_path=out / "world_model" / "config.json")
+    aligned = train_world_model([out / "record_rollouts" / "episodes"], out / "world_model" / "aligned", recipe,
+                                init=Path(pre["run"]), steps=args.align_steps, log=log)
+    return {"pretrain": pre["run"], "aligned": aligned["run"], "config": pre["config"],
+            "pretrain_final_loss": pre["final_loss"], "aligned_final_loss": aligned["final_loss"]}
 
 
-def _all_episodes(out: Path, stage: str) -> Path:
-    sources = [Path(read_json(out / s / MARKER)["episodes_dir"]) for s in ("record_demos", "record_rollouts")]
-    data = out / stage / "data"
-    link_episodes(sources, data)
-    return data
-
-
-def _stage_reward(args: argparse.Namespace, out: Path) -> dict:
-    config = args.reward_config or (str(DEFAULT_REWARD_CONFIG) if args.task == "lift" else None)
-    return train_calibrated_reward(_all_episodes(out, "reward"), Path(read_json(out / "world_model" / MARKER)["aligned"]),
-                                   out / "reward", config=config, steps=args.reward_steps, log=_log(out, "reward"))
-
-
-def _grpo_config(args: argparse.Namespace, out: Path) -> Path:
-    """--grpo-config, else the task's shipped WMPO config (lift), else the WMPOConfig defaults."""
-    if args.grpo_config:
-        return Path(args.grpo_config)
-    shipped = RL_CONFIG_DIR / f"{args.task}_wmpo.json"
-    path = out / "grpo" / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(read_json(shipped) if shipped.is_file() else {}, indent=2) + "\n")
-    return path
-
-
-def _stage_grpo(args: argparse.Namespace, out: Path) -> dict:
+def _stage_grpo(grpo: Step, out: Path) -> dict:
+    """GRPO in imagination from the base, then its candidate signed with the base as parent."""
+    result = grpo.run(grpo.folder)
     base = _base(out)
-    wm = read_json(out / "world_model" / MARKER)["aligned"]
-    reward = read_json(out / "reward" / MARKER)["run"]
-    data = _all_episodes(out, "grpo")
-    run = out / "grpo" / "run"
-    budget = read_json(out / "record_rollouts" / MARKER)["episodes"] + read_json(out / "record_demos" / MARKER)["episodes"]
-    cmd = ["grpo", "--policy", base["package"], "--world-model", wm, "--reward", reward, "--episodes", str(data),
-           "--out", str(run), "--budget", str(budget), "--quiet"]
-    cmd = _sized(_sized(cmd, "--config", str(_grpo_config(args, out))), "--iterations", args.grpo_iterations)
-    log = _log(out, "grpo")
-    if not (run / "policy" / "manifest.json").is_file():  # else: trained, only the marker was missing
-        run_wmpo(*cmd, log=log)
     pkg = out / "grpo" / "package"
-    if pkg.exists():
-        shutil.rmtree(pkg)
-    run_wmpo("export", str(run / "policy"), "--out", str(pkg), "--key", str(out / "keys" / "wmpo_policy_signing.pem"),
-             "--parent", base["version"], log=log)
-    m = _manifest(pkg)
-    return {"run": str(run), "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
-            "log": str(run / "log.jsonl")}
+    m = export_package(result["candidate"], pkg, _private_key(out), parent=base["version"], log=_log(out, "grpo"))
+    return {"run": result["run"], "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
+            "log": result["log"]}
 
 
 def _eval_seed(args: argparse.Namespace) -> int:
@@ -303,7 +208,7 @@ def _eval_seed(args: argparse.Namespace) -> int:
 
 def _stage_eval_before(args: argparse.Namespace, out: Path) -> dict:
     base = _base(out)
-    result = _record(args, out, "eval_before", base["package"], args.eval_episodes, _eval_seed(args))
+    result = collect(_collection(args, out, base["package"], args.eval_episodes, _eval_seed(args)), out / "eval_before")
     return {**result, "version": base["version"], "parent": base.get("parent")}
 
 
@@ -324,10 +229,9 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
     public = _public_key(out)
     log = _log(out, "push")
     if args.direct:
-        proc = run_wmpo("push", new["package"], "--to", str(robot_dir), "--public-key", str(public), "--no-load",
-                        log=log, capture=True)
-        return {"version": new["version"], "installed": str(robot_dir / new["version"]), "loaded_by_node": False,
-                "output": proc.stdout.strip(), "note": "--direct: copied only, no running policy node"}
+        installed, output = push_package(Path(new["package"]), str(robot_dir), public, log=log)
+        return {"version": new["version"], "installed": installed, "loaded_by_node": False,
+                "output": output, "note": "--direct: copied only, no running policy node"}
     up_log = out / "push" / "up.log"
     up_log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -339,8 +243,8 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
                               start_new_session=True)
     try:
         _wait_for(lambda: f"simulated {args.task} ready" in up_log.read_text(), 300, "graph start", up, up_log)
-        proc = run_wmpo("push", new["package"], "--to", str(robot_dir), "--public-key", str(public), "--node", "/policy",
-                        "--timeout", "120", log=log, capture=True)
+        installed, output = push_package(Path(new["package"]), str(robot_dir), public, node="/policy", timeout=120,
+                                         log=log)
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)  # `wmpo up` stops its nodes in order on SIGINT
@@ -348,14 +252,14 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
                 up.wait(90)
             except subprocess.TimeoutExpired:
                 up.kill()
-    return {"version": new["version"], "installed": str(robot_dir / new["version"]), "loaded_by_node": True,
-            "output": proc.stdout.strip()}
+    return {"version": new["version"], "installed": installed, "loaded_by_node": True, "output": output}
 
 
 def _stage_eval_after(args: argparse.Namespace, out: Path) -> dict:
     pushed = read_json(out / "push" / MARKER)
     new = read_json(out / "grpo" / MARKER)
-    result = _record(args, out, "eval_after", pushed["installed"], args.eval_episodes, _eval_seed(args))
+    result = collect(_collection(args, out, pushed["installed"], args.eval_episodes, _eval_seed(args)),
+                     out / "eval_after")
     return {**result, "version": new["version"], "parent": new.get("parent")}
 
 
@@ -445,30 +349,77 @@ def _steps(value: int | None, default: int) -> int:
 
 
 STAGES: list[Stage] = [
-    Stage("keys", "Make a signing key pair", lambda a: 3.0, _stage_keys),
+    Stage("keys", "Make a signing key pair", lambda a: 3.0),
     Stage("record_demos", "Record scripted demonstrations through the ROS 2 graph",
-          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + a.steps_after_success), _stage_record_demos),
+          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + a.steps_after_success)),
     Stage("train_bc", "Behavior cloning: the base policy (signed)",
-          lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 600) * BC_STEP_S, _stage_train_bc),
+          lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 600) * BC_STEP_S),
     Stage("record_rollouts", "Record base-policy rollouts through the ROS 2 graph",
-          lambda a: _policy_episodes(a, a.rollouts), _stage_record_rollouts),
+          lambda a: _policy_episodes(a, a.rollouts)),
     Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
           lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
-          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 500)) * WM_STEP_S, _stage_world_model),
+          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 500)) * WM_STEP_S),
+    Stage("data", "Link demonstrations and rollouts: the training episodes", lambda a: 1.0),
     Stage("reward", "Reward model on demonstrations and rollouts, threshold calibrated in imagination",
           lambda a: COMMAND_START_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
-          + (a.demos * LIFT_SUCCESS_STEPS + a.rollouts * _task_steps(a)) * REPLAY_FRAME_S, _stage_reward),
+          + (a.demos * LIFT_SUCCESS_STEPS + a.rollouts * _task_steps(a)) * REPLAY_FRAME_S),
     Stage("grpo", "GRPO in imagination (signed, parent = base)",
-          lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S, _stage_grpo),
+          lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S),
     Stage("eval_before", "Evaluate the base policy through the ROS 2 graph",
-          lambda a: _policy_episodes(a, a.eval_episodes), _stage_eval_before),
+          lambda a: _policy_episodes(a, a.eval_episodes)),
     Stage("push", "Push the improved policy to the running policy node",
-          lambda a: COMMAND_START_S if a.direct else GRAPH_START_S + 30.0, _stage_push),
+          lambda a: COMMAND_START_S if a.direct else GRAPH_START_S + 30.0),
     Stage("eval_after", "Evaluate the pushed policy through the ROS 2 graph",
-          lambda a: _policy_episodes(a, a.eval_episodes), _stage_eval_after),
+          lambda a: _policy_episodes(a, a.eval_episodes)),
     Stage("report", "Report: before/after table, report.html, report.json",
-          lambda a: COMMAND_START_S + 10.0, _stage_report),
+          lambda a: COMMAND_START_S + 10.0),
 ]
+
+
+def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> list[Step]:
+    """The demo's steps in ``out``, in :data:`STAGES` order (nothing runs)."""
+    from wmpo_core.rl.config import DEMONSTRATION_SEEDS, POLICY_ROLLOUT_SEEDS
+
+    recipe = recipe or recipe_from_args(args)
+    demos, rollouts = out / "record_demos" / "episodes", out / "record_rollouts" / "episodes"
+    aligned = out / "world_model" / "aligned"
+    data = data_dir(out / "data")
+    base_package = str(out / "train_bc" / "package")
+    demo_seed = DEMONSTRATION_SEEDS.seeds(args.demos, offset=args.seed)[0]
+    rollout_seed = POLICY_ROLLOUT_SEEDS.seeds(args.rollouts, offset=args.seed)[0]
+
+    def budget() -> int:
+        return read_json(out / "data" / MARKER)["episodes"]
+
+    grpo = grpo_step(out / "grpo", base_package, aligned, out / "reward", [data], recipe, budget=budget,
+                     iterations=args.grpo_iterations)
+    steps = {
+        "keys": (lambda d: _stage_keys(out), {}),
+        "record_demos": (None, _collection(args, out, "scripted", args.demos, demo_seed, noise=args.noise,
+                                           training_data=True)),
+        "train_bc": (lambda d: _stage_train_bc(args, out, recipe), {"recipe": recipe, "bc_recipe": recipe.bc_recipe}),
+        "record_rollouts": (None, _collection(args, out, base_package, args.rollouts, rollout_seed, training_data=True)),
+        "world_model": (lambda d: _stage_world_model(args, out, recipe),
+                        {"recipe": recipe, "config": recipe.world_model_config, "camera": recipe.camera}),
+        "data": link_step(out / "data", [demos, rollouts]),
+        "reward": reward_step(out / "reward", data, aligned, recipe, steps=args.reward_steps, calibrate_on=[rollouts]),
+        "grpo": (lambda d: _stage_grpo(grpo, out), grpo.inputs),
+        "eval_before": (lambda d: _stage_eval_before(args, out), {}),
+        "push": (lambda d: _stage_push(args, out), {}),
+        "eval_after": (lambda d: _stage_eval_after(args, out), {}),
+        "report": (lambda d: _stage_report(args, out), {}),
+    }
+    result = []
+    for stage in STAGES:
+        made = steps[stage.name]
+        if isinstance(made, Step):
+            result.append(Step(stage.name, stage.title, out / stage.name, made.run, made.inputs, made.outputs))
+        elif isinstance(made[1], Collection):
+            result.append(Step(stage.name, stage.title, out / stage.name, lambda d, c=made[1]: collect(c, d),
+                               {"collection": made[1]}, ("episodes_dir", "episodes", "successes", "seeds")))
+        else:
+            result.append(Step(stage.name, stage.title, out / stage.name, made[0], made[1]))
+    return result
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -493,9 +444,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-steps", type=int, default=600, help="reward-model steps (default 600)")
     parser.add_argument("--grpo-iterations", type=int, default=3, help="GRPO iterations (default 3)")
     parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
-    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the 64 px simulator recipe)")
-    parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default for lift: the shipped lift config)")
-    parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the task's shipped config, e.g. lift_wmpo.json)")
+    add_recipe_option(parser)
+    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the recipe's, the 64 px simulator "
+                        "config)")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default: the recipe's; for lift the shipped "
+                        "lift config)")
+    parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the recipe's, e.g. lift_wmpo.json)")
     parser.add_argument("--direct", action="store_true",
                         help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
     parser.add_argument("--fresh", action="store_true",
@@ -506,7 +460,7 @@ def _check(args: argparse.Namespace) -> str | None:
     for name in ("demos", "rollouts", "eval_episodes"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be >= 1"
-    for name in ("bc_config", "wm_config", "reward_config", "grpo_config"):
+    for name in ("bc_config", "wm_config", "reward_config", "grpo_config", "recipe"):
         value = getattr(args, name)
         if value and not Path(value).is_file():
             return f"--{name.replace('_', '-')} {value}: no such file"
@@ -570,26 +524,33 @@ def main(args: argparse.Namespace) -> int:
     if args.fresh and (problem := remove_demo_outputs(out)) is not None:
         print(f"wmpo demo: --fresh: {problem}", file=sys.stderr)
         return 2
+    try:
+        steps = plan(args, out)
+    except ValueError as exc:
+        print(f"wmpo demo: {exc}", file=sys.stderr)
+        return 2
     mark_demo_folder(out)
-    plan = [(s, (out / s.name / MARKER).is_file(), s.estimate(args)) for s in STAGES]
-    todo = sum(est for _, done, est in plan if not done)
-    print(f"wmpo demo: {len(STAGES)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")
-    for i, (s, done, est) in enumerate(plan, 1):
-        took = f"done in {read_json(out / s.name / MARKER).get('seconds', 0):.0f} s, reused" if done else f"~{est:.0f} s"
+    estimates = {s.name: s.estimate(args) for s in STAGES}
+    todo = sum(estimates[s.name] for s in steps if not s.done)
+    print(f"wmpo demo: {len(steps)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")
+    for i, s in enumerate(steps, 1):
+        took = f"done in {read_json(s.marker).get('seconds', 0):.0f} s, reused" if s.done else f"~{estimates[s.name]:.0f} s"
         print(f"  {i:2d}. {s.title} ({took})")
+    all_done = all(s.done for s in steps)
     t_start = time.monotonic()
-    for i, (stage, _, est) in enumerate(plan, 1):
+    for i, stage in enumerate(steps, 1):
         elapsed = time.monotonic() - t_start
-        header = f"\n[{i}/{len(STAGES)}] {stage.title}  (estimate ~{est:.0f} s; {elapsed / 60:.1f} min elapsed)"
+        header = (f"\n[{i}/{len(steps)}] {stage.title}  (estimate ~{estimates[stage.name]:.0f} s; "
+                  f"{elapsed / 60:.1f} min elapsed)")
         try:
-            run_stage(out / stage.name, stage.name, lambda d, s=stage: s.run(args, out),
+            run_stage(stage.folder, stage.name, stage.run,
                       say=lambda text, h=header: print(h if text.endswith("...") else text, flush=True))
         except (StageError, OSError, ValueError) as exc:
             print(f"wmpo demo: stage '{stage.name}' failed: {exc}\n(re-run the same command to continue from this "
                   "stage)", file=sys.stderr)
             return 1
     report = read_json(out / "report" / MARKER)
-    if all(done for _, done, _ in plan):
+    if all_done:
         print_table(read_json(Path(report["report_json"]))["versions"])  # the table of the finished run
     print(f"\nwmpo demo: finished in {(time.monotonic() - t_start) / 60:.1f} min; report in {report['report_html']} "
           f"and {report['report_json']}")

@@ -8,7 +8,7 @@ publish stages are replaced by:
    frames the loop did not train on (``--screen-starts`` episodes of the current version
    recorded after collection), with identical random streams per trajectory, scored by the
    reward model, and compared with the paired sign test of the simulated gate
-   (:func:`wmpo_core.loop.gate_decision`). A candidate that does not beat the current policy
+   (:func:`wmpo_core.pipeline.steps.gate_decision`). A candidate that does not beat the current policy
    there costs no robot time. The imagined reward's measured AUC is printed beside it.
 2. **canary** (:func:`run_canary`, the publish stage): an accepted candidate is signed and
    pushed to the robot's policy node as a canary. The loop then has the node alternate
@@ -40,44 +40,27 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wmpo_core.canary import CANARY, CONTINUE, CURRENT, PROMOTE, CanaryRule, decide
-from wmpo_core.loop import MARKER, StageError, gate_decision, read_json, write_json_atomic
+from wmpo_core.io_utils import StageError, read_json, write_json_atomic
+from wmpo_core.pipeline.guard import (  # noqa: F401 - the guard's names, re-exported
+    SIMULATOR_ENV,
+    SimulatorForbidden,
+    allow_simulator,
+    check_simulator,
+    forbid_simulator,
+)
+from wmpo_core.pipeline.runner import MARKER
+from wmpo_core.pipeline.steps import export_package, gate_decision
 
-if TYPE_CHECKING:
-    from wmpo_core.loop import Loop
-
-SIMULATOR_ENV = "WMPO_NO_SIMULATOR"
+# ``loop`` arguments below are a wmpo_core.loop.Loop (which imports this module; this one does not import it).
+Loop = Any
 SCREEN_SEED = 1_000_003  # imagination seeds of the screen, apart from GRPO's (seeded from its config)
 POLL_S = 1.0
-
-
-# ============================================================================ simulator guard
-class SimulatorForbidden(StageError):
-    """Something asked for the simulator in a mode where only the robot's own episodes may decide."""
-
-
-def forbid_simulator(reason: str) -> None:
-    """From now on :func:`check_simulator` raises in this process and in the commands it starts."""
-    os.environ[SIMULATOR_ENV] = reason or "robot mode"
-
-
-def allow_simulator() -> None:
-    """Lift :func:`forbid_simulator` (tests)."""
-    os.environ.pop(SIMULATOR_ENV, None)
-
-
-def check_simulator(what: str) -> None:
-    """Raise SimulatorForbidden naming ``what`` when the simulator is forbidden here."""
-    reason = os.environ.get(SIMULATOR_ENV)
-    if reason:
-        raise SimulatorForbidden(f"{what}: the simulator is not used in {reason} (set by --robot ros): every decision "
-                                 "comes from the robot's recorded episodes and the world / reward models")
 
 
 # ============================================================================ labels
@@ -221,7 +204,7 @@ def imagination_screen(current_pkg: str, candidate_pkg: str, world_model_run: st
     so the pair differs only by the policy. ``reward_run``: a reward-model run directory, or any
     :class:`~wmpo_core.rl.rollouts.TrajectoryReward`.
     """
-    from wmpo_core.registry.package import load_package
+    from wmpo_core.policy.loading import load_package
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.rollouts import VideoReward, imagine_trajectories, load_start_states
     from wmpo_core.world_model.model import WorldModel
@@ -257,7 +240,7 @@ def screen_stage(loop: Loop, i: int, current: dict[str, Any], candidate: str, d:
     wait_for_episodes(loop, i, current["version"], cfg.screen_starts, held_out,
                       "held-out start states of the imagination screen")
     reward = read_json(it / "reward" / MARKER)
-    grpo_cfg = load_config(WMPOConfig, cfg.grpo_config)
+    grpo_cfg = load_config(WMPOConfig, loop.recipe.grpo_config)
     screen = imagination_screen(loop.local_package(current), candidate, str(it / "world_model" / "run"),
                                 reward["run"], held_out, group_size=grpo_cfg.grpo.group_size,
                                 horizon=grpo_cfg.horizon, temperature=cfg.temperature, alpha=cfg.gate_alpha)
@@ -368,22 +351,13 @@ def canary_rule(cfg: Any) -> CanaryRule:
 def run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any], candidate: str,
                d: Path) -> dict[str, Any]:
     """The publish stage in robot mode: push the candidate as a canary, alternate, decide, promote or roll back."""
-    from wmpo_core.registry.package import read_package_manifest
-
     cfg = loop.config
     node = cfg.load_node
     log = d / "commands.log"
     if not gate["decision"]["accept"]:
         return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
     pkg = d / "package"
-    if pkg.exists() and not (pkg / "signature.json").is_file():
-        shutil.rmtree(pkg)  # an export cut short: do it again
-    if not pkg.exists():
-        from wmpo_core.loop import run_wmpo
-
-        run_wmpo("export", candidate, "--out", str(pkg), "--key", str(loop.private_key), "--parent",
-                 current["version"], log=log)
-    canary = read_package_manifest(pkg)["version"]
+    canary = export_package(candidate, pkg, loop.private_key, parent=current["version"], log=log)["version"]
     state_path = d / "canary.json"
     if state_path.is_file():
         state = read_json(state_path)
@@ -477,7 +451,7 @@ def robot_report_rows(run_dir: Path) -> list[dict[str, Any]]:
 
     No simulator: the numbers are the robot's own labelled episodes the decisions used.
     """
-    from wmpo_core.loop import VersionChain
+    from wmpo_core.pipeline.versions import VersionChain
 
     chain = VersionChain(run_dir / "versions.json")
     if not chain.entries:

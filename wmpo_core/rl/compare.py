@@ -3,8 +3,9 @@
 Every method is evaluated closed loop in the simulator, at one sampling temperature (0 =
 greedy), from the same seeded start states drawn from ``EVALUATION_SEEDS``, a range that no data collection or
 training path uses (checked here again against what each package's manifest says it
-was trained on). A method is either given as a package or trained here from the base
-policy with the same budget P of real trajectories.
+was trained on). A method is either given as a package or trained from the base policy with the
+same budget P of real trajectories by wmpo_core.pipeline.compare, which composes the pipeline's
+steps.
 """
 
 from __future__ import annotations
@@ -159,15 +160,6 @@ def evaluate_package(method: str, package: str | Path, seeds: list[int], pool: S
     )
 
 
-@dataclass
-class BudgetData:
-    """What the P real trajectories of the base policy feed: bags, and the models trained on them."""
-
-    rollouts: Path  # P bags, G per start state, from POLICY_ROLLOUT_SEEDS
-    world_model: Path | None = None  # aligned on the rollouts (or the given one)
-    reward: Path | None = None  # trained on the rollouts and demonstrations (or the given one)
-
-
 def collect_budget_rollouts(task: str, budget: int, base: str | Path, out: Path, *, group_size: int,
                             temperature: float, steps_after_success: int, max_steps: int | None = None,
                             seed_offset: int = 0, progress: bool = False) -> Path:
@@ -203,160 +195,6 @@ def collect_budget_rollouts(task: str, budget: int, base: str | Path, out: Path,
     return episodes
 
 
-def prepare_models(data: BudgetData, work: Path, *, pretrained_world_model: str | Path | None,
-                   align: bool, align_steps: int | None, reward: str | Path | None,
-                   reward_config: Any = None, demos: str | Path | None = None, progress: bool = False) -> BudgetData:
-    """World model aligned on the rollouts (policy behavior alignment) and reward model, trained unless given.
-
-    The reward model trains on the rollouts and ``demos`` and on their imagined replays in the aligned
-    world model (the videos it will score during GRPO).
-    """
-    from wmpo_core.world_model.episodes import load_episodes
-
-    if pretrained_world_model is not None:
-        if not align:
-            data.world_model = Path(pretrained_world_model)
-        else:
-            out = work / "world_model"
-            if not (out / "world_model.json").is_file():
-                from wmpo_core.world_model.train import WorldModelTrainConfig, train_world_model
-
-                cfg = WorldModelTrainConfig.from_json(Path(pretrained_world_model) / "train_config.json")
-                if align_steps is not None:
-                    cfg.steps = align_steps
-                episodes = load_episodes(data.rollouts, cfg.camera, cfg.image_size)
-                log.info("aligning %s on %d rollouts (%d steps) into %s", pretrained_world_model, len(episodes),
-                         cfg.steps, out)
-                train_world_model(episodes, out, cfg, init=pretrained_world_model, progress=progress)
-            data.world_model = out
-    if reward is not None:
-        data.reward = Path(reward)
-    else:
-        out = work / "reward"
-        if not (out / "reward.json").is_file():
-            from wmpo_core.reward.train import RewardTrainConfig, train_reward
-
-            cfg = reward_config or RewardTrainConfig()
-            episodes = load_episodes(data.rollouts, cfg.camera, cfg.image_size)
-            if demos is not None:
-                episodes += load_episodes(demos, cfg.camera, cfg.image_size)
-            world_model = None
-            if data.world_model is not None:
-                from wmpo_core.world_model.model import WorldModel
-
-                world_model = WorldModel.from_pretrained(data.world_model)
-            log.info("training the reward model on %d episodes (and their imagined replays) into %s",
-                     len(episodes), out)
-            train_reward(episodes, out, cfg, world_model=world_model, progress=progress)
-        data.reward = out
-    return data
-
-
-def train_missing(
-    task: str,
-    budget: int,
-    base: str | Path,
-    work: Path,
-    packages: dict[str, str | Path | None],
-    *,
-    max_steps: int | None = None,
-    world_model: str | Path | None = None,
-    reward: str | Path | None = None,
-    episodes: str | Path | None = None,
-    configs: dict[str, Any] | None = None,
-    pool: SimulatorPool | None = None,
-    temperature: float = 1.0,
-    align: bool = True,
-    align_steps: int | None = None,
-    steps_after_success: int = 8,
-    validation_episodes: int = 50,
-    progress: bool = False,
-) -> dict[str, Path]:
-    """Packages of every method: given ones as they are, the others trained from ``base`` into ``work``.
-
-    The real-data budget is shared as in WMPO's simulation study: ``budget`` rollouts of the base
-    policy (G per start state, sampled at ``temperature``) are collected once into ``work/rollouts``.
-    DPO builds its (success, failure) pairs from them; WMPO aligns the world model (``world_model``,
-    pretrained on demonstrations) and trains the reward model on them (plus ``episodes``), then
-    imagines from the real first frames of the rollouts and ``episodes``. Online GRPO spends the same
-    budget in the simulator itself. A method that cannot be trained is left out with a warning; an
-    earlier run's package in ``work`` is reused. A run that wrote snapshot packages (``packages/``)
-    is represented by the one that does best on ``validation_episodes`` validation start states.
-    """
-    from wmpo_core.data.bag import episode_dirs
-    from wmpo_core.policy.loading import load_package
-    from wmpo_core.rl.config import DPOTrainConfig, SimGRPOConfig, WMPOConfig
-
-    configs = configs or {}
-    pool = pool or SimulatorPool(task)
-    out: dict[str, Path] = {"base": Path(base)}
-    wmpo_config = configs.get("wmpo") or WMPOConfig()
-    data: BudgetData | None = None
-
-    def budget_data() -> BudgetData:
-        nonlocal data
-        if data is None:
-            rollouts = collect_budget_rollouts(task, budget, base, work / "rollouts",
-                                               group_size=wmpo_config.grpo.group_size, temperature=temperature,
-                                               steps_after_success=steps_after_success, max_steps=max_steps,
-                                               progress=progress)
-            data = BudgetData(rollouts)
-        return data
-
-    for method in METHODS[1:]:
-        given = packages.get(method)
-        if given is not None:
-            out[method] = Path(given)
-            continue
-        run = work / method
-        if (run / "policy" / "manifest.json").is_file():
-            out[method] = select_on_validation(run, task, pool, temperature, validation_episodes, max_steps)
-            continue
-        if method == "dpo":
-            from wmpo_core.rl.rollouts import trajectories_from_episodes
-            from wmpo_core.rl.trainer_dpo import train_dpo
-
-            cfg = configs.get("dpo") or DPOTrainConfig()
-            cfg.budget = budget
-            rollouts = budget_data().rollouts
-            policy = load_package(base)
-            trajectories, ids = trajectories_from_episodes(episode_dirs(rollouts), policy, limit=budget)
-            seed_range = read_json(rollouts.parent / "rollouts.json")["seed_range"]
-            train_dpo(policy, trajectories, run, cfg, episode_ids=ids, progress=progress,
-                      data_summary={"task": task, "seed_range": seed_range, "episodes_dir": str(rollouts)})
-        elif method == "grpo-sim":
-            from wmpo_core.rl.trainer_sim import train_grpo_sim
-
-            cfg = configs.get("grpo-sim") or SimGRPOConfig()
-            cfg.budget, cfg.max_steps = budget, max_steps if max_steps is not None else cfg.max_steps
-            policy = load_package(base)
-            train_grpo_sim(policy, task, run, cfg, env=pool.env_for(policy), progress=progress)
-        else:
-            if world_model is None:
-                log.warning("wmpo: no --wmpo package and no --world-model to align and imagine with; row left out")
-                continue
-            from wmpo_core.reward.model import RewardModel
-            from wmpo_core.rl.rollouts import VideoReward, load_start_states
-            from wmpo_core.rl.trainer_imagination import train_wmpo
-            from wmpo_core.world_model.model import WorldModel
-
-            models = prepare_models(budget_data(), work, pretrained_world_model=world_model, align=align,
-                                    align_steps=align_steps, reward=reward, reward_config=configs.get("reward"),
-                                    demos=episodes, progress=progress)
-            wm = WorldModel.from_pretrained(models.world_model)
-            starts = load_start_states(models.rollouts, wm.settings.camera, wm.settings.image_size)
-            if episodes is not None:
-                starts = merge_start_states(starts, load_start_states(episodes, wm.settings.camera,
-                                                                      wm.settings.image_size))
-            seed_range = read_json(models.rollouts.parent / "rollouts.json")["seed_range"]
-            train_wmpo(load_package(base), wm, VideoReward(RewardModel.from_pretrained(models.reward)), starts, run,
-                       wmpo_config, progress=progress,
-                       data_summary={"task": task, "budget": budget, "world_model": str(models.world_model),
-                                     "reward": str(models.reward), "seed_range": seed_range})
-        out[method] = select_on_validation(run, task, pool, temperature, validation_episodes, max_steps)
-    return out
-
-
 def select_on_validation(run: Path, task: str, pool: SimulatorPool, temperature: float, episodes: int,
                          max_steps: int | None = None) -> Path:
     """The package of ``run`` to compare: its final ``policy``, or, when the run wrote snapshots
@@ -382,15 +220,6 @@ def select_on_validation(run: Path, task: str, pool: SimulatorPool, temperature:
     write_json_atomic(record, {"selected": rows[best]["package"], "temperature": temperature,
                                "seeds": [seeds[0], seeds[-1] + 1], "candidates": rows})
     return Path(rows[best]["package"])
-
-
-def merge_start_states(a: Any, b: Any) -> Any:
-    """Start states of ``a`` then ``b`` (one real first frame each)."""
-    import numpy as np
-
-    from wmpo_core.rl.rollouts import StartStates
-
-    return StartStates(np.concatenate([a.frames, b.frames]), a.instructions + b.instructions, a.ids + b.ids)
 
 
 def compare(

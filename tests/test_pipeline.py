@@ -1,0 +1,251 @@
+"""The pipeline's steps are defined once and the recipe reaches `wmpo demo`, `wmpo loop` and `wmpo compare`.
+
+No training runs here: each command's step plan is built from its own command line, and the reward
+step's command line is read off it. The commands' options are compared with the ones they had
+before the pipeline existed (captured from `wmpo <cmd> --help`'s parser then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wmpo_core.cli import build_parser, main
+from wmpo_core.pipeline.recipe import Recipe, load_recipe, recipe_file, recipe_from_args
+from wmpo_core.pipeline.steps import train_reward_command
+
+# Every option of the three commands before wmpo_core.pipeline: flags, dest, default, required, type,
+# choices, nargs, action.
+OPTIONS_BEFORE = {
+    "demo": [
+        ('--align-steps', 'align_steps', '300', False, 'int', 'None', None, '_StoreAction'),
+        ('--bc-config', 'bc_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--bc-steps', 'bc_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--demos', 'demos', '40', False, 'int', 'None', None, '_StoreAction'),
+        ('--direct', 'direct', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--eval-episodes', 'eval_episodes', '20', False, 'int', 'None', None, '_StoreAction'),
+        ('--fresh', 'fresh', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--grpo-config', 'grpo_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--grpo-iterations', 'grpo_iterations', '3', False, 'int', 'None', None, '_StoreAction'),
+        ('--help,-h', 'help', 'SUPPRESS', False, 'None', 'None', 0, '_HelpAction'),
+        ('--max-steps', 'max_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--noise', 'noise', '0.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--out', 'out', "PosixPath('demo_out')", False, 'Path', 'None', None, '_StoreAction'),
+        ('--reward-config', 'reward_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--reward-steps', 'reward_steps', '600', False, 'int', 'None', None, '_StoreAction'),
+        ('--rollouts', 'rollouts', '16', False, 'int', 'None', None, '_StoreAction'),
+        ('--seed', 'seed', '0', False, 'int', 'None', None, '_StoreAction'),
+        ('--steps-after-success', 'steps_after_success', '8', False, 'int', 'None', None, '_StoreAction'),
+        ('--task', 'task', "'lift'", False, 'None', 'None', None, '_StoreAction'),
+        ('--temperature', 'temperature', '1.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--vae-steps', 'vae_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--wm-config', 'wm_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--wm-steps', 'wm_steps', '1200', False, 'int', 'None', None, '_StoreAction'),
+    ],
+    "loop": [
+        ('--canary-alpha', 'canary_alpha', '0.05', False, 'float', 'None', None, '_StoreAction'),
+        ('--canary-max-pairs', 'canary_max_pairs', '30', False, 'int', 'None', None, '_StoreAction'),
+        ('--canary-odds-ratio', 'canary_odds_ratio', '3.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--collect-direct', 'collect_direct', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--collect-timeout', 'collect_timeout', '3600.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--demos', 'demos', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--episodes-from', 'episodes_from', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--episodes-per-iter', 'episodes_per_iter', '8', False, 'int', 'None', None, '_StoreAction'),
+        ('--gate-alpha', 'gate_alpha', '0.05', False, 'float', 'None', None, '_StoreAction'),
+        ('--gate-episodes', 'gate_episodes', '20', False, 'int', 'None', None, '_StoreAction'),
+        ('--grpo-config', 'grpo_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--grpo-iterations', 'grpo_iterations', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--help,-h', 'help', 'SUPPRESS', False, 'None', 'None', 0, '_HelpAction'),
+        ('--iterations', 'iterations', 'None', True, 'int', 'None', None, '_StoreAction'),
+        ('--key', 'key', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--load-node', 'load_node', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--max-steps', 'max_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--no-screen', 'screen', 'True', False, 'None', 'None', 0, '_StoreFalseAction'),
+        ('--out', 'out', 'None', True, 'Path', 'None', None, '_StoreAction'),
+        ('--policy', 'policy', 'None', True, 'None', 'None', None, '_StoreAction'),
+        ('--push-to', 'push_to', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--reward-config', 'reward_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--reward-steps', 'reward_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--robot', 'robot', "'sim'", False, 'None', "('sim', 'ros')", None, '_StoreAction'),
+        ('--screen-starts', 'screen_starts', '4', False, 'int', 'None', None, '_StoreAction'),
+        ('--steps-after-success', 'steps_after_success', '8', False, 'int', 'None', None, '_StoreAction'),
+        ('--stop-after', 'stop_after', 'None', False, 'None', "('collect', 'world_model', 'reward', 'grpo', 'gate', 'publish')", None, '_StoreAction'),
+        ('--task', 'task', "'lift'", False, 'None', 'None', None, '_StoreAction'),
+        ('--temperature', 'temperature', '1.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--wm-config', 'wm_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--wm-steps', 'wm_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--world-model', 'world_model', 'None', False, 'None', 'None', None, '_StoreAction'),
+    ],
+    "compare": [
+        ('--align-steps', 'align_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--base', 'base', 'None', True, 'None', 'None', None, '_StoreAction'),
+        ('--budget', 'budget', 'None', True, 'int', 'None', None, '_StoreAction'),
+        ('--demos', 'demos', 'None', False, 'None', 'None', '+', '_StoreAction'),
+        ('--dpo', 'dpo', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--dpo-config', 'dpo_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--episodes', 'episodes', '100', False, 'int', 'None', None, '_StoreAction'),
+        ('--grpo-sim', 'grpo_sim', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--grpo-sim-config', 'grpo_sim_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--help,-h', 'help', 'SUPPRESS', False, 'None', 'None', 0, '_HelpAction'),
+        ('--jobs', 'jobs', '1', False, 'int', 'None', None, '_StoreAction'),
+        ('--json', 'json', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--max-steps', 'max_steps', 'None', False, 'int', 'None', None, '_StoreAction'),
+        ('--no-align', 'no_align', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--quiet', 'quiet', 'False', False, 'None', 'None', 0, '_StoreTrueAction'),
+        ('--reward', 'reward', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--reward-config', 'reward_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--seed-offset', 'seed_offset', '0', False, 'int', 'None', None, '_StoreAction'),
+        ('--steps-after-success', 'steps_after_success', '8', False, 'int', 'None', None, '_StoreAction'),
+        ('--task', 'task', 'None', True, 'None', 'None', None, '_StoreAction'),
+        ('--temperature', 'temperature', '1.0', False, 'float', 'None', None, '_StoreAction'),
+        ('--validation-episodes', 'validation_episodes', '50', False, 'int', 'None', None, '_StoreAction'),
+        ('--wmpo', 'wmpo', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--wmpo-config', 'wmpo_config', 'None', False, 'None', 'None', None, '_StoreAction'),
+        ('--work', 'work', 'None', False, 'Path', 'None', None, '_StoreAction'),
+        ('--world-model', 'world_model', 'None', False, 'None', 'None', None, '_StoreAction'),
+    ],
+}
+# Options added since, on purpose: the task recipe file (wmpo_core/pipeline/recipes/<task>.json by default).
+ADDED = {cmd: [("--recipe", "recipe", "None", False, "None", "None", None, "_StoreAction")]
+         for cmd in ("demo", "loop", "compare")}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _options(command: str) -> list[tuple]:
+    def type_name(t):
+        return str(getattr(t, "__name__", t))
+
+    return sorted((",".join(sorted(a.option_strings)), a.dest,
+                   repr(a.default) if a.default is not argparse.SUPPRESS else "SUPPRESS", a.required,
+                   type_name(a.type), repr(a.choices), a.nargs, type(a).__name__)
+                  for a in _subparser(command)._actions)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser(argv[0]).parse_args(list(argv))
+
+
+@pytest.mark.parametrize("command", ["demo", "loop", "compare"])
+def test_commands_keep_their_options(command: str) -> None:
+    assert _options(command) == sorted([*(tuple(r) for r in OPTIONS_BEFORE[command]), *ADDED[command]])
+    shown = subprocess.run([sys.executable, "-m", "wmpo_core.cli", command, "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    for row in OPTIONS_BEFORE[command]:
+        assert row[0].split(",")[0] in shown.stdout, row
+
+
+def _plans(tmp_path: Path, recipe: Path | None) -> dict[str, dict]:
+    """The reward, world-model and GRPO steps of demo, loop and compare, each built from its command line."""
+    from wmpo_core import demo
+    from wmpo_core.loop import Loop, config_from_args
+    from wmpo_core.pipeline.compare import wmpo_plan
+
+    extra = ["--recipe", str(recipe)] if recipe else []
+    demo_out = tmp_path / "demo"
+    demo_steps = demo.plan(_args("demo", "--out", str(demo_out), *extra), demo_out)
+    loop_args = _args("loop", "--iterations", "1", "--out", str(tmp_path / "run"), "--policy", str(tmp_path), *extra)
+    loop = Loop(config_from_args(loop_args))
+    loop_steps = loop.plan(0, {"version": "v0", "package": str(tmp_path / "base")})
+    cmp = _args("compare", "--task", "lift", "--budget", "8", "--base", str(tmp_path / "base"), "--world-model",
+                str(tmp_path / "wm"), *extra)
+    work = tmp_path / "cmp"
+    # what main_compare hands train_missing: the recipe of its command line
+    compare_steps = wmpo_plan(work, recipe_from_args(cmp), base=cmp.base, budget=cmp.budget,
+                              rollouts=work / "rollouts" / "episodes", world_model=cmp.world_model,
+                              align=not cmp.no_align, align_steps=cmp.align_steps, reward=cmp.reward, demos=cmp.demos)
+    plans = {"demo": (demo_steps, demo_out / "world_model" / "aligned"),
+             "loop": (loop_steps, tmp_path / "run" / "iter_000" / "world_model" / "run"),
+             "compare": (compare_steps, work / "world_model")}
+    out = {}
+    for name, (steps, aligned) in plans.items():
+        by_name = {s.name: s for s in steps}
+        assert {"data", "world_model", "reward", "grpo"} <= set(by_name), name
+        out[name] = {"steps": by_name, "aligned": aligned}
+    return out
+
+
+def _recipe_file(tmp_path: Path, **fields) -> Path:
+    (tmp_path / "wm.json").write_text(json.dumps({"steps": 5, "image_size": 64}))
+    (tmp_path / "reward.json").write_text(json.dumps({"steps": 3, "min_frame": 4}))
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"world_model_config": "wm.json", "reward_config": "reward.json", **fields}))
+    return path
+
+
+def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> None:
+    # The shipped lift recipe, with no --recipe: the same reward recipe (real video only), reward
+    # config and GRPO config for all three (loop and compare used the config defaults before).
+    shipped = load_recipe("lift")
+    for name, plan in _plans(tmp_path / "shipped", None).items():
+        reward = plan["steps"]["reward"]
+        assert reward.inputs["recipe"] == shipped, name
+        assert shipped.source == str(recipe_file("lift")) and shipped.reward_config.endswith("reward/configs/lift.json")
+        cmd = train_reward_command(reward.inputs, tmp_path / "run", None)
+        assert "--world-model" not in cmd, (name, cmd)
+        assert plan["steps"]["grpo"].inputs["config"] == shipped.grpo_config, name
+
+    # One file changes the reward's training data, the camera and the configs of all three.
+    recipe_path = _recipe_file(tmp_path, camera="workspace", reward_on_imagined=True, calibrate_on="all")
+    for name, plan in _plans(tmp_path / "custom", recipe_path).items():
+        steps = plan["steps"]
+        recipe: Recipe = steps["reward"].inputs["recipe"]
+        assert recipe.source == str(recipe_path) and recipe.reward_on_imagined and recipe.calibrate_on == "all", name
+        # the reward trains on imagined replays in the world model the plan aligns
+        written = recipe.write_reward_config(tmp_path / name / "reward_config.json")
+        cmd = train_reward_command(steps["reward"].inputs, tmp_path / name / "run", written)
+        assert cmd[cmd.index("--world-model") + 1] == str(plan["aligned"]), (name, cmd)
+        assert cmd[cmd.index("--episodes") + 1] == str(steps["data"].folder / "episodes"), (name, cmd)
+        assert json.loads(written.read_text()) == {"steps": 3, "min_frame": 4, "camera": "workspace"}, name
+        # the world model sees the same camera, from the recipe's config
+        wm_recipe: Recipe = steps["world_model"].inputs["recipe"]
+        assert wm_recipe.world_model_config_data() == {"steps": 5, "image_size": 64, "camera": "workspace"}, name
+        # GRPO reads the reward step's chosen model and the linked data
+        assert steps["grpo"].inputs["reward"] == steps["reward"].folder, name
+        assert steps["grpo"].inputs["episodes"] == [steps["data"].folder / "episodes"], name
+
+    # The same file with the other reward recipe: none of the three trains on imagined replays.
+    recipe_path = _recipe_file(tmp_path, camera="workspace", reward_on_imagined=False)
+    for name, plan in _plans(tmp_path / "real_only", recipe_path).items():
+        cmd = train_reward_command(plan["steps"]["reward"].inputs, tmp_path / "run", None)
+        assert "--world-model" not in cmd, (name, cmd)
+
+
+def test_bad_recipe_is_refused_by_each_command_naming_it(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ValueError, match="unknown recipe field.*reward_on_imagned"):
+        load_recipe("lift", _recipe_file(tmp_path, reward_on_imagned=True))
+    with pytest.raises(ValueError, match="calibrate_on"):
+        load_recipe("lift", _recipe_file(tmp_path, calibrate_on="some"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"reward_config": "missing_reward.json"}))
+    with pytest.raises(ValueError, match="missing_reward.json: no such file"):
+        load_recipe("lift", bad)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--recipe", str(bad)]) == 2
+    assert "missing_reward.json" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["loop", "--iterations", "1", "--out", str(tmp_path / "run"), "--policy", str(tmp_path),
+                 "--recipe", str(bad)]) == 1
+    assert "missing_reward.json" in capsys.readouterr().err and not (tmp_path / "run" / "loop.json").exists()
+    assert main(["compare", "--task", "lift", "--budget", "8", "--base", str(tmp_path), "--recipe", str(bad),
+                 "--work", str(tmp_path / "cmp")]) == 2
+    assert "missing_reward.json" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
+
+
+def test_loop_defaults_are_the_config_defaults(tmp_path: Path) -> None:
+    from dataclasses import MISSING, fields
+
+    from wmpo_core.loop import LoopConfig, config_from_args
+
+    cfg = config_from_args(_args("loop", "--iterations", "1", "--out", str(tmp_path), "--policy", str(tmp_path)))
+    for f in fields(LoopConfig):
+        if f.default is not MISSING and f.name != "RESUMABLE":
+            assert getattr(cfg, f.name) == f.default, f.name

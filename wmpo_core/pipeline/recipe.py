@@ -1,0 +1,144 @@
+"""The recipe of a task: which configs train the world model, the reward model and GRPO, which
+camera they see, and how the reward model is trained. Defined here once; `wmpo demo`, `wmpo loop`
+and `wmpo compare` all read it through :func:`load_recipe`.
+
+A task's recipe is ``wmpo_core/pipeline/recipes/<task>.json`` (a task without one gets the
+:class:`Recipe` defaults); ``--recipe FILE`` replaces it, and a command's own ``--wm-config``,
+``--reward-config`` and ``--grpo-config`` replace single fields. Relative paths in a recipe file
+are relative to that file.
+
+The reward recipe (``reward_on_imagined``, ``calibrate_on``): by default the reward model learns
+from real video only and its success threshold is then re-chosen on imagined replays, in the
+aligned world model, of the policy's own episodes (``calibrate_on: "policy"``; all training
+episodes when the policy's own hold one outcome only, or with ``"all"``). ``reward_on_imagined:
+true`` also trains it on the imagined replays of its training episodes (`wmpo train-reward
+--world-model`), the earlier recipe of `wmpo compare`: on lift it lowered the real-video F1
+(0.96 -> 0.79, README "Reward model").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+CORE = Path(__file__).resolve().parents[1]
+CALIBRATE_ON = ("policy", "all")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training settings shared by every pipeline of one task (config files as absolute paths)."""
+
+    task: str
+    world_model_config: str = str(CORE / "world_model" / "configs" / "sim64.json")
+    reward_config: str | None = None  # None: RewardTrainConfig defaults
+    grpo_config: str | None = None  # None: WMPOConfig defaults
+    bc_recipe: str | None = None  # `wmpo train-policy --recipe NAME` for a base policy trained from demonstrations
+    camera: str | None = None  # the camera the world and reward models see (None: as their configs say)
+    reward_on_imagined: bool = False  # also train the reward model on imagined replays of its episodes
+    calibrate_on: str = "policy"  # threshold re-chosen on imagined replays of: "policy" episodes, or "all"
+    source: str | None = None  # the recipe file read (None: the defaults)
+
+    def __post_init__(self) -> None:
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON data (stored beside a run's settings)."""
+        return asdict(self)
+
+    def world_model_config_data(self, vae_steps: int | None = None) -> dict[str, Any]:
+        """The world-model training config with the recipe's camera (and ``vae_steps``) applied."""
+        data = _read_object(Path(self.world_model_config))
+        if self.camera:
+            data["camera"] = self.camera
+        if vae_steps is not None:
+            data["vae_steps"] = vae_steps
+        return data
+
+    def reward_config_data(self) -> dict[str, Any] | None:
+        """The reward training config with the recipe's camera applied (None: the defaults as they are)."""
+        data = _read_object(Path(self.reward_config)) if self.reward_config else None
+        if self.camera:
+            data = {**(data or {}), "camera": self.camera}
+        return data
+
+    def write_world_model_config(self, path: Path, vae_steps: int | None = None) -> Path:
+        """Write :meth:`world_model_config_data` to ``path`` (the file a step's command reads)."""
+        return _write(path, self.world_model_config_data(vae_steps))
+
+    def write_reward_config(self, path: Path) -> Path | None:
+        """Write :meth:`reward_config_data` to ``path``; None (nothing written) for the defaults."""
+        data = self.reward_config_data()
+        return None if data is None else _write(path, data)
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def recipe_file(task: str) -> Path:
+    """The shipped recipe file of ``task`` (it may not exist)."""
+    return RECIPE_DIR / f"{task}.json"
+
+
+def load_recipe(task: str, path: str | Path | None = None, **overrides: Any) -> Recipe:
+    """The recipe of ``task``: ``path`` (else the task's shipped file, else the defaults), then every
+    override that is not None (e.g. a command's ``world_model_config=args.wm_config``).
+
+    A ValueError names the file and the field for an unknown field or a missing config file.
+    """
+    known = {f.name for f in fields(Recipe)} - {"task", "source"}
+    source = Path(path) if path is not None else recipe_file(task)
+    values: dict[str, Any] = {}
+    if path is not None or source.is_file():
+        data = _read_object(source)
+        data.pop("description", None)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name in ("world_model_config", "reward_config", "grpo_config"):
+            if data.get(name):
+                data[name] = str((source.parent / data[name]).resolve())
+        values.update(data)
+        values["source"] = str(source.resolve())
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown recipe override(s): {', '.join(bad)}")
+    values.update({k: (str(Path(v).resolve()) if k.endswith("_config") else v)
+                   for k, v in overrides.items() if v is not None})
+    recipe = Recipe(task=task, **values)
+    for name in ("world_model_config", "reward_config", "grpo_config"):
+        value = getattr(recipe, name)
+        if value and not Path(value).is_file():
+            raise ValueError(f"recipe {name} {value}: no such file" + (f" (from {source})" if recipe.source else ""))
+    return recipe
+
+
+def recipe_from_args(args: Any) -> Recipe:
+    """The recipe a command's settings ask for: ``task`` and ``recipe``, then the single-field options
+    ``wm_config``, ``reward_config`` and ``grpo_config`` (`wmpo compare`: ``wmpo_config``) where present.
+    `wmpo demo`, `wmpo loop` (its LoopConfig) and `wmpo compare` all call this."""
+    return load_recipe(args.task, getattr(args, "recipe", None),
+                       world_model_config=getattr(args, "wm_config", None),
+                       reward_config=getattr(args, "reward_config", None),
+                       grpo_config=getattr(args, "grpo_config", None) or getattr(args, "wmpo_config", None))
+
+
+def add_recipe_option(parser: Any) -> None:
+    """``--recipe FILE``, the same option on `wmpo demo`, `wmpo loop` and `wmpo compare`."""
+    parser.add_argument("--recipe", help="task recipe JSON: world-model, reward and GRPO configs, camera, reward "
+                        "training data (default: wmpo_core/pipeline/recipes/<task>.json; the same for demo, loop "
+                        "and compare)")

@@ -448,18 +448,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-screen", dest="screen", action="store_false",
                         help="ros: skip the imagination screen; every candidate goes to the canary (e.g. when the "
                         "imagined reward's AUC is near 0.5)")
-    parser.add_argument("--screen-starts", type=int, default=d("screen_starts"),
-                        help="ros: held-out episodes whose first frames start the imagination screen (default "
-                        f"{d('screen_starts')})")
-    parser.add_argument("--canary-odds-ratio", type=float, default=d("canary_odds_ratio"),
-                        help=f"ros: effect size the canary test is built for (default {d('canary_odds_ratio'):g}: "
-                        "50%% vs 25%% or 75%% success)")
-    parser.add_argument("--canary-alpha", type=float, default=d("canary_alpha"),
-                        help="ros: bound on false promote and on false rollback at that effect size (default "
-                        f"{d('canary_alpha')})")
-    parser.add_argument("--canary-max-pairs", type=int, default=d("canary_max_pairs"),
-                        help=f"ros: most canary/current episode pairs per decision (default {d('canary_max_pairs')} = "
-                        f"{2 * d('canary_max_pairs')} episodes)")
+    # ros: the screen's start states and the canary's sequential test (wmpo_core.canary)
+    for flag, name, kind, text in (
+            ("--screen-starts", "screen_starts", int,
+             "held-out episodes whose first frames start the imagination screen (default {})"),
+            ("--canary-odds-ratio", "canary_odds_ratio", float,
+             "effect size the canary test is built for (default {:g}: 50%% vs 25%% or 75%% success)"),
+            ("--canary-alpha", "canary_alpha", float,
+             "bound on false promote and on false rollback at that effect size (default {})"),
+            ("--canary-max-pairs", "canary_max_pairs", int,
+             "most canary/current episode pairs per decision (default {}, twice as many episodes)")):
+        parser.add_argument(flag, type=kind, default=d(name), help="ros: " + text.format(d(name)))
     parser.add_argument("--stop-after", choices=ITERATION_STAGES,
                         help="stop after this stage of the first unfinished iteration (a rerun continues)")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The commands behind the README's lift measurements, in order. Each step is skipped when
+# The commands behind the lift measurements in docs/results.md, in order. Each step is skipped when
 # its output already exists, so an interrupted run continues where it stopped.
 # Usage: bash scripts/reproduce_lift.sh [RUN_DIR]   (default: runs/lift)
-# Takes about 8 hours on a 2-core CPU; the README names the step behind each number.
+# Takes about 8 hours on a 2-core CPU; docs/results.md names the step behind each number.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"

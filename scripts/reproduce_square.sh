@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The commands behind the README's square table, in order. Each step is skipped when its output
+# The commands behind the square table in docs/results.md, in order. Each step is skipped when its output
 # already exists, so an interrupted run continues where it stopped.
 # Usage: bash scripts/reproduce_square.sh [RUN_DIR]   (default: runs/square)
 # About 3 hours on a 2-core CPU run as it stands (one core per step); the world-model branch and
 # the comparison's rollouts/baselines are independent until the final compare, which is how the
-# README's run took about 2 hours in two shells.
+# run in docs/results.md took about 2 hours in two shells.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"

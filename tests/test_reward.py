@@ -276,7 +276,8 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     (and it says so), else not at all (every episode succeeded)."""
     from test_rl_trainers_imagination import tiny_world_model
 
-    from wmpo_core.loop import train_calibrated_reward
+    from wmpo_core.pipeline.recipe import Recipe
+    from wmpo_core.pipeline.steps import train_calibrated_reward
 
     def folder(name: str, outcomes: list[bool], first_seed: int):
         path = tmp_path / name
@@ -301,18 +302,24 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     def episode_ids(path):
         return sorted(ep.episode_id for ep in load_episodes(path, "agentview", SIZE))
 
-    r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "a", config=str(config), steps=2, calibrate_on=[own])
+    recipe = Recipe(task="lift", reward_config=str(config))
+
+    def train(episodes, out, calibrate_on=()):
+        inputs = {"episodes": episodes, "world_model": tmp_path / "wm", "calibrate_on": list(calibrate_on),
+                  "steps": 2, "recipe": recipe}
+        return train_calibrated_reward(inputs, out)
+
+    r = train(data, tmp_path / "a", calibrate_on=[own])
     assert r["run"] == str(tmp_path / "a" / "calibrated") and r["calibrated_on"] == [str(own)], r
     assert r["calibration_episodes"] == 2 and ids(tmp_path / "a" / "calibrated") == episode_ids(own)
     assert r["imagined_auc"] in (0.0, 0.5, 1.0)  # one success against one failure
     assert "calibrating on all training episodes" not in capsys.readouterr().out
 
-    r = train_calibrated_reward(data, tmp_path / "wm", tmp_path / "b", config=str(config), steps=2,
-                                calibrate_on=[own_failures])
+    r = train(data, tmp_path / "b", calibrate_on=[own_failures])
     assert "0 of 2 of the policy's episodes succeeded; calibrating on all training episodes" in capsys.readouterr().out
     assert r["run"] == str(tmp_path / "b" / "calibrated") and r["calibrated_on"] == [str(data)], r
     assert r["calibration_episodes"] == 4 and ids(tmp_path / "b" / "calibrated") == episode_ids(data)
 
-    r = train_calibrated_reward(successes, tmp_path / "wm", tmp_path / "c", config=str(config), steps=2)
+    r = train(successes, tmp_path / "c")
     assert r["run"] == str(tmp_path / "c" / "run") and "calibration needs both outcomes" in r["calibration_skipped"]
     assert not (tmp_path / "c" / "calibrated").exists()

@@ -13,7 +13,7 @@ aligned world model, of the policy's own episodes (``calibrate_on: "policy"``; a
 episodes when the policy's own hold one outcome only, or with ``"all"``). ``reward_on_imagined:
 true`` also trains it on the imagined replays of its training episodes (`wmpo train-reward
 --world-model`), the earlier recipe of `wmpo compare`: on lift it lowered the real-video F1
-(0.96 -> 0.79, README "Reward model").
+(0.96 -> 0.79, docs/results.md "Reward model").
 """
 
 from __future__ import annotations

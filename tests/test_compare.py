@@ -70,6 +70,13 @@ def test_package_trained_on_evaluation_seeds_is_refused(tmp_path):
     with pytest.raises(ValueError, match="meet the evaluation seeds"):
         check_training_seeds(leaky, evaluation_seeds(10))
     check_training_seeds(leaky, evaluation_seeds(5))  # seeds 0..4 of the range stay untouched
+    # `wmpo grpo` records the runs of its start states' seeds: any run that meets the evaluation seeds counts.
+    start = EVALUATION_SEEDS.start
+    runs = save_package(tiny_policy(), tmp_path / "runs", parent="base-0", data=summarize_training_data(
+        [], budget=8, seed_ranges=[["start states", 7, 9], ["start states", start + 3, start + 4]]))
+    with pytest.raises(ValueError, match=rf"\[{start + 3}, {start + 4}\)"):
+        check_training_seeds(runs, evaluation_seeds(4))
+    check_training_seeds(runs, evaluation_seeds(3))
     with pytest.raises(ValueError, match="budget of 8"):
         check_budget(leaky, 16)
 
@@ -148,6 +155,11 @@ def test_compare_json_rows(tmp_path, capsys):
         manifest = json.loads((tmp_path / "work" / method / "policy" / "manifest.json").read_text())
         assert manifest["parent"] == rows[0]["version"], method
         assert manifest["training_data"]["budget"] == 8, method
+    # WMPO's imagination starts from the P rollouts (and the toy demos, which have no seed): the rollouts'
+    # seeds are in its manifest for the seed check.
+    wmpo_data = json.loads((tmp_path / "work" / "wmpo" / "policy" / "manifest.json").read_text())["training_data"]
+    assert wmpo_data["seed_ranges"] and all(
+        POLICY_ROLLOUT_SEEDS.start <= start < stop <= POLICY_ROLLOUT_SEEDS.stop for _, start, stop in wmpo_data["seed_ranges"])
     assert all(r["temperature"] == 1.0 for r in rows)
     # One set of P real rollouts: G per start state, recorded as bags, used by DPO and by the alignment.
     from wmpo_core.data.bag import episode_dirs, read_metadata

@@ -78,6 +78,35 @@ def _finish(command: str, result: dict[str, Any], sign: Path | None) -> int:
 
 
 # ================================================================================ grpo (imagination)
+def start_state_seeds(folders: list[str]) -> dict[str, Any]:
+    """``task`` and ``seed_ranges`` ([name, start, stop] runs of consecutive seeds) of the simulated episodes
+    in ``folders``, for the manifest: `wmpo compare` checks them against its evaluation seeds. Episodes
+    without a seed (a real robot's) or whose metadata cannot be read add nothing."""
+    from wmpo_core.data.bag import EpisodeError, episode_dirs, read_metadata
+
+    tasks: set[str] = set()
+    seeds: set[int] = set()
+    for folder in folders:
+        for path in episode_dirs(folder):
+            try:
+                metadata = read_metadata(path)
+            except (EpisodeError, OSError, ValueError):
+                continue  # load_start_states names and skips what it cannot read
+            tasks.add(metadata.task)
+            if metadata.seed is not None:
+                seeds.add(metadata.seed)
+    runs: list[list[Any]] = []
+    for seed in sorted(seeds):
+        if runs and runs[-1][2] == seed:
+            runs[-1][2] = seed + 1
+        else:
+            runs.append(["start states", seed, seed + 1])
+    out: dict[str, Any] = {"seed_ranges": runs} if runs else {}
+    if len(tasks) == 1:
+        out["task"] = tasks.pop()
+    return out
+
+
 def configure_grpo(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo grpo`."""
     _add_common(parser, ROWS)
@@ -122,7 +151,8 @@ def main_grpo(args: argparse.Namespace) -> int:
                                    context_frames=world_model.context_frames)
     except (OSError, ValueError, PackageError) as exc:
         return _error("grpo", str(exc))
-    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward)}
+    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward),
+                             **start_state_seeds(args.episodes)}
     if args.budget is not None:
         extra["budget"] = args.budget
     try:

@@ -85,13 +85,16 @@ def check_training_seeds(package: str | Path, eval_seeds: list[int]) -> None:
     from wmpo_core.registry.package import read_package_manifest
 
     data = read_package_manifest(package).get("training_data") or {}
-    seed_range = data.get("seed_range")
-    if isinstance(seed_range, list) and len(seed_range) == 3:
-        used = SeedRange(str(seed_range[0]), int(seed_range[1]), int(seed_range[2]))
-        held_out = SeedRange("evaluation", min(eval_seeds), max(eval_seeds) + 1)
-        if used.overlaps(held_out):
-            raise ValueError(f"{package}: trained on seeds [{used.start}, {used.stop}), which meet the "
-                             f"evaluation seeds [{held_out.start}, {held_out.stop})")
+    # ``seed_range``: one [name, start, stop]; ``seed_ranges``: several (`wmpo grpo` records the runs of
+    # seeds of the episodes its imagination starts from).
+    ranges = [data.get("seed_range")] + list(data.get("seed_ranges") or [])
+    held_out = SeedRange("evaluation", min(eval_seeds), max(eval_seeds) + 1)
+    for seed_range in ranges:
+        if isinstance(seed_range, list) and len(seed_range) == 3:
+            used = SeedRange(str(seed_range[0]), int(seed_range[1]), int(seed_range[2]))
+            if used.overlaps(held_out):
+                raise ValueError(f"{package}: trained on seeds [{used.start}, {used.stop}), which meet the "
+                                 f"evaluation seeds [{held_out.start}, {held_out.stop})")
 
 
 def check_budget(package: str | Path, budget: int) -> None:

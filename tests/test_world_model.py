@@ -271,3 +271,41 @@ def test_an_oft_policy_imagines_with_its_own_decoding(trained, episodes):
         with torch.no_grad():
             recomputed, _ = PolicyLogProbs(policy)(batch, group.tokens[:, j], 1.6)
         torch.testing.assert_close(recomputed, group.log_probs[:, j], atol=1e-5, rtol=0)
+
+
+def test_region_weighted_loss_is_the_weighted_mean_of_per_position_errors(episodes):
+    """``loss_region`` (beyond the paper): positions inside the box weigh ``loss_region_weight`` times as much.
+    Checked exactly: with one-hot weights the loss is one position's error; a region weighting is the
+    weighted mean of those errors; equal weights give the plain MSE."""
+    from wmpo_core.world_model.train import loss_weights
+
+    wm = tiny_world_model()
+    latents, actions = LatentWindows(wm, episodes).batch(torch.arange(4))
+
+    def loss(weights=None):
+        return wm.training_loss(latents, actions, torch.Generator().manual_seed(3), weights=weights).item()
+
+    side = TINY_TRANSFORMER["latent_size"]
+    assert loss(torch.ones(side, side)) == pytest.approx(loss(), rel=1e-6)
+    config = WorldModelTrainConfig(loss_region=[0.25, 0.5, 0.75, 1.0], loss_region_weight=5.0)
+    weights = loss_weights(config, side)
+    inside = torch.zeros(side, side, dtype=torch.bool)
+    inside[4:8, 2:6] = True  # rows: centres in [0.5, 1); columns: centres in [0.25, 0.75)
+    assert torch.equal(weights, torch.where(inside, 5.0, 1.0))
+    errors = torch.zeros(side, side)
+    for i in range(side):
+        for j in range(side):
+            one_hot = torch.zeros(side, side)
+            one_hot[i, j] = 1.0
+            errors[i, j] = loss(one_hot)
+    assert loss() == pytest.approx(errors.mean().item(), rel=1e-5)
+    assert loss(weights) == pytest.approx(((errors * weights).sum() / weights.sum()).item(), rel=1e-5)
+    assert loss_weights(WorldModelTrainConfig(), side) is None
+
+
+@pytest.mark.parametrize("bad", [{"loss_region": [0.5, 0.0, 0.2, 1.0]}, {"loss_region": [0, 0, 1]},
+                                 {"loss_region": [0, 0, 1, 1.5]}, {"loss_region_weight": 0.5},
+                                 {"loss_region_weight": "x"}])
+def test_a_bad_loss_region_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        WorldModelTrainConfig(**bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import imageio.v2 as imageio
+import numpy as np
 import pytest
 import torch
 
@@ -47,9 +48,13 @@ def test_train_align_evaluate_imagine(bags, tmp_path, capsys):
     assert list((run / "tb").iterdir()), "no TensorBoard events"
 
     aligned = tmp_path / "aligned"
-    assert wmpo(["train-world-model", "--episodes", str(bags / "rollouts"), "--out", str(aligned), "--config", cfg,
-                 "--init", str(run), "--steps", "2"]) == 0
-    capsys.readouterr()
+    # Alignment with the task-region loss weighting (beyond the paper), as a recipe may ask for it.
+    (tmp_path / "region.json").write_text(json.dumps({**CONFIG, "loss_region": [0.25, 0.25, 0.75, 0.75],
+                                                      "loss_region_weight": 4.0}))
+    assert wmpo(["train-world-model", "--episodes", str(bags / "rollouts"), "--out", str(aligned), "--config",
+                 str(tmp_path / "region.json"), "--init", str(run), "--steps", "2"]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out)["final_loss"])
+    assert json.loads((aligned / "train_config.json").read_text())["loss_region_weight"] == 4.0
     # Resuming with a different architecture is refused with the field named, and nothing is overwritten.
     other = json.loads(json.dumps(CONFIG))
     other["transformer"]["hidden_size"] = 64

@@ -135,13 +135,14 @@ class WorldModel:
         return context[:, -1:]
 
     def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
-                      transformer: torch.nn.Module | None = None) -> torch.Tensor:
+                      transformer: torch.nn.Module | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Denoising MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
 
         One diffusion step per window for its predicted frames; context frames at ``context_noise_step``.
         The regression target follows the scheduler's ``prediction_type`` (epsilon, v or x0).
         ``transformer``: the module to run instead of ``self.transformer``, e.g. its DDP wrapper
-        (which all-reduces the gradients but has no ``config``).
+        (which all-reduces the gradients but has no ``config``). ``weights``: (h, w) weights of the latent
+        positions; the loss is then their weighted mean (equal weights give the plain MSE).
         """
         b, c, k = latents.shape[0], self.context_frames, self.chunk_size
         context, target = latents[:, :c], latents[:, c:]
@@ -171,7 +172,10 @@ class WorldModel:
             goal = target
         else:
             raise ValueError(f"prediction_type {kind!r} is not supported; expected one of {PREDICTION_TYPES}")
-        return torch.nn.functional.mse_loss(out, goal)
+        if weights is None:
+            return torch.nn.functional.mse_loss(out, goal)
+        weights = weights.to(out)
+        return ((out - goal) ** 2 * weights).mean() / weights.mean()
 
     @torch.no_grad()
     def predict_chunk(

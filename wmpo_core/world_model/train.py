@@ -78,11 +78,42 @@ class WorldModelTrainConfig:
     tiny_vae: dict[str, Any] = field(default_factory=dict)
     # Overrides of VideoDiffusionTransformer constructor arguments (on top of NEW_TRANSFORMER_DEFAULTS).
     transformer: dict[str, Any] = field(default_factory=dict)
+    # Beyond the paper: the denoising loss of latent positions inside this box (x0, y0, x1, y1 as fractions
+    # of the frame, e.g. where the task's objects are) counts ``loss_region_weight`` times as much as the
+    # rest, so a few-pixel object is not outweighed by the arm. None (default): every position counts once.
+    loss_region: list[float] | None = None
+    loss_region_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss_region is not None:
+            box = self.loss_region
+            if (len(box) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+                    or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1)):
+                raise ValueError(f"loss_region: expected [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                                 f"0 <= y0 < y1 <= 1, got {box!r}")
+        if not (isinstance(self.loss_region_weight, int | float) and self.loss_region_weight >= 1):
+            raise ValueError(f"loss_region_weight: expected a number >= 1, got {self.loss_region_weight!r}")
 
     @classmethod
     def from_json(cls, path: str | Path) -> WorldModelTrainConfig:
         """Read a JSON config; unknown fields are an error naming the file."""
         return dataclass_from_json(cls, path, "training config")
+
+
+def loss_weights(config: WorldModelTrainConfig, latent_size: int) -> torch.Tensor | None:
+    """(h, w) weights of the latent positions for the denoising loss (:attr:`~WorldModelTrainConfig.loss_region`):
+    ``loss_region_weight`` on positions whose centre lies in the box, 1 elsewhere; None without a region."""
+    if config.loss_region is None or config.loss_region_weight == 1:
+        return None
+    x0, y0, x1, y1 = config.loss_region
+    centres = (torch.arange(latent_size) + 0.5) / latent_size
+    inside_y = (centres >= y0) & (centres < y1)
+    inside_x = (centres >= x0) & (centres < x1)
+    if not (inside_y.any() and inside_x.any()):
+        raise ValueError(f"loss_region {config.loss_region} covers no position of the {latent_size}x{latent_size} latent")
+    weights = torch.ones(latent_size, latent_size)
+    weights[inside_y[:, None] & inside_x[None, :]] = float(config.loss_region_weight)
+    return weights
 
 
 # ------------------------------------------------------------------------------------------- VAE
@@ -314,6 +345,8 @@ def train_world_model(
                             generators={}, ema=ema,
                             state={"step": step, "losses": losses_before + losses, "config": asdict(config)})
 
+    weights = loss_weights(config, wm.transformer.config.latent_size)
+    weights = None if weights is None else weights.to(train_on)
     losses: list[float] = []
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     start_time = time.perf_counter()
@@ -323,7 +356,7 @@ def train_world_model(
         idx = torch.randint(0, len(windows), (config.batch_size,), generator=generator)
         latents, actions = windows.batch(idx)
         loss = wm.training_loss(latents.to(train_on), actions.to(train_on), generator,
-                                transformer=transformer)
+                                transformer=transformer, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), config.grad_clip)

@@ -88,6 +88,19 @@ def test_diagnose_imagination_command(tmp_path, capsys):
         assert report["rungs"]["a_real"]["scores"][ep.episode_id] == pytest.approx(float(score), abs=1e-5)
     for rung in report["rungs"].values():
         assert rung["auc"] is not None and rung["ci"][0] <= rung["auc"] <= rung["ci"][1]
+    # The AUC split by failures the reward scores >= 0.5 on real video ("near"), computed here by hand.
+    labels = {ep.episode_id: bool(ep.success) for ep in real}
+    real_scores = report["rungs"]["a_real"]["scores"]
+    near = {e for e, ok in labels.items() if not ok and real_scores[e] >= 0.5}
+    assert report["settings"]["near_failures"] == len(near)
+    for rung in report["rungs"].values():
+        sc = rung["scores"]
+        for key, failures in (("auc_clear_failures", [e for e in labels if not labels[e] and e not in near]),
+                              ("auc_near_failures", sorted(near))):
+            wins = [float(sc[s] > sc[f]) + 0.5 * float(sc[s] == sc[f])
+                    for s in labels if labels[s] for f in failures]
+            assert rung[key] == (pytest.approx(sum(wins) / len(wins)) if wins else None), key
+    assert "AUC vs clear/near failures" in table
     fid = report["fidelity"]
     assert set(fid) == {"c_chunk", "e_replay"} and len(fid["e_replay"]["frame"]["psnr"]) >= 4
     assert fid["c_chunk"]["region"]["psnr"][0] != fid["c_chunk"]["frame"]["psnr"][0]

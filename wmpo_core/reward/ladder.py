@@ -166,14 +166,25 @@ class LadderReport:
     def table(self) -> str:
         """Plain-text ladder: one row per rung; then the fidelity lines."""
         n = self.settings["branch_chunks"]
+        near = self.settings.get("near_failures")
         lines = [f"{self.episodes} episodes ({self.successes} successes); reward tau {self.settings['tau']:.3f}",
-                 f"{'rung':<48}{'AUC':>7}  {'95% CI':<15}{'mean score s/f':>16}{'F1@tau':>8}"]
+                 f"{'rung':<48}{'AUC':>7}  {'95% CI':<15}{'mean score s/f':>16}{'F1@tau':>8}"
+                 + ("  AUC vs clear/near failures" if near is not None else "")]
+
+        def fmt(value: float | None) -> str:
+            return " n/a" if value is None else f"{value:.3f}"
+
         for name, r in self.rungs.items():
             title = RUNG_TITLES[name].format(n=n)
             auc = "  n/a" if r["auc"] is None else f"{r['auc']:.3f}"
             ci = "" if r["auc"] is None else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+            split = (f"  {fmt(r['auc_clear_failures'])}/{fmt(r['auc_near_failures'])}" if "auc_near_failures" in r
+                     else "")
             lines.append(f"{title:<48}{auc:>7}  {ci:<15}{r['mean_success']:>8.3f}/{r['mean_failure']:<7.3f}"
-                         f"{r['f1_at_tau']:>8.3f}")
+                         f"{r['f1_at_tau']:>8.3f}{split}")
+        if near is not None:
+            lines.append(f"near failures: the {near} failed episodes the reward model scores >= 0.5 on real video; "
+                         f"clear: the other {self.episodes - self.successes - near}")
         for rung, f in self.fidelity.items():
             lines.append(f"{rung} fidelity (PSNR dB / SSIM, per chunk after the context):")
             for where in ("frame", "region"):
@@ -253,6 +264,19 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
                         "mean_success": float(scores[labels].mean()) if labels.any() else float("nan"),
                         "mean_failure": float(scores[~labels].mean()) if (~labels).any() else float("nan"),
                         "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)}}
+    if "a_real" in result:
+        # Failures the reward model itself scores near success on real video (>= 0.5: e.g. a cube lifted
+        # almost far enough) are the hardest to keep apart in imagination; the AUC is split by them.
+        real = np.array([result["a_real"]["scores"][ep.episode_id] for ep in labelled])
+        near = ~labels & (real >= 0.5)
+        for r in result.values():
+            scores = np.array([r["scores"][ep.episode_id] for ep in labelled])
+            for key, failures in (("auc_clear_failures", ~labels & ~near), ("auc_near_failures", near)):
+                keep = labels | failures
+                r[key] = roc_auc(scores[keep], labels[keep])
+        near_count = int(near.sum())
+    else:
+        near_count = None
     fidelity: dict[str, Any] = {}
     longest = max(len(ep.frames) for ep in labelled)
     if "c_chunk" in videos:
@@ -262,7 +286,7 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
         fidelity["e_replay"] = _fidelity(videos["e_replay"], labelled, 1, k, box, (longest - 1 + k - 1) // k)
     settings = {"branch_chunks": branch_chunks, "region": list(region) if region is not None else None,
                 "seed": seed, "resamples": resamples, "tau": float(reward.settings.tau), "chunk_size": k,
-                "context_frames": c, "image_size": size, "branch_at": dict(zip([ep.episode_id for ep in labelled],
+                "context_frames": c, "image_size": size, "near_failures": near_count, "branch_at": dict(zip([ep.episode_id for ep in labelled],
                                                                                 branch_at, strict=True))}
     return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings)
 

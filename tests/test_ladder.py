@@ -102,7 +102,17 @@ def test_diagnose_imagination_command(tmp_path, capsys):
             assert rung[key] == (pytest.approx(sum(wins) / len(wins)) if wins else None), key
     assert "AUC vs clear/near failures" in table
     fid = report["fidelity"]
-    assert set(fid) == {"c_chunk", "e_replay"} and len(fid["e_replay"]["frame"]["psnr"]) >= 4
+    assert set(fid) == {"c_chunk", "c_repeat_last", "e_replay"} and len(fid["e_replay"]["frame"]["psnr"]) >= 4
+    # The no-motion reference, by hand: each chunk after the context repeats the frame before it.
+    from wmpo_core.reward.ladder import repeat_last
+    from wmpo_core.world_model.evaluate import psnr
+
+    c, k = tiny_world_model().context_frames, tiny_world_model().chunk_size
+    copies = [repeat_last(ep.frames, c, k) for ep in real]
+    assert all(np.array_equal(v[t], ep.frames[c - 1 + ((t - c) // k) * k]) for v, ep in zip(copies, real, strict=True)
+               for t in range(c, len(ep.frames)))
+    by_hand = np.mean([psnr(v[c:], ep.frames[c:]).mean() for v, ep in zip(copies, real, strict=True)])
+    assert fid["c_repeat_last"]["frame"]["psnr"][0] == pytest.approx(by_hand, rel=1e-6)
     assert fid["c_chunk"]["region"]["psnr"][0] != fid["c_chunk"]["frame"]["psnr"][0]
     # Nothing is overwritten; bad input is named.
     before = out.read_text()

@@ -125,6 +125,14 @@ def chunkwise(world_model: Any, episodes: Sequence[EpisodeFrames], seed: int = 0
     return out
 
 
+def repeat_last(frames: np.ndarray, c: int, k: int) -> np.ndarray:
+    """Rung (c)'s no-motion reference: frames [0, c) real, then every chunk [t, t + K) a copy of frame t - 1."""
+    out = frames.copy()
+    for t in range(c, len(frames), k):
+        out[t : t + k] = frames[t - 1]
+    return out
+
+
 def branched(world_model: Any, episodes: Sequence[EpisodeFrames], branch_at: Sequence[int], seed: int = 0,
              batch_size: int = 8) -> list[np.ndarray]:
     """Rung (d): real frames before ``branch_at[i]``, then the recorded actions replayed in imagination to the end."""
@@ -282,6 +290,8 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     if "c_chunk" in videos:
         # Every chunk of (c) is one step from real context: pool them as one number per episode.
         fidelity["c_chunk"] = _pooled_fidelity(videos["c_chunk"], labelled, c, box)
+        # The reference a dynamics model must beat: every chunk repeats the last real context frame.
+        fidelity["c_repeat_last"] = _pooled_fidelity([repeat_last(ep.frames, c, k) for ep in labelled], labelled, c, box)
     if "e_replay" in videos:
         fidelity["e_replay"] = _fidelity(videos["e_replay"], labelled, 1, k, box, (longest - 1 + k - 1) // k)
     settings = {"branch_chunks": branch_chunks, "region": list(region) if region is not None else None,

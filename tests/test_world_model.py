@@ -309,3 +309,17 @@ def test_region_weighted_loss_is_the_weighted_mean_of_per_position_errors(episod
 def test_a_bad_loss_region_is_refused_naming_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         WorldModelTrainConfig(**bad)
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path):
+    """A run checkpointed before ``loss_region`` existed resumes under the new code (the field had its
+    default then); a changed value is still refused, naming the field."""
+    from dataclasses import asdict
+
+    from wmpo_core.world_model.train import _check_resumable
+
+    old = {k: v for k, v in asdict(WorldModelTrainConfig()).items() if not k.startswith("loss_region")}
+    (tmp_path / "state.json").write_text(json.dumps({"step": 10, "config": old}))
+    _check_resumable(tmp_path, WorldModelTrainConfig(steps=99))
+    with pytest.raises(ValueError, match="loss_region_weight"):
+        _check_resumable(tmp_path, WorldModelTrainConfig(loss_region=[0, 0, 1, 1], loss_region_weight=2.0))

@@ -266,7 +266,9 @@ def _check_resumable(checkpoint: Path, config: WorldModelTrainConfig) -> None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{checkpoint}: unreadable checkpoint state: {exc}") from exc
     current = json.loads(json.dumps(asdict(config)))
-    differ = sorted(k for k in current if k not in _RESUME_MAY_CHANGE and saved.get(k) != current[k])
+    # A field added after the checkpoint was written had its default then (e.g. loss_region).
+    defaults = json.loads(json.dumps(asdict(WorldModelTrainConfig())))
+    differ = sorted(k for k in current if k not in _RESUME_MAY_CHANGE and saved.get(k, defaults[k]) != current[k])
     if differ:
         raise ValueError(f"{checkpoint}: written with a different config (fields {differ}); "
                          "use a new --out directory or the original config")

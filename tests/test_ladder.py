@@ -105,14 +105,24 @@ def test_diagnose_imagination_command(tmp_path, capsys):
     assert set(fid) == {"c_chunk", "c_repeat_last", "e_replay"} and len(fid["e_replay"]["frame"]["psnr"]) >= 4
     # The no-motion reference, by hand: each chunk after the context repeats the frame before it.
     from wmpo_core.reward.ladder import repeat_last
-    from wmpo_core.world_model.evaluate import psnr
 
     c, k = tiny_world_model().context_frames, tiny_world_model().chunk_size
     copies = [repeat_last(ep.frames, c, k) for ep in real]
     assert all(np.array_equal(v[t], ep.frames[c - 1 + ((t - c) // k) * k]) for v, ep in zip(copies, real, strict=True)
                for t in range(c, len(ep.frames)))
-    by_hand = np.mean([psnr(v[c:], ep.frames[c:]).mean() for v, ep in zip(copies, real, strict=True)])
+    def db(errors):  # PSNR of a pooled mean squared error
+        return 10 * np.log10(255.0**2 / np.mean(errors))
+
+    def sq(a, b):
+        return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+
+    by_hand = np.mean([db(sq(v[c:], ep.frames[c:])) for v, ep in zip(copies, real, strict=True)])
     assert fid["c_repeat_last"]["frame"]["psnr"][0] == pytest.approx(by_hand, rel=1e-6)
+    # By position in the chunk: the error of every chunk's first frame pooled over episodes, by hand.
+    first = db(np.concatenate([sq(v[c::k], ep.frames[c::k]) for v, ep in zip(copies, real, strict=True)]))
+    assert len(fid["c_repeat_last"]["in_chunk_psnr"]) == k and len(fid["c_chunk"]["in_chunk_psnr"]) == k
+    assert fid["c_repeat_last"]["in_chunk_psnr"][0] == pytest.approx(first, rel=1e-6)
+    assert "PSNR by position in the chunk" in table
     assert fid["c_chunk"]["region"]["psnr"][0] != fid["c_chunk"]["frame"]["psnr"][0]
     # Nothing is overwritten; bad input is named.
     before = out.read_text()

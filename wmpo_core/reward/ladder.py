@@ -198,6 +198,9 @@ class LadderReport:
             for where in ("frame", "region"):
                 cells = " ".join(f"{p:5.1f}/{s:.2f}" for p, s in zip(f[where]["psnr"], f[where]["ssim"], strict=True))
                 lines.append(f"  {where:<7}{cells}")
+            if "in_chunk_psnr" in f:
+                lines.append("  frame PSNR by position in the chunk: "
+                             + " ".join(f"{p:.1f}" for p in f["in_chunk_psnr"]))
         return "\n".join(lines)
 
 
@@ -289,9 +292,10 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     longest = max(len(ep.frames) for ep in labelled)
     if "c_chunk" in videos:
         # Every chunk of (c) is one step from real context: pool them as one number per episode.
-        fidelity["c_chunk"] = _pooled_fidelity(videos["c_chunk"], labelled, c, box)
+        fidelity["c_chunk"] = _pooled_fidelity(videos["c_chunk"], labelled, c, box, k)
         # The reference a dynamics model must beat: every chunk repeats the last real context frame.
-        fidelity["c_repeat_last"] = _pooled_fidelity([repeat_last(ep.frames, c, k) for ep in labelled], labelled, c, box)
+        fidelity["c_repeat_last"] = _pooled_fidelity([repeat_last(ep.frames, c, k) for ep in labelled], labelled, c,
+                                                     box, k)
     if "e_replay" in videos:
         fidelity["e_replay"] = _fidelity(videos["e_replay"], labelled, 1, k, box, (longest - 1 + k - 1) // k)
     settings = {"branch_chunks": branch_chunks, "region": list(region) if region is not None else None,
@@ -302,9 +306,22 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
 
 
 def _pooled_fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], start: int,
-                     region: tuple[slice, slice]) -> dict[str, Any]:
-    """Mean PSNR / SSIM over every predicted frame (from ``start``), whole frame and region, one 'chunk' each."""
+                     region: tuple[slice, slice], chunk_size: int = 0) -> dict[str, Any]:
+    """PSNR of each episode's mean squared error over every predicted frame (from ``start``), averaged over
+    episodes, and mean SSIM; whole frame and region, one 'chunk' each. With ``chunk_size``, also the PSNR of
+    the pooled error by position inside the chunk (``in_chunk_psnr``).
+
+    PSNR is taken of pooled errors, not averaged per frame: a frame identical to the real one has no finite
+    PSNR (capped at 100 dB), and averaging those caps would flatter a predictor that copies still frames.
+    """
     rows, cols = region
+
+    def db(mse: float) -> float:
+        return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+    def sq_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
+
     out: dict[str, Any] = {}
     for where in ("frame", "region"):
         ps, ss = [], []
@@ -312,9 +329,17 @@ def _pooled_fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFra
             pred, real = video[start:], ep.frames[start:]
             if where == "region":
                 pred, real = pred[:, rows, cols], real[:, rows, cols]
-            ps.append(float(psnr(pred, real).mean()))
+            ps.append(db(float(sq_err(pred, real).mean())))
             if min(pred.shape[1:3]) >= 11:
                 ss.append(float(ssim(np.ascontiguousarray(pred), np.ascontiguousarray(real)).mean()))
         out[where] = {"psnr": [float(np.mean(ps))], "ssim": [float(np.mean(ss)) if ss else float("nan")],
                       "episodes": [len(ps)]}
+    if chunk_size:
+        sums, counts = np.zeros(chunk_size), np.zeros(chunk_size)
+        for video, ep in zip(videos, episodes, strict=True):
+            errors = sq_err(video[start:], ep.frames[start:])
+            for j in range(chunk_size):
+                sums[j] += errors[j::chunk_size].sum()
+                counts[j] += errors[j::chunk_size].size
+        out["in_chunk_psnr"] = [db(float(v)) for v in sums[counts > 0] / counts[counts > 0]]
     return out

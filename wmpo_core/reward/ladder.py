@@ -31,7 +31,7 @@ import numpy as np
 from wmpo_core.reward.model import RewardModel
 from wmpo_core.reward.train import imagined_replays, roc_auc
 from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
-from wmpo_core.world_model.evaluate import psnr, ssim
+from wmpo_core.world_model.evaluate import frame_mse, psnr, psnr_of_mse, ssim
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
 RUNGS = ("a_real", "b_vae", "c_chunk", "d_branch", "e_replay")
@@ -300,8 +300,8 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
         fidelity["e_replay"] = _fidelity(videos["e_replay"], labelled, 1, k, box, (longest - 1 + k - 1) // k)
     settings = {"branch_chunks": branch_chunks, "region": list(region) if region is not None else None,
                 "seed": seed, "resamples": resamples, "tau": float(reward.settings.tau), "chunk_size": k,
-                "context_frames": c, "image_size": size, "near_failures": near_count, "branch_at": dict(zip([ep.episode_id for ep in labelled],
-                                                                                branch_at, strict=True))}
+                "context_frames": c, "image_size": size, "near_failures": near_count,
+                "branch_at": dict(zip([ep.episode_id for ep in labelled], branch_at, strict=True))}
     return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings)
 
 
@@ -315,31 +315,23 @@ def _pooled_fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFra
     PSNR (capped at 100 dB), and averaging those caps would flatter a predictor that copies still frames.
     """
     rows, cols = region
-
-    def db(mse: float) -> float:
-        return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
-
-    def sq_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
-
     out: dict[str, Any] = {}
+    frame_errors: list[np.ndarray] = []  # per episode, per predicted frame: reused by position in the chunk
     for where in ("frame", "region"):
         ps, ss = [], []
         for video, ep in zip(videos, episodes, strict=True):
             pred, real = video[start:], ep.frames[start:]
             if where == "region":
                 pred, real = pred[:, rows, cols], real[:, rows, cols]
-            ps.append(db(float(sq_err(pred, real).mean())))
+            errors = frame_mse(pred, real)
+            if where == "frame":
+                frame_errors.append(errors)
+            ps.append(float(psnr_of_mse(errors.mean())))
             if min(pred.shape[1:3]) >= 11:
                 ss.append(float(ssim(np.ascontiguousarray(pred), np.ascontiguousarray(real)).mean()))
         out[where] = {"psnr": [float(np.mean(ps))], "ssim": [float(np.mean(ss)) if ss else float("nan")],
                       "episodes": [len(ps)]}
     if chunk_size:
-        sums, counts = np.zeros(chunk_size), np.zeros(chunk_size)
-        for video, ep in zip(videos, episodes, strict=True):
-            errors = sq_err(video[start:], ep.frames[start:])
-            for j in range(chunk_size):
-                sums[j] += errors[j::chunk_size].sum()
-                counts[j] += errors[j::chunk_size].size
-        out["in_chunk_psnr"] = [db(float(v)) for v in sums[counts > 0] / counts[counts > 0]]
+        by_position = [np.concatenate([e[j::chunk_size] for e in frame_errors]) for j in range(chunk_size)]
+        out["in_chunk_psnr"] = [float(psnr_of_mse(e.mean())) for e in by_position if e.size]
     return out

@@ -31,10 +31,20 @@ LPIPS_NOTE = "LPIPS not reported: it needs pretrained AlexNet/VGG weights, which
 PREDICTORS = ("model", "repeat_last", "shuffled_actions")
 
 
+def frame_mse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Mean squared error per frame of uint8 (..., H, W, 3) arrays, in 8-bit units."""
+    return ((pred.astype(np.float64) - target.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
+
+
+def psnr_of_mse(err: np.ndarray | float) -> np.ndarray:
+    """PSNR in dB of 8-bit mean squared errors (capped at 100 dB where the error is 0)."""
+    err = np.asarray(err, dtype=np.float64)
+    return np.where(err > 0, 10 * np.log10(255.0**2 / np.maximum(err, 1e-12)), 100.0)
+
+
 def psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """PSNR in dB per frame of uint8 (..., H, W, 3) arrays (capped at 100 dB for identical frames)."""
-    err = ((pred.astype(np.float64) - target.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
-    return np.where(err > 0, 10 * np.log10(255.0**2 / np.maximum(err, 1e-12)), 100.0)
+    return psnr_of_mse(frame_mse(pred, target))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

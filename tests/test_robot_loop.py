@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -85,6 +86,35 @@ def test_robot_mode_needs_the_policy_node(tmp_path: Path) -> None:
                            episodes_from=str(tmp_path / "episodes"), load_node=NODE, canary_odds_ratio=0.5))
     with pytest.raises(RuntimeError, match="odds_ratio"):
         loop.prepare()
+
+
+def test_bad_watch_threshold_is_refused_and_loop_watch_checks_its_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_loop import tiny_package
+
+    (tmp_path / "episodes").mkdir()
+    bad = Loop(LoopConfig(out=str(tmp_path / "bad"), policy=str(tiny_package(tmp_path / "base")), robot="ros",
+                          episodes_from=str(tmp_path / "episodes"), load_node=NODE, watch_threshold=-1.0))
+    with pytest.raises(RuntimeError, match="threshold"):
+        bad.prepare()
+    run = tmp_path / "run"
+    Loop(LoopConfig(out=str(run), policy=str(tmp_path / "base"), robot="ros", episodes_from=str(tmp_path / "episodes"),
+                    load_node=NODE)).prepare()
+
+    def watch_cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-watch", *extra], capture_output=True,
+                              text=True, timeout=120)
+
+    once = watch_cli("--out", str(run), "--once")  # the first version was not promoted by a canary: nothing to watch
+    assert once.returncode == 0 and "nothing to watch" in json.loads(once.stdout)["message"], once.stderr
+    assert watch_cli("--out", str(tmp_path / "episodes")).returncode == 2  # not a loop run
+    assert watch_cli("--out", str(run), "--interval", "0").returncode == 2
+    sim = tmp_path / "sim"
+    Loop(LoopConfig(out=str(sim), policy=str(tmp_path / "base"))).prepare()
+    refused = watch_cli("--out", str(sim), "--once")
+    assert refused.returncode == 1 and "--robot ros" in refused.stderr
 
 
 # ============================================================================ labels
@@ -514,3 +544,100 @@ def test_robot_loop_iterations_screen_from_held_out_real_frames(tmp_path: Path) 
         assert operator.written[next(iter(held_out))][0] == json.loads((it / "metrics.json").read_text())[
             "policy_version"]
     check_iterations_agree(run, operator, chain)
+
+
+# ============================================================================ live watch after a promotion
+@pytest.mark.ros
+@pytest.mark.timeout(600)
+def test_live_watch_rolls_back_a_promoted_version_that_does_worse(robot) -> None:
+    import subprocess
+    import sys
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from ros_helpers import RosProbe
+    from test_loop import tiny_package
+    from wmpo_ros.common import DIAGNOSTICS_QOS
+
+    from wmpo_core.loop import VersionChain
+    from wmpo_core.robot_loop import DIAGNOSTIC_NAME, LiveWatch, _episodes_in, run_canary, watch_rule
+
+    loop, versions, node, tmp = robot
+    base = loop.versions.current["version"]
+    episodes = tmp / "episodes"
+    # The previous version's own record: 12 successes before anything else happened.
+    t0 = time.time_ns() - 3_600_000_000_000
+    for k in range(12):
+        robot_episode(episodes, f"base-{k:02d}", base, recorder_label=True, start_ns=t0 + k * 10_000_000_000)
+
+    # A better canary is promoted (it succeeds where base fails during the canary).
+    result, recorded = run_canary_with_operator(loop, 0, tiny_package(tmp / "better", seed=2), True, versions, node,
+                                                episodes)
+    promoted = result["canary_version"]
+    assert result["pushed"] and loop.versions.current["version"] == promoted
+    base_canary_episodes = [s for v, s in recorded if v == base]
+    # An episode the operator may have recorded on the promoted version just after the verdict (a success).
+    late = sum(1 for r in _episodes_in(episodes)[0]
+               if r["policy_version"] == promoted and r["start_ns"] >= loop.versions.current["promoted_ns"])
+
+    probe = RosProbe(DOMAIN_ID, name="watch_probe")
+    diag = probe.subscribe(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+    live = LiveWatch(loop, interval_s=0.3).start()
+    try:
+        # Episodes the promoted version ran during the canary are not its watch record; three good ones after
+        # the promotion keep it.
+        for k in range(3):
+            robot_episode(episodes, f"after-ok-{k}", promoted, recorder_label=True)
+        probe.wait_for(lambda: any(s.name == DIAGNOSTIC_NAME and any(v.key == "watch_episodes" and v.value == str(3 + late)
+                                                                    for v in s.values) for a in diag for s in a.status),
+                       30, "the watch's state with 3 episodes on /diagnostics")
+        assert loop.versions.current["version"] == promoted and versions.last().data == promoted
+
+        # Then it fails every episode: the watch rolls back after exactly the hand-computed number of failures.
+        rule = watch_rule(loop.config)
+        reference = [True] * 12 + base_canary_episodes
+        p0, p1 = rule.rates(sum(reference), len(reference))
+        w_f = math.log((1 - p1) / (1 - p0))
+        need = math.ceil(rule.threshold / w_f)  # three successes left the statistic at 0
+        for k in range(need + 4):
+            robot_episode(episodes, f"after-bad-{k:02d}", versions.last().data, recorder_label=False)
+            time.sleep(0.4)
+            if loop.versions.current["version"] == base:
+                break
+        deadline = time.monotonic() + 60
+        while loop.versions.current["version"] != base and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live.error is None, live.error
+        assert loop.versions.current["version"] == base, live.state
+        probe.wait_for(lambda: bool(versions) and versions.last().data == base, 30, "the node back on base")
+        chain = VersionChain(loop.run_dir / "versions.json")
+        assert [e["version"] for e in chain.entries] == [base, promoted, base]
+        assert chain.current["reverted_from"] == promoted
+        dec = chain.decisions[-1]
+        assert dec["stage"] == "live watch" and dec["verdict"] == "rolled back" and dec["candidate"] == promoted
+        assert dec["node_version_after"] == base and dec["watch"]["reference_episodes"] == len(reference)
+        # The verdict rests on the good episodes and `need` failures, all after the promotion.
+        assert dec["robot_episodes"] == 3 + late + need and dec["watch"]["successes"] == 3 + late
+        assert {f"after-ok-{k}" for k in range(3)} | {f"after-bad-{k:02d}" for k in range(need)} <= \
+            {e["episode_id"] for e in dec["episodes"]}
+        # The decision is on /diagnostics, as a warning.
+        probe.wait_for(lambda: any(s.name == DIAGNOSTIC_NAME and s.level == bytes([1])
+                                   and any(v.key == "last_decision" and "live watch" in v.value for v in s.values)
+                                   for a in diag for s in a.status), 30, "the rollback on /diagnostics")
+    finally:
+        live.stop()
+        probe.close()
+
+    # A candidate trained from the rolled-back version is not pushed (the node would refuse its lineage anyway).
+    stale = {"version": promoted, "parent": base}
+    out = run_canary(loop, 1, stale, {"decision": {"accept": True, "reason": "test"}},
+                     str(tiny_package(tmp / "stale", seed=3)), loop.iter_dir(1) / "publish")
+    assert not out["pushed"] and out["version"] == base and "rolled back" in out["reason"]
+    assert not (loop.iter_dir(1) / "publish" / "canary.json").exists() and versions.last().data == base
+
+    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(loop.run_dir), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["decision"] for r in rows] == ["initial", "canary: promoted", "live watch: rolled back",
+                                             "canary: not pushed", "robot runs"]
+    assert rows[2]["canary_successes"] == f"{3 + late}/{3 + late + need}" and rows[-1]["version"] == base

@@ -180,3 +180,126 @@ def decide(outcomes: Iterable[tuple[str, bool]], rule: CanaryRule | None = None)
         next_version=next_version(len(canary), len(current)) if verdict == CONTINUE else None,
         rule=asdict(rule) | {"promote_at_llr": rule.upper, "roll_back_at_llr": rule.lower},
     )
+
+
+# ============================================================================ live watch after a promotion
+WATCH_OK = "keep"
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """Settings of the live watch (:func:`watch`): the drop it is built to catch, its alarm level, its reference.
+
+    A promoted version keeps being compared, episode by episode, with the version it replaced.
+    The statistic is Page's CUSUM of the Bernoulli log-likelihood ratio of "the promoted version
+    succeeds at ``p1``" against "it succeeds at ``p0``". ``p0`` is a cautious reading of the
+    previous version's success rate on its own ``n`` labelled episodes with ``s`` successes:
+    the ``reference_quantile`` quantile of its posterior Beta(s + 1, n - s + 1) (a uniform prior),
+    so that a reference that happened to run lucky does not make an unchanged version look
+    worse. ``p1`` is the rate whose odds are ``odds_ratio`` times smaller than ``p0``'s (the
+    effect size, on the canary's scale). After each episode ``S = max(0, S + w)`` with ``w =
+    log(p1 / p0)`` for a success and ``log((1 - p1) / (1 - p0))`` for a failure; the watch rolls
+    back when ``S >= threshold``. Unlike the canary's test it never ends: a version that does
+    well keeps ``S`` near 0, so a later drop is caught as fast as an early one.
+
+    Defaults (``odds_ratio = 3``, ``threshold = 5``, ``reference_quantile = 0.2``, at least
+    ``min_reference = 10`` episodes of the previous version) were chosen with
+    `bench/bench_canary.py`: with a 20-episode reference, about 5 % of unchanged versions are
+    rolled back within 100 episodes, and a drop by the effect size is caught within 100 episodes
+    about 2 times in 3 (the bench prints the table; docs/real_robot.md quotes it).
+    """
+
+    odds_ratio: float = 3.0
+    threshold: float = 5.0
+    reference_quantile: float = 0.2
+    min_reference: int = 10
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.odds_ratio, int | float) and math.isfinite(self.odds_ratio) and self.odds_ratio > 1):
+            raise ValueError(f"watch rule: odds_ratio must be a number > 1, got {self.odds_ratio!r}")
+        if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"watch rule: threshold must be a number > 0, got {self.threshold!r}")
+        if not (isinstance(self.reference_quantile, int | float) and 0 < self.reference_quantile < 1):
+            raise ValueError(f"watch rule: reference_quantile must be in (0, 1), got {self.reference_quantile!r}")
+        if isinstance(self.min_reference, bool) or not isinstance(self.min_reference, int) or self.min_reference < 1:
+            raise ValueError(f"watch rule: min_reference must be an integer >= 1, got {self.min_reference!r}")
+
+    def rates(self, reference_successes: int, reference_episodes: int) -> tuple[float, float]:
+        """(p0, p1): the cautious reference rate (class docstring) and the alarm rate ``odds_ratio`` below it."""
+        p0 = beta_quantile(self.reference_quantile, reference_successes + 1, reference_episodes - reference_successes + 1)
+        odds = p0 / (1.0 - p0) / self.odds_ratio
+        return p0, odds / (1.0 + odds)
+
+    def weights(self, reference_successes: int, reference_episodes: int) -> tuple[float, float]:
+        """(w for a success, w for a failure) of the CUSUM."""
+        p0, p1 = self.rates(reference_successes, reference_episodes)
+        return math.log(p1 / p0), math.log((1.0 - p1) / (1.0 - p0))
+
+
+def beta_quantile(q: float, a: int, b: int) -> float:
+    """The ``q`` quantile of Beta(a, b) for integers a, b >= 1.
+
+    Written here (not scipy.stats.beta.ppf) because scipy is a dependency of the ``sim`` extra only and the
+    robot loop must not need it. For integer parameters the Beta CDF is a binomial tail, ``P(Beta(a, b) <= x)
+    = P(Binomial(a + b - 1, x) >= a)``, computed exactly; the quantile is found by bisection (60 halvings).
+    """
+    if a < 1 or b < 1 or not 0 < q < 1:
+        raise ValueError(f"beta_quantile: need a, b >= 1 and q in (0, 1), got q={q}, a={a}, b={b}")
+    n = a + b - 1
+
+    def cdf(x: float) -> float:
+        return sum(math.comb(n, j) * x**j * (1.0 - x) ** (n - j) for j in range(a, n + 1))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass
+class WatchDecision:
+    """The live watch's verdict on a promoted version's episodes so far, with every number it rests on."""
+
+    verdict: str  # ROLL_BACK or WATCH_OK
+    reason: str
+    episodes: int  # the promoted version's episodes the verdict rests on (up to the alarm)
+    successes: int
+    reference_episodes: int
+    reference_successes: int
+    reference_rate: float | None  # p0 (None while the reference is too small)
+    alarm_rate: float | None  # p1
+    cusum: float
+    rule: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (versions.json, /diagnostics)."""
+        return asdict(self)
+
+
+def watch(outcomes: Iterable[bool], reference: Iterable[bool], rule: WatchRule | None = None) -> WatchDecision:
+    """The live watch (:class:`WatchRule`) over a promoted version's outcomes, in the order the robot ran them,
+    against the previous version's outcomes ``reference``; stops at the first alarm."""
+    rule = rule or WatchRule()
+    runs = [bool(x) for x in outcomes]
+    ref = [bool(x) for x in reference]
+    n_ref, s_ref = len(ref), sum(ref)
+    settings = asdict(rule)
+    if n_ref < rule.min_reference:
+        return WatchDecision(WATCH_OK, f"no reference yet: {n_ref} labelled episode(s) of the previous version, "
+                             f"the watch needs {rule.min_reference}", len(runs), sum(runs), n_ref, s_ref,
+                             None, None, 0.0, settings)
+    p0, p1 = rule.rates(s_ref, n_ref)
+    w_success, w_failure = rule.weights(s_ref, n_ref)
+    cusum, used = 0.0, 0
+    for success in runs:
+        cusum = max(0.0, cusum + (w_success if success else w_failure))
+        used += 1
+        if cusum >= rule.threshold:
+            s = sum(runs[:used])
+            return WatchDecision(ROLL_BACK, f"worse than the previous version: {s}/{used} successes against its "
+                                 f"{s_ref}/{n_ref}; CUSUM {cusum:.2f} >= {rule.threshold:g} (alarm rate {p1:.2f})",
+                                 used, s, n_ref, s_ref, p0, p1, cusum, settings)
+    return WatchDecision(WATCH_OK, f"{sum(runs)}/{used} successes against the previous version's {s_ref}/{n_ref}; "
+                         f"CUSUM {cusum:.2f} < {rule.threshold:g}", used, sum(runs), n_ref, s_ref, p0, p1, cusum,
+                         settings)

@@ -145,8 +145,11 @@ class LoopConfig:
     canary_odds_ratio: float = 3.0
     canary_alpha: float = 0.05
     canary_max_pairs: int = 30
+    # ros only: the live watch of a promoted version (wmpo_core.robot_loop.LiveWatch, wmpo_core.canary.watch).
+    watch: bool = True
+    watch_threshold: float = 5.0
     # Settings that may differ between a run and its resumption.
-    RESUMABLE: tuple[str, ...] = field(default=("out", "collect_timeout_s", "load_node"), repr=False)
+    RESUMABLE: tuple[str, ...] = field(default=("out", "collect_timeout_s", "load_node", "watch"), repr=False)
 
     def settings(self) -> dict[str, Any]:
         """The stored settings (everything but the RESUMABLE list itself)."""
@@ -216,14 +219,15 @@ class Loop:
             raise StageError("--robot ros: give --load-node, the policy node the canary is pushed to and switched on "
                              "(e.g. /policy)")
         if cfg.robot == "ros":
-            from wmpo_core.robot_loop import canary_rule
+            from wmpo_core.robot_loop import canary_rule, watch_rule
 
             if cfg.screen_starts < 1:
                 raise StageError(f"--screen-starts: expected >= 1, got {cfg.screen_starts}")
             try:
                 canary_rule(cfg)
+                watch_rule(cfg)
             except ValueError as exc:
-                raise StageError(f"--canary-*: {exc}") from None
+                raise StageError(f"--canary-* / --watch-threshold: {exc}") from None
         if cfg.episodes_per_iter < 1 or cfg.gate_episodes < 1:
             raise StageError("--episodes-per-iter and --gate-episodes must be positive")
         if not 0 < cfg.gate_alpha <= 1:
@@ -396,12 +400,21 @@ class Loop:
 
             forbid_simulator("`wmpo loop --robot ros`")
         self.prepare()
+        live = None
+        if self.config.robot == "ros" and self.config.watch:
+            from wmpo_core.robot_loop import LiveWatch
+
+            live = LiveWatch(self).start()
         done = []
-        for i in range(iterations):
-            r = self.run_iteration(i, stop_after=stop_after)
-            if r is None:
-                break
-            done.append(r)
+        try:
+            for i in range(iterations):
+                r = self.run_iteration(i, stop_after=stop_after)
+                if r is None:
+                    break
+                done.append(r)
+        finally:
+            if live is not None:
+                live.stop()
         return done
 
 
@@ -459,6 +472,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
             ("--canary-max-pairs", "canary_max_pairs", int,
              "most canary/current episode pairs per decision (default {}, twice as many episodes)")):
         parser.add_argument(flag, type=kind, default=d(name), help="ros: " + text.format(d(name)))
+    parser.add_argument("--no-watch", dest="watch", action="store_false",
+                        help="ros: no live watch of a promoted version (`wmpo loop-watch` can run it separately)")
+    parser.add_argument("--watch-threshold", type=float, default=d("watch_threshold"),
+                        help="ros: CUSUM level at which the live watch rolls a promoted version back (default "
+                        f"{d('watch_threshold'):g}; bench/bench_canary.py prints its error rates)")
     parser.add_argument("--stop-after", choices=ITERATION_STAGES,
                         help="stop after this stage of the first unfinished iteration (a rerun continues)")
 

@@ -20,6 +20,16 @@ publish stages are replaced by:
    current version; the canary is recorded as refused with its numbers). The node's active
    version is read back after every decision; a mismatch stops the loop.
 
+3. **live watch** (:class:`LiveWatch`, a thread of the loop process, and `wmpo loop-watch` for the
+   time after the loop): a version the canary promoted keeps being compared, episode by episode,
+   with the version it replaced (:func:`wmpo_core.canary.watch`: a CUSUM against the previous
+   version's labelled episodes). When it falls below by the effect size the watch calls the
+   node's ``~/rollback``, reads the node's version back, records the decision and makes the
+   previous version the chain's head again. It pauses while a canary runs (the canary's own
+   test watches then) and a candidate trained from a rolled-back version is not pushed. Its
+   state and every decision are published on ``/diagnostics`` (status ``wmpo_loop: versions``,
+   once a second).
+
 Labels, in order of trust (:func:`episode_outcome`): an operator's label file (``wmpo
 label``), the recorder's label (``~/label``, stored in the bag's metadata), the success topic
 recorded in the bag (``/wmpo/success`` true at any time), and last the reward model on the
@@ -38,14 +48,26 @@ shows the decisions instead of evaluating in the simulator.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wmpo_core.canary import CANARY, CONTINUE, CURRENT, PROMOTE, CanaryRule, decide
+from wmpo_core.canary import (
+    CANARY,
+    CONTINUE,
+    CURRENT,
+    PROMOTE,
+    ROLL_BACK,
+    CanaryRule,
+    WatchRule,
+    decide,
+    watch,
+)
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic
 from wmpo_core.pipeline.guard import (  # noqa: F401 - the guard's names, re-exported
     SIMULATOR_ENV,
@@ -351,11 +373,38 @@ def canary_rule(cfg: Any) -> CanaryRule:
 def run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any], candidate: str,
                d: Path) -> dict[str, Any]:
     """The publish stage in robot mode: push the candidate as a canary, alternate, decide, promote or roll back."""
+    if not gate["decision"]["accept"]:
+        return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
+    with node_lock(loop):  # the live watch pauses while a canary runs
+        head = loop.versions.current["version"]
+        if head != current["version"] and not (d / "canary.json").is_file():
+            reason = (f"not pushed: the candidate was trained from {current['version']}, which the live watch rolled "
+                      f"back to {head} meanwhile")
+            loop.versions.record_decision({"iteration": i, "stage": "canary", "verdict": "not pushed",
+                                           "candidate": candidate, "current": current["version"], "reason": reason,
+                                           "robot_episodes": 0, "at": _now()})
+            print(f"    canary: {reason}", flush=True)
+            return {"pushed": False, "reason": reason, "version": head}
+        return _run_canary(loop, i, current, gate, candidate, d)
+
+
+def node_lock(loop: Loop) -> threading.Lock:
+    """The loop's lock on the policy node: held by a canary, taken by the live watch for a rollback."""
+    with _LOCK_GUARD:
+        lock = getattr(loop, "_node_lock", None)
+        if lock is None:
+            lock = loop._node_lock = threading.Lock()
+        return lock
+
+
+_LOCK_GUARD = threading.Lock()
+
+
+def _run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any], candidate: str,
+                d: Path) -> dict[str, Any]:
     cfg = loop.config
     node = cfg.load_node
     log = d / "commands.log"
-    if not gate["decision"]["accept"]:
-        return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
     pkg = d / "package"
     canary = export_package(candidate, pkg, loop.private_key, parent=current["version"], log=log)["version"]
     state_path = d / "canary.json"
@@ -440,9 +489,236 @@ def run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any]
     if promote:
         loop.versions.append({"version": canary, "parent": current["version"], "package": str(pkg),
                               "installed": installed, "iteration": i, "gate": gate["decision"]["reason"],
-                              "canary": decision.reason, "pushed_at": state["started_at"]})
+                              "canary": decision.reason, "pushed_at": state["started_at"],
+                              "promoted_at": record["at"], "promoted_ns": time.time_ns()})
     return {"pushed": promote, "version": expected, "canary_version": canary, "parent": current["version"],
             "package": str(pkg), "installed": installed, "reason": decision.reason, "canary": record}
+
+
+# ============================================================================ live watch
+DIAGNOSTIC_NAME = "wmpo_loop: versions"
+
+
+def watch_rule(cfg: Any) -> WatchRule:
+    """The loop's live-watch settings as a rule (the canary's effect size, the watch's own threshold)."""
+    return WatchRule(odds_ratio=cfg.canary_odds_ratio, threshold=cfg.watch_threshold)
+
+
+class LiveWatch:
+    """The promoted version against the one it replaced, from the robot's labelled episodes (module docstring).
+
+    :meth:`check` looks once (and rolls back on an alarm); :meth:`start` runs it every ``interval_s``
+    in a daemon thread that also publishes the state on ``/diagnostics``; :meth:`stop` ends it.
+    """
+
+    def __init__(self, loop: Loop, interval_s: float = 5.0, publish: bool = True) -> None:
+        self.loop = loop
+        self.rule = watch_rule(loop.config)
+        self.interval_s = interval_s
+        self.publish = publish
+        self.state: dict[str, Any] = {"watching": None, "message": "starting"}
+        self.error: str | None = None
+        self._labels: dict[str, tuple[float, dict[str, Any]]] = {}  # episode id -> (bag folder mtime, label)
+        self._labeller: Labeller | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        node_lock(loop)
+
+    # -- one look ------------------------------------------------------------------------------
+    def _reward_run(self) -> str | None:
+        """The newest iteration's reward model (labels of episodes with no operator, recorder or topic label)."""
+        for it in sorted(self.loop.run_dir.glob("iter_*"), key=lambda p: int(p.name.split("_")[1]), reverse=True):
+            marker = it / "reward" / MARKER
+            if marker.is_file():
+                return read_json(marker).get("trained")
+        return None
+
+    def _label(self, row: dict[str, Any]) -> dict[str, Any]:
+        path = Path(row["path"])
+        stamp = path.stat().st_mtime  # `wmpo label` writes beside the bag: a changed label changes the folder
+        cached = self._labels.get(row["episode_id"])
+        if cached and cached[0] == stamp:
+            return cached[1]
+        reward_run = self._reward_run()
+        if self._labeller is None or self._labeller.reward_run != reward_run:
+            self._labeller = Labeller(reward_run)
+        label = self._labeller(path)
+        self._labels[row["episode_id"]] = (stamp, label)
+        return label
+
+    def check(self) -> dict[str, Any] | None:
+        """Look once; the rollback record when the watch rolled the head back, else None.
+
+        Skipped (None) while a canary holds the node; a failed rollback raises StageError.
+        """
+        lock = node_lock(self.loop)
+        if not lock.acquire(blocking=False):
+            self.state = {**self.state, "message": "paused: a canary is running"}
+            return None
+        try:
+            return self._check()
+        finally:
+            lock.release()
+
+    def _check(self) -> dict[str, Any] | None:
+        chain = self.loop.versions
+        head = chain.current
+        if not head.get("promoted_ns") or not head.get("parent"):
+            self.state = {"watching": None, "head": head["version"],
+                          "message": f"{head['version']} was not promoted by a canary: nothing to watch"}
+            return None
+        parent = head["parent"]
+        rows, _ = _episodes_in(Path(self.loop.config.episodes_from))
+        mine = [r for r in rows if r["policy_version"] == head["version"] and r["start_ns"] >= head["promoted_ns"]]
+        previous = [r for r in rows if r["policy_version"] == parent]
+        for r in mine + previous:
+            r.update(self._label(r))
+        mine = [r for r in mine if r["success"] is not None]
+        previous = [r for r in previous if r["success"] is not None]
+        decision = watch([r["success"] for r in mine], [r["success"] for r in previous], self.rule)
+        self.state = {"watching": head["version"], "previous": parent, "head": head["version"],
+                      "message": decision.reason, "decision": decision.to_dict()}
+        if decision.verdict != ROLL_BACK:
+            return None
+        node = self.loop.config.load_node
+        print(f"    live watch: {head['version']} {decision.reason}; rolling back to {parent}", flush=True)
+        message = node_rollback(node)
+        after = node_version(node, expected=parent, timeout_s=30.0)
+        if after != parent:
+            raise StageError(f"{node}: the live watch rolled {head['version']} back but the node runs {after!r}, "
+                             f"expected {parent}")
+        used = mine[: decision.episodes]
+        record = {"iteration": head.get("iteration"), "stage": "live watch", "verdict": "rolled back",
+                  "candidate": head["version"], "current": parent, "reason": decision.reason,
+                  "robot_episodes": decision.episodes, "watch": decision.to_dict(),
+                  "episodes": [{k: r.get(k) for k in ("episode_id", "policy_version", "success", "source", "f1")}
+                               for r in used],
+                  "reference_episodes": len(previous), "node_message": message, "node_version_after": after,
+                  "at": _now()}
+        chain.revert(head["version"], record)
+        self.state = {"watching": None, "head": parent, "message": f"rolled back {head['version']} to {parent}: "
+                      f"{decision.reason}", "last_decision": record}
+        print(f"    live watch: rolled back {head['version']}; {node} runs {after}", flush=True)
+        return record
+
+    # -- in the background -------------------------------------------------------------------
+    def start(self) -> LiveWatch:
+        """Run :meth:`check` every ``interval_s`` (and publish /diagnostics once a second) in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="wmpo-live-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread (the check in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        with contextlib.ExitStack() as stack:
+            publisher = None
+            if self.publish:
+                try:
+                    publisher = stack.enter_context(_diagnostics_publisher())
+                except Exception as exc:  # noqa: BLE001 - the watch still works without /diagnostics
+                    print(f"    live watch: not publishing on /diagnostics ({type(exc).__name__}: {exc})", flush=True)
+            next_check = 0.0
+            while not self._stop.is_set():
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.interval_s
+                    try:
+                        self.check()
+                    except Exception as exc:  # noqa: BLE001 - reported on /diagnostics and in the log, never fatal
+                        self.error = f"{type(exc).__name__}: {exc}"
+                        print(f"    live watch: {self.error}", flush=True)
+                if publisher is not None:
+                    publisher(self.diagnostic())
+                self._stop.wait(1.0)
+
+    def diagnostic(self) -> dict[str, Any]:
+        """The state as a DiagnosticStatus's fields: level (0 OK, 1 WARN, 2 ERROR), message and key values."""
+        chain = self.loop.versions
+        last = chain.decisions[-1] if chain.decisions else None
+        level = 2 if self.error else 1 if last and last.get("verdict") == "rolled back" else 0
+        values = {"head": chain.current["version"], "watching": self.state.get("watching") or "",
+                  "previous": self.state.get("previous", ""), "error": self.error or ""}
+        dec = self.state.get("decision") or {}
+        for key in ("episodes", "successes", "reference_episodes", "reference_successes", "cusum"):
+            if key in dec:
+                values[f"watch_{key}"] = f"{dec[key]:.3f}" if isinstance(dec[key], float) else str(dec[key])
+        if dec:
+            values["watch_threshold"] = f"{self.rule.threshold:g}"
+        if last:
+            values["last_decision"] = json.dumps({k: last.get(k) for k in ("stage", "verdict", "candidate", "current",
+                                                                         "reason", "at")})
+        message = self.error or self.state.get("message", "")
+        return {"level": level, "message": message, "values": values}
+
+
+@contextlib.contextmanager
+def _diagnostics_publisher() -> Iterator[Any]:
+    """A function publishing one DiagnosticStatus (``DIAGNOSTIC_NAME``) on /diagnostics (reliable, volatile)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                     history=HistoryPolicy.KEEP_LAST, depth=10)
+    with _ros_session() as (node, _executor):
+        pub = node.create_publisher(DiagnosticArray, "/diagnostics", qos)
+
+        def publish(status: dict[str, Any]) -> None:
+            msg = DiagnosticArray()
+            msg.header.stamp = node.get_clock().now().to_msg()
+            msg.status = [DiagnosticStatus(level=bytes([status["level"]]), name=DIAGNOSTIC_NAME,
+                                           message=status["message"][:400], hardware_id=node.get_name(),
+                                           values=[KeyValue(key=k, value=str(v)) for k, v in status["values"].items()])]
+            pub.publish(msg)
+
+        yield publish
+
+
+HELP_loop_watch = "robot run: watch the promoted version and roll back to the previous one when it does worse"
+
+
+def configure_loop_watch(parser: Any) -> None:
+    """Arguments of `wmpo loop-watch`."""
+    parser.add_argument("--out", type=Path, required=True, help="the `wmpo loop --robot ros` run directory")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default 5)")
+    parser.add_argument("--once", action="store_true", help="look once, print the state and exit")
+
+
+def main_loop_watch(args: Any) -> int:
+    """Watch a robot run's promoted version until interrupted (its settings come from RUN/loop.json)."""
+    import sys
+
+    from wmpo_core.loop import Loop, LoopConfig
+
+    stored = args.out / "loop.json"
+    if not stored.is_file():
+        print(f"wmpo loop-watch: {stored}: not a loop run", file=sys.stderr)
+        return 2
+    if not args.interval > 0:
+        print(f"wmpo loop-watch: --interval must be > 0, got {args.interval}", file=sys.stderr)
+        return 2
+    settings = read_json(stored)
+    try:
+        cfg = LoopConfig(**{k: v for k, v in settings.items() if k in LoopConfig.__dataclass_fields__})
+        if cfg.robot != "ros":
+            raise StageError(f"{args.out}: a {cfg.robot!r} run; the live watch is for `--robot ros` runs")
+        forbid_simulator("`wmpo loop-watch`")
+        live = LiveWatch(Loop(cfg), interval_s=args.interval, publish=not args.once)
+        if args.once:
+            record = live.check()
+            print(json.dumps(record or live.state, indent=2))
+            return 0
+        live.start()
+        print(f"wmpo loop-watch: watching {args.out} (head {live.loop.versions.current['version']}); Ctrl-C stops",
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except (StageError, OSError, ValueError, TypeError) as exc:
+        print(f"wmpo loop-watch: {exc}", file=sys.stderr)
+        return 1
 
 
 # ============================================================================ report
@@ -467,6 +743,11 @@ def robot_report_rows(run_dir: Path) -> list[dict[str, Any]]:
         if canary:
             row["canary_successes"] = f"{canary['canary_successes']}/{canary['canary_episodes']}"
             row["current_successes"] = f"{canary['current_successes']}/{canary['current_episodes']}"
+            row["label_sources"] = sorted({e["source"] for e in dec.get("episodes", [])})
+        watched = dec.get("watch")
+        if watched:  # the live watch: the promoted version's episodes against the previous version's
+            row["canary_successes"] = f"{watched['successes']}/{watched['episodes']}"
+            row["current_successes"] = f"{watched['reference_successes']}/{watched['reference_episodes']}"
             row["label_sources"] = sorted({e["source"] for e in dec.get("episodes", [])})
         rows.append(row)
     rows.append({"iteration": None, "decision": "robot runs", "version": chain.current["version"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,15 @@ from wmpo_core.io_utils import StageError, read_json, write_json_atomic
 class VersionChain:
     """``RUN/versions.json``: every version the robot ran, in order, each with its parent; and, for a
     robot run, every decision about a candidate (``decisions``: screen refusals, canary promotions and
-    rollbacks, wmpo_core.robot_loop)."""
+    rollbacks, rollbacks by the live watch, wmpo_core.robot_loop).
+
+    A version the live watch rolled back is followed by a second entry of its parent's version
+    (``reverted_from`` names the one rolled back): the chain's head is always what the robot runs.
+    Changes are serialised by a lock (the loop's live watch writes from its own thread)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         data = read_json(path) if path.is_file() else {}
         self.entries: list[dict[str, Any]] = data.get("versions", [])
         self.decisions: list[dict[str, Any]] = data.get("decisions", [])
@@ -28,6 +34,10 @@ class VersionChain:
 
     def append(self, entry: dict[str, Any]) -> None:
         """Add a version whose parent must be the current one; saved at once."""
+        with self._lock:
+            self._append(entry)
+
+    def _append(self, entry: dict[str, Any]) -> None:
         if self.entries and entry.get("parent") != self.current["version"]:
             raise StageError(f"{self.path}: version {entry.get('version')} has parent {entry.get('parent')}, "
                              f"expected the current version {self.current['version']}")
@@ -38,12 +48,31 @@ class VersionChain:
 
     def record_decision(self, decision: dict[str, Any]) -> None:
         """Append a decision about a candidate; saved at once."""
-        self.decisions.append(decision)
-        self.save()
+        with self._lock:
+            self.decisions.append(decision)
+            self.save()
+
+    def revert(self, rolled_back: str, decision: dict[str, Any]) -> dict[str, Any]:
+        """The head ``rolled_back`` was rolled back to its parent: record ``decision`` and make the parent's
+        entry the head again (a copy with ``reverted_from``); both saved at once. Returns the new head."""
+        with self._lock:
+            head = self.current
+            if head["version"] != rolled_back:
+                raise StageError(f"{self.path}: cannot roll back {rolled_back}: the head is {head['version']}")
+            parent = next((e for e in self.entries if e["version"] == head.get("parent")), None)
+            if parent is None:
+                raise StageError(f"{self.path}: {rolled_back} has no parent in the chain to roll back to")
+            entry = {k: v for k, v in parent.items() if k not in ("reverted_from", "promoted_ns", "canary")}
+            entry.update({"reverted_from": rolled_back, "reverted_at": decision.get("at")})
+            self.decisions.append(decision)
+            self.entries.append(entry)
+            self.save()
+            return entry
 
     def save(self) -> None:
         """Write the chain atomically."""
-        data: dict[str, Any] = {"versions": self.entries}
-        if self.decisions:
-            data["decisions"] = self.decisions
-        write_json_atomic(self.path, data)
+        with self._lock:
+            data: dict[str, Any] = {"versions": self.entries}
+            if self.decisions:
+                data["decisions"] = self.decisions
+            write_json_atomic(self.path, data)

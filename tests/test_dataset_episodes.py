@@ -11,7 +11,8 @@ JOINTS = [f"j{i}" for i in range(9)]
 
 
 def write_episode_bag(out_dir, episode_id, frames, actions, proprio=None, instruction="lift the cube",
-                      success=True, task="lift", control_hz=20.0):
+                      success=True, task="lift", control_hz=20.0, action_names=T.ACTION_NAMES,
+                      joint_names=JOINTS):
     """Write a real episode bag: frame t stamped just before applied action t (docs/interfaces.md)."""
     meta = EpisodeMetadata.new(task, instruction, episode_id=episode_id, control_hz=control_hz)
     period = int(1e9 / control_hz)
@@ -26,8 +27,8 @@ def write_episode_bag(out_dir, episode_id, frames, actions, proprio=None, instru
             for cam, imgs in frames.items():
                 w.write(T.camera_image_topic(cam), stamp, T.image_msg(stamp, imgs[t]))
             js = proprio[t] if proprio is not None else np.zeros(9)
-            w.write(T.JOINT_STATES, stamp, T.joint_state_msg(stamp, JOINTS, js))
-            w.write(T.APPLIED_ACTION, stamp + period // 2, T.applied_action_msg(stamp + period // 2, actions[t]))
+            w.write(T.JOINT_STATES, stamp, T.joint_state_msg(stamp, joint_names, js))
+            w.write(T.APPLIED_ACTION, stamp + period // 2, T.applied_action_msg(stamp + period // 2, actions[t], action_names))
         w.set_label(success)
     return out_dir / episode_id
 
@@ -111,3 +112,44 @@ def test_bag_corrupted_after_indexing_is_skipped_with_warning(episodes, tmp_path
         s = ds[1]
     assert s["episode_id"] == "ep_2"
     assert ds[0]["episode_id"] == "ep_2"  # remembered: no second attempt, no second warning
+    assert ds.episode_ids == ["ep_2"]  # the manifest's training data no longer lists it
+    assert [s["episode"] for s in ds.skipped_summary()] == ["ep_0"]
+
+
+def test_duplicate_episode_ids_are_trained_on_once_and_named(episodes, tmp_path):
+    import shutil
+
+    root, _ = episodes
+    shutil.copytree(root / "ep_0", tmp_path / "ep_0")
+    shutil.copytree(root / "ep_0", tmp_path / "ep_0_copy")  # the same episode under another folder name
+    shutil.copytree(root / "ep_2", tmp_path / "ep_2")
+    with pytest.warns(RuntimeWarning, match="skipping episode .*ep_0_copy: duplicate episode id ep_0"):
+        ds = EpisodeDataset(tmp_path, chunk_size=2)
+    assert ds.episode_ids == ["ep_0", "ep_2"] and len(ds) == 5 + 9
+    assert ds.skipped_summary()[0]["episode"] == "ep_0_copy"
+
+
+def test_episodes_of_another_arm_are_skipped_by_name(tmp_path):
+    for i in range(3):
+        frames, actions, proprio = _episode(6, i)
+        write_episode_bag(tmp_path, f"ep_{i}", frames, actions, proprio)
+    frames, actions, proprio = _episode(6, 7)
+    # A 6-dim action arm: the reader refuses its actions by name.
+    write_episode_bag(tmp_path, "ep_six_dof", frames, np.zeros((6, 6)), proprio, action_names=T.ACTION_NAMES[:6])
+    # A 7-joint arm: its actions read, its proprio has another size than the others'.
+    write_episode_bag(tmp_path, "ep_seven_joints", frames, actions, proprio[:, :7], joint_names=JOINTS[:7])
+    ds = EpisodeDataset(tmp_path, chunk_size=2)
+    with pytest.warns(RuntimeWarning) as caught:
+        stats = ds.compute_norm_stats()
+    reasons = {str(w.message).split(": ")[0].rsplit("/", 1)[-1]: str(w.message) for w in caught}
+    assert "lack ['gripper']" in reasons["ep_six_dof"]
+    assert "action size 7 and proprio size 7; most episodes have 7 and 9" in reasons["ep_seven_joints"]
+    assert stats.get().dim == 7 and stats.get(quantity="proprio").dim == 9
+    assert ds.episode_ids == ["ep_0", "ep_1", "ep_2"]
+    assert {ds[k]["episode_id"] for k in range(len(ds))} == {"ep_0", "ep_1", "ep_2"}
+    # Without statistics computed on this folder, the policy's own statistics set the sizes: the odd episode is
+    # skipped when first sampled, by name, and training goes on with the others.
+    fresh = EpisodeDataset(tmp_path, chunk_size=2, norm_stats=stats)
+    with pytest.warns(RuntimeWarning, match="ep_seven_joints.*proprio size 7"):
+        seen = {fresh[k]["episode_id"] for k in range(len(fresh))}
+    assert seen == {"ep_0", "ep_1", "ep_2"} and "ep_seven_joints" not in fresh.episode_ids

@@ -120,3 +120,21 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path, decoding):
     for name, g in single.items():
         # float32 all-reduce sums in a different order: agreement to 1e-6 absolute / 1e-4 relative
         torch.testing.assert_close(ddp[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_manifest_lists_only_the_episodes_trained_on_and_names_the_skipped(bags, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    for i in range(3):
+        shutil.copytree(bags / f"ep_{i}", data / f"ep_{i}")
+    shutil.copytree(bags / "ep_0", data / "ep_0_again")  # the same episode twice
+    (data / "ep_broken").mkdir()
+    (data / "ep_broken" / "ep_broken_0.mcap").write_bytes(b"not a bag")
+    tc = TrainConfig(steps=2, batch_size=2, save_every=2, warmup_steps=1, val_fraction=0.0, log_every=1)
+    with pytest.warns(RuntimeWarning, match="skipping episode"):
+        package = train_policy(data, tmp_path / "run", VLAConfig(**TINY), tc, progress=False)
+    manifest = json.loads((package / "manifest.json").read_text())["training_data"]
+    assert manifest["episode_ids"] == ["ep_0", "ep_1", "ep_2"] and manifest["num_episodes"] == 3
+    skipped = {s["episode"]: s["reason"] for s in manifest["skipped"]}
+    assert set(skipped) == {"ep_0_again", "ep_broken"} and "duplicate episode id ep_0" in skipped["ep_0_again"]

@@ -118,7 +118,9 @@ class EpisodeDataset:
         self._bad: set[int] = set()
         self.skipped: list[tuple[Path, str]] = []
         self.episodes: list[EpisodeRef] = []
+        self._dims: dict[str, int] | None = None  # action / proprio size every sample must have
         wanted = None if episode_ids is None else set(episode_ids)
+        seen: dict[str, Path] = {}
         for d in list_episode_dirs(self.root):
             if wanted is not None and d.name not in wanted:
                 continue
@@ -127,6 +129,10 @@ class EpisodeDataset:
             except Exception as exc:  # any failure to read one bag must not stop training on the others
                 self._skip(d, exc)
                 continue
+            if ref.episode_id in seen:  # the same episode twice (a copy under another folder name): train on it once
+                self._skip(d, f"duplicate episode id {ref.episode_id} (also {seen[ref.episode_id]}); the first is kept")
+                continue
+            seen[ref.episode_id] = d
             if ref.length <= 0 or (only_success and ref.success is not True):
                 continue
             self.episodes.append(ref)
@@ -139,8 +145,24 @@ class EpisodeDataset:
 
     @property
     def episode_ids(self) -> list[str]:
-        """Ids of the indexed episodes."""
-        return [e.episode_id for e in self.episodes]
+        """Ids of the episodes trained on: indexed, and not skipped since (a decode failure, a wrong shape)."""
+        return [e.episode_id for i, e in enumerate(self.episodes) if i not in self._bad]
+
+    def skipped_summary(self, limit: int = 100) -> list[dict[str, str]]:
+        """The skipped episodes (folder name and reason; at most ``limit``), for a manifest's ``training_data``."""
+        return [{"episode": path.name, "reason": reason[:200]} for path, reason in self.skipped[:limit]]
+
+    def _check_dims(self, path: Path, action_dim: int, proprio_dim: int) -> None:
+        """Every episode must have the action and proprio sizes of the policy's statistics, or of the first one read."""
+        if self._dims is None:
+            stats = self.norm_stats.entries.get(self.unnorm_key) if self.norm_stats is not None else None
+            action = len(stats["action"].mean) if stats and "action" in stats else action_dim
+            proprio = len(stats["proprio"].mean) if stats and "proprio" in stats else proprio_dim
+            self._dims = {"action": action, "proprio": proprio}
+        want = self._dims
+        if action_dim != want["action"] or (proprio_dim and want["proprio"] and proprio_dim != want["proprio"]):
+            raise ValueError(f"{path}: action size {action_dim} and proprio size {proprio_dim}; the dataset's are "
+                             f"{want['action']} and {want['proprio']}")
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -182,6 +204,9 @@ class EpisodeDataset:
         ref = self.episodes[ep]
         arrays = self.episode(ep)
         actions = np.asarray(arrays.actions, dtype=np.float32)
+        proprio_all = np.asarray(arrays.proprio) if arrays.proprio is not None else np.zeros((0, 0))
+        self._check_dims(ref.path, actions.shape[1] if actions.ndim == 2 else -1,
+                         proprio_all.shape[1] if proprio_all.ndim == 2 and len(proprio_all) else 0)
         n = len(actions)
         if t >= n:  # the bag held fewer aligned steps than its applied-action count
             t = n - 1
@@ -208,18 +233,41 @@ class EpisodeDataset:
 
         Episodes are decoded one at a time; a corrupt one is skipped with a warning.
         """
-        actions, proprio = [], []
+        actions, proprio, where = [], [], []
         for i, ref in enumerate(self.episodes):
+            if i in self._bad:
+                continue
             try:
                 arrays = self.episode(i) if i in self._cache else _load(ref.path, self.cameras)
             except Exception as exc:  # skip, as during indexing
+                self._bad.add(i)
                 self._skip(ref.path, exc)
                 continue
-            actions.append(np.asarray(arrays.actions, dtype=np.float64))
-            if arrays.proprio is not None and np.asarray(arrays.proprio).size:
-                proprio.append(np.asarray(arrays.proprio, dtype=np.float64))
+            a = np.asarray(arrays.actions, dtype=np.float64)
+            p = np.asarray(arrays.proprio, dtype=np.float64) if arrays.proprio is not None else np.zeros((0, 0))
+            if a.ndim != 2 or (p.size and p.ndim != 2):
+                self._bad.add(i)
+                self._skip(ref.path, f"actions of shape {a.shape}, proprio of shape {p.shape}: expected (steps, size)")
+                continue
+            actions.append(a)
+            proprio.append(p if p.size else None)
+            where.append(i)
         if not actions:
             raise ValueError(f"{self.root}: no readable episode to compute normalization statistics from")
+        # Sizes that differ from the most common one (another robot's episode in the folder) are skipped by name.
+        sizes = [(a.shape[1], 0 if p is None else p.shape[1]) for a, p in zip(actions, proprio, strict=True)]
+        common = max(set(sizes), key=sizes.count)
+        self._dims = {"action": common[0], "proprio": common[1]}
+        keep = []
+        for k, size in enumerate(sizes):
+            if size == common:
+                keep.append(k)
+            else:
+                self._bad.add(where[k])
+                self._skip(self.episodes[where[k]].path, f"action size {size[0]} and proprio size {size[1]}; most "
+                           f"episodes have {common[0]} and {common[1]}")
+        actions = [actions[k] for k in keep]
+        proprio = [proprio[k] for k in keep if proprio[k] is not None]
         a = np.concatenate(actions)
         entry: dict[str, Stats] = {"action": compute_stats(a, action_mask(a.shape[1]))}
         if proprio:

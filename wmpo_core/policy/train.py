@@ -465,7 +465,8 @@ def train_policy(
         if package.exists():
             shutil.rmtree(package)  # a package of this very step is re-made from the same weights
         save_package(final, package, parent=parent,
-                     data=summarize_training_data(dataset.episode_ids, steps=tc.steps, source=str(episodes_dir)))
+                     data=summarize_training_data(dataset.episode_ids, steps=tc.steps, source=str(episodes_dir),
+                                                  skipped=dataset.skipped_summary()))
     accelerator.wait_for_everyone()
     return package
 

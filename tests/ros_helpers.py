@@ -16,6 +16,8 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -62,7 +64,14 @@ class NodeProcess:
         self.cmd = cmd
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+        def preexec() -> None:
+            # The node gets SIGTERM when the test process dies (a killed pytest leaves no node behind on its
+            # DDS domain to answer the next run's requests), as `wmpo up` does for its own nodes.
+            with contextlib.suppress(Exception):
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if sigint_ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
         self.proc = subprocess.Popen(cmd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=preexec)
         self.returncode: int | None = None

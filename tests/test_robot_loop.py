@@ -540,7 +540,7 @@ def test_robot_loop_iterations_screen_from_held_out_real_frames(tmp_path: Path) 
             assert gate["decision"]["accept"]
             assert d["node_version_after"] == (d["candidate"] if d["verdict"] == "promoted" else d["current"])
         held_out = {p.name for p in (it / "gate" / "held_out").iterdir()}
-        assert len(held_out) == 1 and not held_out & {p.name for p in (it / "world_model" / "data").iterdir()}
+        assert len(held_out) == 1 and not held_out & {p.name for p in (it / "data" / "episodes").iterdir()}
         assert operator.written[next(iter(held_out))][0] == json.loads((it / "metrics.json").read_text())[
             "policy_version"]
     check_iterations_agree(run, operator, chain)

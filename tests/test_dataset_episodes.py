@@ -147,7 +147,7 @@ def test_episodes_of_another_arm_are_skipped_by_name(tmp_path):
     assert stats.get().dim == 7 and stats.get(quantity="proprio").dim == 9
     assert ds.episode_ids == ["ep_0", "ep_1", "ep_2"]
     assert {ds[k]["episode_id"] for k in range(len(ds))} == {"ep_0", "ep_1", "ep_2"}
-    # Without statistics computed on this folder, the policy's own statistics set the sizes: the odd episode is
+    # Without statistics computed on this folder, the first episode read sets the sizes: the odd episode is
     # skipped when first sampled, by name, and training goes on with the others.
     fresh = EpisodeDataset(tmp_path, chunk_size=2, norm_stats=stats)
     with pytest.warns(RuntimeWarning, match="ep_seven_joints.*proprio size 7"):

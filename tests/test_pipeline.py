@@ -113,6 +113,9 @@ OPTIONS_BEFORE = {
 # Options added since, on purpose: the task recipe file (wmpo_core/pipeline/recipes/<task>.json by default).
 ADDED = {cmd: [("--recipe", "recipe", "None", False, "None", "None", None, "_StoreAction")]
          for cmd in ("demo", "loop", "compare")}
+# The live watch of a robot run (wmpo_core.robot_loop.LiveWatch), added after the pipeline refactor.
+ADDED["loop"] += [("--no-watch", "watch", "True", False, "None", "None", 0, "_StoreFalseAction"),
+                  ("--watch-threshold", "watch_threshold", "5.0", False, "float", "None", None, "_StoreAction")]
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:

@@ -323,3 +323,40 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     r = train(successes, tmp_path / "c")
     assert r["run"] == str(tmp_path / "c" / "run") and "calibration needs both outcomes" in r["calibration_skipped"]
     assert not (tmp_path / "c" / "calibrated").exists()
+
+
+def test_train_reward_on_out_of_fold_replays(tmp_path, capsys):
+    """`train-reward --imagined-by WM EPISODES`: each world model imagines only episodes it did not train on
+    (its episodes.json); every replay lands in its real episode's split; a world model asked to imagine one of
+    its own training episodes is refused by name, before any training."""
+    from test_rl_trainers_imagination import tiny_world_model
+
+    from wmpo_core.reward.train import out_of_fold_replays
+    from wmpo_core.world_model.episodes import load_episodes
+
+    folds = {"a": tmp_path / "fold_a", "b": tmp_path / "fold_b"}
+    for seed in range(8):
+        write_episode_bag(folds["a" if seed % 2 else "b"],
+                          toy_task_episode(12 + seed, seed, success=seed % 4 < 2, image_size=SIZE))
+    ids = {k: sorted(p.name for p in f.iterdir()) for k, f in folds.items()}
+    for k in folds:  # world model k trained on fold k (what its run's episodes.json says)
+        tiny_world_model().save_pretrained(tmp_path / f"wm_{k}")
+        (tmp_path / f"wm_{k}" / "episodes.json").write_text(json.dumps({"init": None, "episodes": ids[k]}))
+    cfg = tmp_path / "reward.json"
+    cfg.write_text(json.dumps({"steps": 3, "batch_size": 4, "image_size": SIZE, "clip_len": 4, "stride": 4,
+                               "val_fraction": 0.25, "mining_every": 2, "mining_pool": 8, "model": TINY}))
+    common = ["train-reward", "--episodes", str(folds["a"]), str(folds["b"]), "--config", str(cfg)]
+    assert wmpo([*common, "--out", str(tmp_path / "r"), "--imagined-by", str(tmp_path / "wm_a"), str(folds["b"]),
+                 "--imagined-by", str(tmp_path / "wm_b"), str(folds["a"])]) == 0
+    capsys.readouterr()
+    training = json.loads((tmp_path / "r" / "training.json").read_text())
+    n_val = len(training["val_ids"])
+    assert training["train_episodes"] == 2 * (8 - n_val) and training["val_episodes"] == 2 * n_val
+    # Each replay is made by the other fold's world model: the same frames as imagining them directly.
+    eps_b = load_episodes(folds["b"], "agentview", SIZE)
+    direct = out_of_fold_replays([(tmp_path / "wm_a", eps_b)], seed=0)
+    assert [r.episode_id for r in direct] == [f"{e}~imagined" for e in ids["b"]]
+    # Refused: a world model imagining its own fold.
+    assert wmpo([*common, "--out", str(tmp_path / "bad"), "--imagined-by", str(tmp_path / "wm_a"),
+                 str(folds["a"])]) == 2
+    assert "trained on 4 of the episodes" in capsys.readouterr().err and not (tmp_path / "bad").exists()

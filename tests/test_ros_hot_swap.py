@@ -218,7 +218,7 @@ class SwapRig:
 
     def arrival_gaps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Gaps between consecutive chunks as they arrive at the arm process, in control periods."""
-        self.probe.wait_for(lambda: self._arrivals_cover(start, stop), 10, "the arm process to log every chunk", self.arm)
+        self.probe.wait_for(lambda: self._arrivals_cover(start, stop), 60, "the arm process to log every chunk", self.arm)
         arrived = self._read_pairs(self.arm)
         times = np.array([arrived[stamp_to_ns(m.header.stamp)] for m in list(self.chunks)[start:stop]])
         return np.diff(times) / self.period_ns
@@ -373,7 +373,7 @@ def _assert_planned_during_loads(rig: SwapRig) -> int:
     that started late take no credit). Returns the (begin, end) of the loads this checked."""
     x = rig.replan * rig.period_ns
     published = {stamp: stamp + int(late_ms * 1e6) for stamp, late_ms in rig.camera_lateness_ms().items()}
-    rig.probe.wait_for(lambda: rig._arrivals_cover(0, None), 10, "the arm process to log every chunk", rig.arm)
+    rig.probe.wait_for(lambda: rig._arrivals_cover(0, None), 60, "the arm process to log every chunk", rig.arm)
     arrived = rig._read_pairs(rig.arm)
     checked = []
     for begin, end in rig.load_windows():

@@ -45,7 +45,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("wmpo_core.rl.commands", "results table: base, DPO, online GRPO, WMPO"),
     "loop": ("wmpo_core.loop", "lifelong learning: collect, align, improve, gate, push"),
     "loop-report": ("wmpo_core.loop", "evaluate every policy of a loop run on the same held-out start states"),
-    "loop-watch": ("wmpo_core.robot_loop",
+    "loop-watch": ("wmpo_core.loop",
                    "robot run: watch the promoted version and roll back to the previous one when it does worse"),
     "keygen": ("wmpo_core.registry.commands", "make an Ed25519 signing key pair"),
     "export": ("wmpo_core.registry.commands", "package and sign a policy"),

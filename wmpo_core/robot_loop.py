@@ -677,50 +677,6 @@ def _diagnostics_publisher() -> Iterator[Any]:
         yield publish
 
 
-HELP_loop_watch = "robot run: watch the promoted version and roll back to the previous one when it does worse"
-
-
-def configure_loop_watch(parser: Any) -> None:
-    """Arguments of `wmpo loop-watch`."""
-    parser.add_argument("--out", type=Path, required=True, help="the `wmpo loop --robot ros` run directory")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default 5)")
-    parser.add_argument("--once", action="store_true", help="look once, print the state and exit")
-
-
-def main_loop_watch(args: Any) -> int:
-    """Watch a robot run's promoted version until interrupted (its settings come from RUN/loop.json)."""
-    import sys
-
-    from wmpo_core.loop import Loop, LoopConfig
-
-    stored = args.out / "loop.json"
-    if not stored.is_file():
-        print(f"wmpo loop-watch: {stored}: not a loop run", file=sys.stderr)
-        return 2
-    if not args.interval > 0:
-        print(f"wmpo loop-watch: --interval must be > 0, got {args.interval}", file=sys.stderr)
-        return 2
-    settings = read_json(stored)
-    try:
-        cfg = LoopConfig(**{k: v for k, v in settings.items() if k in LoopConfig.__dataclass_fields__})
-        if cfg.robot != "ros":
-            raise StageError(f"{args.out}: a {cfg.robot!r} run; the live watch is for `--robot ros` runs")
-        forbid_simulator("`wmpo loop-watch`")
-        live = LiveWatch(Loop(cfg), interval_s=args.interval, publish=not args.once)
-        if args.once:
-            record = live.check()
-            print(json.dumps(record or live.state, indent=2))
-            return 0
-        live.start()
-        print(f"wmpo loop-watch: watching {args.out} (head {live.loop.versions.current['version']}); Ctrl-C stops",
-              flush=True)
-        while True:
-            time.sleep(3600)
-    except (StageError, OSError, ValueError, TypeError) as exc:
-        print(f"wmpo loop-watch: {exc}", file=sys.stderr)
-        return 1
-
-
 # ============================================================================ report
 def robot_report_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per decision of a robot run (versions.json), with the robot episodes recorded per version.

@@ -153,12 +153,11 @@ class EpisodeDataset:
         return [{"episode": path.name, "reason": reason[:200]} for path, reason in self.skipped[:limit]]
 
     def _check_dims(self, path: Path, action_dim: int, proprio_dim: int) -> None:
-        """Every episode must have the action and proprio sizes of the policy's statistics, or of the first one read."""
+        """Every episode must have the action and proprio sizes of the others: those :meth:`compute_norm_stats`
+        found most common, or else the first episode read. (Not the policy's statistics: a policy may use fewer
+        proprio values than the robot records.)"""
         if self._dims is None:
-            stats = self.norm_stats.entries.get(self.unnorm_key) if self.norm_stats is not None else None
-            action = len(stats["action"].mean) if stats and "action" in stats else action_dim
-            proprio = len(stats["proprio"].mean) if stats and "proprio" in stats else proprio_dim
-            self._dims = {"action": action, "proprio": proprio}
+            self._dims = {"action": action_dim, "proprio": proprio_dim}
         want = self._dims
         if action_dim != want["action"] or (proprio_dim and want["proprio"] and proprio_dim != want["proprio"]):
             raise ValueError(f"{path}: action size {action_dim} and proprio size {proprio_dim}; the dataset's are "

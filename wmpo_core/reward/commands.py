@@ -32,6 +32,10 @@ def configure_train_reward(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-frame", type=int, help="success is not declared by clips ending before this frame")
     parser.add_argument("--world-model", help="also train on imagined replays of the episodes in this world model "
                         "(tau then calibrated on real and imagined validation episodes)")
+    parser.add_argument("--imagined-by", nargs=2, action="append", default=[], metavar=("WORLD_MODEL", "EPISODES"),
+                        help="also train on this world model's imagined replays of the episodes in EPISODES, which it "
+                        "must not have trained on (cross-fitting: give two world models, each trained on one fold, "
+                        "the other fold's episodes); repeatable")
     parser.add_argument("--device", default="cpu", help=TRAIN_DEVICE_HELP)
 
 
@@ -59,8 +63,14 @@ def main_train_reward(args: argparse.Namespace) -> int:
             if world_model.settings.image_size != cfg.image_size:
                 raise ValueError(f"{args.world_model}: {world_model.settings.image_size} px frames, the reward "
                                  f"config expects {cfg.image_size}")
+        imagined = []
+        if args.imagined_by:
+            from wmpo_core.reward.train import out_of_fold_replays
+
+            pairs = [(run, load_episodes(folder, cfg.camera, cfg.image_size)) for run, folder in args.imagined_by]
+            imagined = out_of_fold_replays(pairs, cfg.seed, device=str(device), progress=True, camera=cfg.camera)
         result = train_reward(episodes, args.out, cfg, backbone=args.backbone, world_model=world_model,
-                              device=args.device)
+                              imagined=imagined, device=args.device)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     from accelerate import PartialState

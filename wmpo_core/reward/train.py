@@ -244,6 +244,7 @@ def train_reward(
     *,
     backbone: str | Path | None = None,
     world_model: Any = None,
+    imagined: Sequence[EpisodeFrames] = (),
     progress: bool = True,
     device: str | None = "cpu",
 ) -> dict[str, Any]:
@@ -256,6 +257,9 @@ def train_reward(
     the real labels) are training episodes too, and ``tau`` is calibrated on the validation
     episodes and their replays together: GRPO applies the model to imagined videos, whose blur and
     artefacts the real frames never show.
+
+    ``imagined``: replays made beforehand (ids ``<id>~imagined``, e.g. :func:`out_of_fold_replays`), each put
+    in the split of its real episode (training when that episode is not among ``episodes``).
 
     Under ``accelerate launch`` every rank draws its own balanced batches, DDP all-reduces the
     gradients, and only the main process writes ``out``.
@@ -286,6 +290,12 @@ def train_reward(
         log.info("imagining replays of %d training and %d validation episodes", len(train), len(val))
         train = train + imagined_replays(world_model, train, cfg.seed, progress=progress)
         val = val + imagined_replays(world_model, val, cfg.seed + 100_000, progress=progress)
+    if imagined:
+        val_ids = {ep.episode_id for ep in val_real}
+        for ep in imagined:
+            if ep.success is None:
+                continue
+            (val if ep.episode_id.removesuffix("~imagined") in val_ids else train).append(ep)
     torch.manual_seed(cfg.seed)
     model = load_backbone(backbone, settings) if backbone else RewardModel.tiny(settings, **cfg.model)
     model.classifier.to(train_on).train()
@@ -404,6 +414,38 @@ def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: 
                                      ep.success_step, ep.success_flags))
         bar.update(len(part))
     bar.close()
+    return out
+
+
+def out_of_fold_replays(pairs: Sequence[tuple[str | Path, Sequence[EpisodeFrames]]], seed: int = 0,
+                        device: str | None = "cpu", progress: bool = False,
+                        camera: str | None = None) -> list[EpisodeFrames]:
+    """Imagined replays (:func:`imagined_replays`) of each ``(world-model run, episodes)`` pair, where the world
+    model never trained on those episodes (its ``episodes.json``, and its alignment source's): what GRPO's
+    reward sees on start states the world model does not know. A pair whose world model trained on one of
+    its episodes is refused by name.
+
+    Cross-fitting: split the episodes in two folds, train a world model on each, and give each the other
+    fold's episodes; the reward model then learns how imagination of *unseen* episodes looks for each
+    outcome (replays of training episodes are sharper and more faithful than GRPO's imagination will be).
+    """
+    from wmpo_core.world_model.episodes import training_episode_ids
+    from wmpo_core.world_model.model import WorldModel
+
+    out: list[EpisodeFrames] = []
+    for j, (run, episodes) in enumerate(pairs):
+        trained = training_episode_ids(run)
+        if not trained:
+            raise ValueError(f"{run}: no episodes.json; cannot tell which episodes this world model trained on")
+        seen = sorted(ep.episode_id for ep in episodes if ep.episode_id in trained)
+        if seen:
+            raise ValueError(f"{run} trained on {len(seen)} of the episodes it is asked to imagine (e.g. {seen[0]}); "
+                             "give each world model only episodes it did not train on (the other fold's)")
+        world_model = WorldModel.from_pretrained(run, device=device or "cpu")
+        if camera is not None and world_model.settings.camera != camera:
+            raise ValueError(f"{run}: a world model of camera {world_model.settings.camera!r}; the episodes were read "
+                             f"from camera {camera!r}")
+        out += imagined_replays(world_model, episodes, seed + 1_000_000 * j, progress=progress)
     return out
 
 

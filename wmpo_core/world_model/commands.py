@@ -118,14 +118,9 @@ def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
 
 def _training_ids(run: Path) -> set[str]:
     """Episode ids a run (and the run it was aligned from) trained on."""
-    ids: set[str] = set()
-    seen: set[Path] = set()
-    while run and (run / "episodes.json").is_file() and run not in seen:
-        seen.add(run)
-        data = json.loads((run / "episodes.json").read_text())
-        ids.update(data.get("episodes", []))
-        run = Path(data["init"]) if data.get("init") else None
-    return ids
+    from wmpo_core.world_model.episodes import training_episode_ids
+
+    return training_episode_ids(run)
 
 
 def _pretraining_run(run: Path) -> Path:

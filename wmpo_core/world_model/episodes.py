@@ -91,3 +91,18 @@ def load_episodes(directory: str | Path | Sequence[str | Path], camera: str, ima
     if not out:
         raise ValueError(f"{', '.join(map(str, folders))}: no usable episodes (camera {camera!r}, at least {min_length} frames)")
     return out
+
+
+def training_episode_ids(run: str | Path) -> set[str]:
+    """Episode ids a world-model run trained on, with those of the run it was aligned from (``episodes.json``)."""
+    import json
+
+    ids: set[str] = set()
+    seen: set[Path] = set()
+    path: Path | None = Path(run)
+    while path is not None and (path / "episodes.json").is_file() and path not in seen:
+        seen.add(path)
+        data = json.loads((path / "episodes.json").read_text())
+        ids.update(data.get("episodes", []))
+        path = Path(data["init"]) if data.get("init") else None
+    return ids

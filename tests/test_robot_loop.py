@@ -212,6 +212,17 @@ def robot(tmp_path: Path):
             yield loop, versions, node, tmp_path
 
 
+def robot_report(run: Path) -> list[dict]:
+    """`wmpo loop-report --json` of a robot run, one dict per row (it must succeed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(run), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 def run_canary_with_operator(loop: Loop, i: int, candidate: Path, canary_succeeds: bool, versions,
                              node, episodes: Path) -> tuple[dict, list[tuple[str, bool]]]:
     """run_canary in a thread; the 'operator' records an episode every 1.2 s with whatever version the node
@@ -251,8 +262,6 @@ def run_canary_with_operator(loop: Loop, i: int, candidate: Path, canary_succeed
 @pytest.mark.ros
 @pytest.mark.timeout(600)
 def test_canary_rolls_back_a_worse_version_and_promotes_a_better_one(robot) -> None:
-    import subprocess
-    import sys
 
     from test_loop import tiny_package
 
@@ -295,10 +304,7 @@ def test_canary_rolls_back_a_worse_version_and_promotes_a_better_one(robot) -> N
     assert chain.decisions[-1]["node_version_after"] == canary2
 
     # `wmpo loop-report` of the robot run shows the decisions and evaluates nothing in the simulator.
-    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(loop.run_dir), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = robot_report(loop.run_dir)
     assert [r["decision"] for r in rows] == ["initial", "canary: rolled back", "canary: promoted", "robot runs"]
     assert rows[1]["version"] == canary and rows[1]["canary_successes"] == "0/3" and rows[1]["current_successes"] == "3/3"
     assert rows[-1]["version"] == canary2 and not (loop.run_dir / "report").exists()
@@ -462,8 +468,6 @@ def run_robot_loop(tmp_path: Path, extra: list[str], label) -> tuple[Path, Opera
 def check_iterations_agree(run: Path, operator: Operator, chain) -> None:
     """Every iteration's collected episodes ran its version; each decision's episodes are the bags'; the report
     lists the decisions of versions.json."""
-    import subprocess
-    import sys
 
     from wmpo_core.data.bag import read_metadata
 
@@ -476,9 +480,7 @@ def check_iterations_agree(run: Path, operator: Operator, chain) -> None:
         for e in d.get("episodes", []):
             bag = it / "publish" / "canary_episodes" / e["episode_id"]
             assert read_metadata(bag).policy_version == e["policy_version"] == operator.written[e["episode_id"]][0]
-    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(run), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = robot_report(run)
     assert [r["decision"] for r in rows[1:-1]] == [f"{d['stage']}: {d['verdict']}" for d in chain.decisions]
     assert rows[-1]["version"] == chain.current["version"] and not (run / "report").exists()
 
@@ -550,8 +552,6 @@ def test_robot_loop_iterations_screen_from_held_out_real_frames(tmp_path: Path) 
 @pytest.mark.ros
 @pytest.mark.timeout(600)
 def test_live_watch_rolls_back_a_promoted_version_that_does_worse(robot) -> None:
-    import subprocess
-    import sys
 
     from diagnostic_msgs.msg import DiagnosticArray
     from ros_helpers import RosProbe
@@ -634,10 +634,7 @@ def test_live_watch_rolls_back_a_promoted_version_that_does_worse(robot) -> None
     assert not out["pushed"] and out["version"] == base and "rolled back" in out["reason"]
     assert not (loop.iter_dir(1) / "publish" / "canary.json").exists() and versions.last().data == base
 
-    proc = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "loop-report", "--out", str(loop.run_dir), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = robot_report(loop.run_dir)
     assert [r["decision"] for r in rows] == ["initial", "canary: promoted", "live watch: rolled back",
                                              "canary: not pushed", "robot runs"]
     assert rows[2]["canary_successes"] == f"{3 + late}/{3 + late + need}" and rows[-1]["version"] == base

@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -174,6 +175,8 @@ class Loop:
         self.config = config
         self.run_dir = Path(config.out)
         self.versions = VersionChain(self.run_dir / "versions.json")
+        # Robot mode: held by a canary while it switches the policy node, taken by the live watch to roll back.
+        self.node_lock = threading.Lock()
 
     @property
     def recipe(self) -> Recipe:

@@ -375,7 +375,7 @@ def run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any]
     """The publish stage in robot mode: push the candidate as a canary, alternate, decide, promote or roll back."""
     if not gate["decision"]["accept"]:
         return {"pushed": False, "reason": gate["decision"]["reason"], "version": current["version"]}
-    with node_lock(loop):  # the live watch pauses while a canary runs
+    with loop.node_lock:  # the live watch pauses while a canary runs
         head = loop.versions.current["version"]
         if head != current["version"] and not (d / "canary.json").is_file():
             reason = (f"not pushed: the candidate was trained from {current['version']}, which the live watch rolled "
@@ -386,18 +386,6 @@ def run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any]
             print(f"    canary: {reason}", flush=True)
             return {"pushed": False, "reason": reason, "version": head}
         return _run_canary(loop, i, current, gate, candidate, d)
-
-
-def node_lock(loop: Loop) -> threading.Lock:
-    """The loop's lock on the policy node: held by a canary, taken by the live watch for a rollback."""
-    with _LOCK_GUARD:
-        lock = getattr(loop, "_node_lock", None)
-        if lock is None:
-            lock = loop._node_lock = threading.Lock()
-        return lock
-
-
-_LOCK_GUARD = threading.Lock()
 
 
 def _run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any], candidate: str,
@@ -522,7 +510,6 @@ class LiveWatch:
         self._labeller: Labeller | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        node_lock(loop)
 
     # -- one look ------------------------------------------------------------------------------
     def _reward_run(self) -> str | None:
@@ -551,7 +538,7 @@ class LiveWatch:
 
         Skipped (None) while a canary holds the node; a failed rollback raises StageError.
         """
-        lock = node_lock(self.loop)
+        lock = self.loop.node_lock
         if not lock.acquire(blocking=False):
             self.state = {**self.state, "message": "paused: a canary is running"}
             return None

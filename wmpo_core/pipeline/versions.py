@@ -35,16 +35,13 @@ class VersionChain:
     def append(self, entry: dict[str, Any]) -> None:
         """Add a version whose parent must be the current one; saved at once."""
         with self._lock:
-            self._append(entry)
-
-    def _append(self, entry: dict[str, Any]) -> None:
-        if self.entries and entry.get("parent") != self.current["version"]:
-            raise StageError(f"{self.path}: version {entry.get('version')} has parent {entry.get('parent')}, "
-                             f"expected the current version {self.current['version']}")
-        if any(e["version"] == entry["version"] for e in self.entries):
-            return  # the same push replayed after an interruption
-        self.entries.append(entry)
-        self.save()
+            if self.entries and entry.get("parent") != self.current["version"]:
+                raise StageError(f"{self.path}: version {entry.get('version')} has parent {entry.get('parent')}, "
+                                 f"expected the current version {self.current['version']}")
+            if any(e["version"] == entry["version"] for e in self.entries):
+                return  # the same push replayed after an interruption
+            self.entries.append(entry)
+            self.save()
 
     def record_decision(self, decision: dict[str, Any]) -> None:
         """Append a decision about a candidate; saved at once."""

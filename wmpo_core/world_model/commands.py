@@ -116,13 +116,6 @@ def configure_eval_world_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
 
-def _training_ids(run: Path) -> set[str]:
-    """Episode ids a run (and the run it was aligned from) trained on."""
-    from wmpo_core.world_model.episodes import training_episode_ids
-
-    return training_episode_ids(run)
-
-
 def _pretraining_run(run: Path) -> Path:
     """The run at the root of an alignment chain (its config is the pretraining recipe)."""
     seen: set[Path] = set()
@@ -138,7 +131,7 @@ def _pretraining_run(run: Path) -> Path:
 def main_eval_world_model(args: argparse.Namespace) -> int:
     """Fidelity table: model(s), repeat_last, shuffled_actions."""
     from wmpo_core.policy.placement import resolve_device
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.world_model.episodes import load_episodes, training_episode_ids
     from wmpo_core.world_model.evaluate import evaluate_fidelity
     from wmpo_core.world_model.model import WorldModel
 
@@ -148,7 +141,7 @@ def main_eval_world_model(args: argparse.Namespace) -> int:
         first_run = Path(args.model[0])
         first = models[first_run.name]
         episodes = load_episodes(args.episodes, first.settings.camera, first.settings.image_size)
-        excluded = set() if args.include_training else set().union(*(_training_ids(Path(m)) for m in args.model))
+        excluded = set() if args.include_training else set().union(*(training_episode_ids(m) for m in args.model))
         held_out = [ep for ep in episodes if ep.episode_id not in excluded][: args.max_episodes]
         if not held_out:
             return _error(f"{args.episodes}: every episode was used in training; pass held-out episodes "

@@ -323,3 +323,47 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path):
     _check_resumable(tmp_path, WorldModelTrainConfig(steps=99))
     with pytest.raises(ValueError, match="loss_region_weight"):
         _check_resumable(tmp_path, WorldModelTrainConfig(loss_region=[0, 0, 1, 1], loss_region_weight=2.0))
+
+
+def test_rollout_context_is_the_models_own_prediction_of_the_preceding_chunk(trained, episodes):
+    """``rollout_fraction`` (beyond the paper): a window's context becomes the last c frames of the chunk the
+    model predicts from the real frames one chunk earlier, with the actions that lead there; targets stay real."""
+    from wmpo_core.world_model.train import imagined_context
+
+    windows = LatentWindows(trained, episodes)
+    assert len(windows.rollout_windows) and all(windows.index[j][1] >= K for j in windows.rollout_windows.tolist())
+    assert len(windows.rollout_windows) < len(windows)  # the first windows of an episode have no chunk before them
+    idx = windows.rollout_windows[torch.tensor([0, 5, len(windows.rollout_windows) - 1])]
+    lat, act = windows.batch(idx)
+    out = imagined_context(trained, windows, lat, idx, torch.Generator().manual_seed(7))
+    seeds = torch.randint(0, 2**62, (len(idx),), generator=torch.Generator().manual_seed(7)).tolist()
+    for i, j in enumerate(idx.tolist()):
+        ep, s = windows.index[j]
+        # The real frames the imagined ones stand for: window frames s..s+c-1.
+        assert torch.equal(lat[i, :C], windows.latents[ep][s : s + C])
+        start = windows.latents[ep][s - K : s - K + C]  # frames s-K..s-K+c-1; predicted frames s-K+c..s+c-1
+        actions = windows.actions[ep][s - K + C - 1 : s + C - 1]  # predicted frame f follows action f-1
+        alone = trained.predict_chunk(start[None], actions[None], [torch.Generator().manual_seed(int(seeds[i]))])
+        torch.testing.assert_close(out[i, :C], alone[0, K - C :], rtol=1e-4, atol=1e-5)
+    assert torch.equal(out[:, C:], lat[:, C:])
+    assert not torch.allclose(out[:, :C], lat[:, :C], atol=1e-3), "the context was not replaced"
+
+
+def test_training_with_imagined_context_resumes_identically(tmp_path, episodes):
+    vae_dir = tmp_path / "vae"
+    train_vae(episodes, vae_dir, steps=2, batch_size=4, image_size=SIZE, tiny=TINY_VAE, progress=False)
+    cfg = WorldModelTrainConfig(steps=4, batch_size=4, checkpoint_every=2, image_size=SIZE, num_inference_steps=2,
+                                transformer=TINY_TRANSFORMER, rollout_fraction=0.5)
+    full = train_world_model(episodes, tmp_path / "full", cfg, vae_path=vae_dir, progress=False)
+    train_world_model(episodes, tmp_path / "cut", cfg, vae_path=vae_dir, stop_after=2, progress=False)
+    rest = train_world_model(episodes, tmp_path / "cut", cfg, vae_path=vae_dir, progress=False)
+    assert full["losses"][2:] == rest["losses"]
+    clean = train_world_model(episodes, tmp_path / "clean", WorldModelTrainConfig(**{**cfg.__dict__, "rollout_fraction": 0}),
+                              vae_path=vae_dir, progress=False)
+    assert clean["losses"][0] != full["losses"][0], "imagined context did not change the first batch's loss"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_a_bad_rollout_fraction_is_refused(bad):
+    with pytest.raises(ValueError, match="rollout_fraction"):
+        WorldModelTrainConfig(rollout_fraction=bad)

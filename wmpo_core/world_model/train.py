@@ -83,8 +83,16 @@ class WorldModelTrainConfig:
     # rest, so a few-pixel object is not outweighed by the arm. None (default): every position counts once.
     loss_region: list[float] | None = None
     loss_region_weight: float = 1.0
+    # Beyond the paper: this fraction of each batch learns from context the model imagined itself. The
+    # window's c context frames are replaced by the last c frames of a chunk the current model predicts
+    # (no gradient, ``num_inference_steps`` sampler steps) from the real frames one chunk earlier, so the
+    # model sees its own errors in its context as it will in a long imagined replay. 0 (default): real context.
+    rollout_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.rollout_fraction, int | float) and not isinstance(self.rollout_fraction, bool)
+                and 0 <= self.rollout_fraction <= 1):
+            raise ValueError(f"rollout_fraction: expected a number in [0, 1], got {self.rollout_fraction!r}")
         if self.loss_region is not None:
             box = self.loss_region
             if (len(box) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
@@ -200,6 +208,9 @@ class LatentWindows:
             self.index += [(i, s) for s in range(len(frames) - c - k + 1)]
         if not self.index:
             raise ValueError(f"no episode is long enough for a window of {c} + {k} frames")
+        # Windows whose context can be imagined: one chunk of real frames precedes it (s >= K, and K >= c).
+        self.rollout_windows = torch.tensor([j for j, (_, s) in enumerate(self.index) if s >= k and k >= c],
+                                            dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -213,6 +224,35 @@ class LatentWindows:
             lat.append(self.latents[ep][s : s + c + k])
             act.append(self.actions[ep][s + c - 1 : s + c - 1 + k])
         return torch.stack(lat), torch.stack(act)
+
+    def preceding(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For windows ``idx`` (all in ``rollout_windows``): the real context one chunk earlier (B, c, C, h, w)
+        and the K actions that lead from it to the window's context (B, K, 7)."""
+        c, k = self.context_frames, self.chunk_size
+        lat, act = [], []
+        for j in idx.tolist():
+            ep, s = self.index[j]
+            if s < k or k < c:
+                raise ValueError(f"window {j} has no preceding chunk to imagine its context from")
+            lat.append(self.latents[ep][s - k : s - k + c])
+            act.append(self.actions[ep][s - k + c - 1 : s + c - 1])
+        return torch.stack(lat), torch.stack(act)
+
+
+def imagined_context(world_model: WorldModel, windows: LatentWindows, latents: torch.Tensor, idx: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """``latents`` (windows ``idx``) with their c context frames replaced by the model's own prediction
+    (see :attr:`WorldModelTrainConfig.rollout_fraction`); the K target frames stay real."""
+    c, k = windows.context_frames, windows.chunk_size
+    start, actions = windows.preceding(idx)
+    seeds = torch.randint(0, 2**62, (len(idx),), generator=generator).tolist()
+    generators = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+    was_training = world_model.transformer.training
+    world_model.transformer.eval()
+    predicted = world_model.predict_chunk(start.to(latents), actions.to(latents), generators)
+    world_model.transformer.train(was_training)
+    # Predicted frame j is window frame s - K + c + j: the last c of them are the window's context s..s+c-1.
+    return torch.cat([predicted[:, k - c :], latents[:, c:]], dim=1)
 
 
 # ------------------------------------------------------------------------------------------- world model
@@ -356,7 +396,15 @@ def train_world_model(
     while step < end:
         generator.manual_seed((config.seed * 1_000_003 + step) * 1_009 + rank)
         idx = torch.randint(0, len(windows), (config.batch_size,), generator=generator)
+        n_rollout = min(round(config.rollout_fraction * config.batch_size), len(windows.rollout_windows))
+        if n_rollout:
+            pick = torch.randint(0, len(windows.rollout_windows), (n_rollout,), generator=generator)
+            idx[:n_rollout] = windows.rollout_windows[pick]
         latents, actions = windows.batch(idx)
+        if n_rollout:
+            latents = latents.to(train_on)
+            latents = torch.cat([imagined_context(wm, windows, latents[:n_rollout], idx[:n_rollout], generator),
+                                 latents[n_rollout:]])
         loss = wm.training_loss(latents.to(train_on), actions.to(train_on), generator,
                                 transformer=transformer, weights=weights)
         optimizer.zero_grad(set_to_none=True)

@@ -83,7 +83,7 @@ def main() -> None:
     wm = WorldModel.from_pretrained(args.model) if args.model else _default_world_model()
     size, k = wm.settings.image_size, wm.chunk_size
     if args.policy:
-        from wmpo_core.world_model.commands import load_policy_for_imagination
+        from wmpo_core.world_model.commands.imagine import load_policy_for_imagination
 
         policy = load_policy_for_imagination(args.policy, wm.settings.camera, 1.6)
     else:

@@ -23,7 +23,7 @@ STEP = r'''
 import json, sys
 from pathlib import Path
 import torch
-from wmpo_core.policy.commands_import import import_openvla
+from wmpo_core.policy.commands.import_openvla import import_openvla
 from wmpo_core.policy.loading import load_package
 import accelerate, safetensors.torch, wmpo_core.policy.modeling_vla, wmpo_core.policy.openvla  # noqa: E401
 from transformers import Dinov2WithRegistersModel, LlamaForCausalLM, SiglipVisionModel  # noqa: F401 (lazy modules)

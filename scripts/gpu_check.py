@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_import_memory import write_checkpoint
 
-    from wmpo_core.policy.commands_import import import_openvla
+    from wmpo_core.policy.commands.import_openvla import import_openvla
     from wmpo_core.policy.loading import load_package
     from wmpo_core.policy.lora import LoRASettings, apply_lora, trainable_parameters
     from wmpo_core.policy.placement import place_policy

@@ -76,13 +76,14 @@ def test_svg_chart_scales_points_into_the_plot() -> None:
 
 def test_demo_plan_prints_estimates_and_reuses_finished_stages(tmp_path: Path) -> None:
     from wmpo_core import demo
+    from wmpo_core.commands import demo as demo_command
     from wmpo_core.loop import write_json_atomic
 
     out = tmp_path / "demo"
     write_json_atomic(out / "keys" / "stage.json", {"seconds": 1.5})
     # Defaults must fit the 45-minute budget by the module's own estimates.
     args = __import__("argparse").ArgumentParser()
-    demo.configure(args)
+    demo_command.configure(args)
     defaults = args.parse_args([])
     assert sum(s.estimate(defaults) for s in demo.STAGES) <= 45 * 60
     proc = subprocess.run(WMPO + ["demo", "--out", str(out), "--demos", "0"], capture_output=True, text=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from wmpo_core import demo
+from wmpo_core.commands import demo as demo_command
 
 
 def _fake_earlier_run(out: Path) -> None:
@@ -61,7 +62,7 @@ def test_demo_main_fresh_refusal_exits_2_before_any_stage(tmp_path, capsys):
     out.mkdir()
     (out / "keys").mkdir()
     parser = argparse.ArgumentParser()
-    demo.configure(parser)
+    demo_command.configure(parser)
     args = parser.parse_args(["--out", str(out), "--fresh"])
-    assert demo.main(args) == 2
+    assert demo_command.main(args) == 2
     assert "--fresh" in capsys.readouterr().err and (out / "keys").is_dir()

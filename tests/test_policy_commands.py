@@ -9,7 +9,7 @@ from PIL import Image
 from test_policy_vla import single_thread  # noqa: F401  (autouse fixture)
 
 from wmpo_core.cli import main as wmpo
-from wmpo_core.policy.commands_eval import wilson_interval
+from wmpo_core.policy.commands.eval import wilson_interval
 from wmpo_core.policy.configuration_vla import VLAConfig
 from wmpo_core.policy.modeling_vla import VLAPolicy
 from wmpo_core.registry.package import save_package

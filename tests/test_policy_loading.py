@@ -70,7 +70,9 @@ def test_registry_verifies_a_package_without_importing_model_code(signed):
     _, pkg, ours, _ = signed
     proc = _fresh_python(
         "import sys\n"
-        "import wmpo_core.registry.commands, wmpo_core.registry.package, wmpo_core.registry.push\n"
+        "import wmpo_core.registry.commands.keygen, wmpo_core.registry.commands.export\n"
+        "import wmpo_core.registry.commands.verify, wmpo_core.registry.commands.push\n"
+        "import wmpo_core.registry.package, wmpo_core.registry.push\n"
         "from wmpo_core.registry.signing import verify_package\n"
         f"report = verify_package({str(pkg)!r}, [{str(ours)!r}])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "

@@ -116,7 +116,7 @@ def camera_frames(n: int = 4, size: int = 48, seed: int = 0) -> list[np.ndarray]
 
 def expected_chunks(pkg: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     """What the package predicts for each image with INSTRUCTION, loaded the way `wmpo eval` loads it."""
-    from wmpo_core.policy.commands_eval import make_policy_fn
+    from wmpo_core.policy.commands.eval import make_policy_fn
 
     fn, *_ = make_policy_fn(str(pkg), "lift", 0)
     return [np.asarray(fn(SimpleNamespace(images={"agentview": img}, joint_positions=np.zeros(0)), INSTRUCTION))

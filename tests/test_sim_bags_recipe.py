@@ -11,7 +11,7 @@ import torch
 
 from wmpo_core.data.bag import read_metadata
 from wmpo_core.data.dataset import list_episode_dirs
-from wmpo_core.policy.commands_train import DATA_FIELDS, RECIPES_DIR, load_recipe, recipe_episodes
+from wmpo_core.policy.commands.train_policy import DATA_FIELDS, RECIPES_DIR, load_recipe, recipe_episodes
 from wmpo_core.policy.configuration_vla import VLAConfig
 from wmpo_core.policy.train import TrainConfig, learning_rate, random_shift
 

@@ -14,43 +14,45 @@ import importlib
 import sys
 from importlib.metadata import entry_points
 
-# name -> (module, one-line help). The help is duplicated here so --help needs no imports.
+# name -> (module, one-line help for the list of `wmpo --help`, which so needs no imports). A verb's
+# module is ``<part>.commands.<verb>`` (``wmpo_core.commands.<verb>`` for the verbs composing the whole
+# stack); its HELP is the description `wmpo <verb> --help` prints.
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
-    "episodes": ("wmpo_core.data.commands", "list recorded episodes; --repair recovers crashed bags"),
-    "label": ("wmpo_core.data.commands_label", "label episodes' success after the fact (one, or a CSV)"),
-    "import-bag": ("wmpo_core.data.commands_import", "episodes from any robot's rosbag2 through a mapping file"),
-    "export-lerobot": ("wmpo_core.data.commands_lerobot", "write episodes as a LeRobotDataset (v3.0)"),
-    "import-lerobot": ("wmpo_core.data.commands_lerobot", "episodes from a LeRobotDataset (v3.x)"),
-    "collect-sim": ("wmpo_core.data.sim_bags", "record episodes in the simulator without ROS (scripted or a policy)"),
-    "demo": ("wmpo_core.demo", "run the whole loop on the simulated robot and write a report"),
-    "eval": ("wmpo_core.policy.commands_eval", "evaluate a policy closed loop in the simulator"),
-    "train-policy": ("wmpo_core.policy.commands_train", "behavior cloning from recorded episodes"),
-    "predict": ("wmpo_core.policy.commands_predict", "print the action chunk a policy outputs for one image"),
-    "import-openvla": ("wmpo_core.policy.commands_import",
+    "episodes": ("wmpo_core.data.commands.episodes", "list recorded episodes; --repair recovers crashed bags"),
+    "label": ("wmpo_core.data.commands.label", "label episodes' success after the fact (one, or a CSV)"),
+    "import-bag": ("wmpo_core.data.commands.import_bag", "episodes from any robot's rosbag2 through a mapping file"),
+    "export-lerobot": ("wmpo_core.data.commands.export_lerobot", "write episodes as a LeRobotDataset (v3.0)"),
+    "import-lerobot": ("wmpo_core.data.commands.import_lerobot", "episodes from a LeRobotDataset (v3.x)"),
+    "collect-sim": ("wmpo_core.data.commands.collect_sim", "record episodes in the simulator without ROS (scripted or a policy)"),
+    "demo": ("wmpo_core.commands.demo", "run the whole loop on the simulated robot and write a report"),
+    "eval": ("wmpo_core.policy.commands.eval", "evaluate a policy closed loop in the simulator"),
+    "train-policy": ("wmpo_core.policy.commands.train_policy", "behavior cloning from recorded episodes"),
+    "predict": ("wmpo_core.policy.commands.predict", "print the action chunk a policy outputs for one image"),
+    "import-openvla": ("wmpo_core.policy.commands.import_openvla",
                        "turn an OpenVLA / OpenVLA-OFT checkpoint directory into a signed policy package"),
-    "train-vae": ("wmpo_core.world_model.commands", "train the frame autoencoder on recorded frames"),
-    "train-world-model": ("wmpo_core.world_model.commands", "train / align the video world model"),
-    "eval-world-model": ("wmpo_core.world_model.commands", "world-model fidelity against reference predictors"),
-    "ablate-world-model": ("wmpo_core.world_model.ablation",
+    "train-vae": ("wmpo_core.world_model.commands.train_vae", "train the frame autoencoder on recorded frames"),
+    "train-world-model": ("wmpo_core.world_model.commands.train_world_model", "train / align the video world model"),
+    "eval-world-model": ("wmpo_core.world_model.commands.eval_world_model", "world-model fidelity against reference predictors"),
+    "ablate-world-model": ("wmpo_core.world_model.commands.ablate_world_model",
                            "world-model ablations: no noisy-frame conditioning, no behavior alignment"),
-    "imagine": ("wmpo_core.world_model.commands", "real vs imagined video for one episode"),
-    "train-reward": ("wmpo_core.reward.commands", "train the video success classifier"),
-    "eval-reward": ("wmpo_core.reward.commands", "precision / recall / F1 of the reward model"),
-    "calibrate-reward": ("wmpo_core.reward.commands", "set the reward threshold on imagined replays"),
-    "diagnose-imagination": ("wmpo_core.reward.commands",
+    "imagine": ("wmpo_core.world_model.commands.imagine", "real vs imagined video for one episode"),
+    "train-reward": ("wmpo_core.reward.commands.train_reward", "train the video success classifier"),
+    "eval-reward": ("wmpo_core.reward.commands.eval_reward", "precision / recall / F1 of the reward model"),
+    "calibrate-reward": ("wmpo_core.reward.commands.calibrate_reward", "set the reward threshold on imagined replays"),
+    "diagnose-imagination": ("wmpo_core.reward.commands.diagnose_imagination",
                              "where imagination loses the task outcome: reward AUC on real to imagined video"),
-    "grpo": ("wmpo_core.rl.commands", "GRPO in imagination"),
-    "grpo-sim": ("wmpo_core.rl.commands", "baseline: online GRPO in the simulator"),
-    "dpo": ("wmpo_core.rl.commands", "baseline: offline DPO on success/failure pairs"),
-    "compare": ("wmpo_core.rl.commands", "results table: base, DPO, online GRPO, WMPO"),
-    "loop": ("wmpo_core.loop", "lifelong learning: collect, align, improve, gate, push"),
-    "loop-report": ("wmpo_core.loop", "evaluate every policy of a loop run on the same held-out start states"),
-    "loop-watch": ("wmpo_core.loop",
+    "grpo": ("wmpo_core.rl.commands.grpo", "GRPO in imagination"),
+    "grpo-sim": ("wmpo_core.rl.commands.grpo_sim", "baseline: online GRPO in the simulator"),
+    "dpo": ("wmpo_core.rl.commands.dpo", "baseline: offline DPO on success/failure pairs"),
+    "compare": ("wmpo_core.rl.commands.compare", "results table: base, DPO, online GRPO, WMPO"),
+    "loop": ("wmpo_core.commands.loop", "lifelong learning: collect, align, improve, gate, push"),
+    "loop-report": ("wmpo_core.commands.loop_report", "evaluate every policy of a loop run on the same held-out start states"),
+    "loop-watch": ("wmpo_core.commands.loop_watch",
                    "robot run: watch the promoted version and roll back to the previous one when it does worse"),
-    "keygen": ("wmpo_core.registry.commands", "make an Ed25519 signing key pair"),
-    "export": ("wmpo_core.registry.commands", "package and sign a policy"),
-    "verify": ("wmpo_core.registry.commands", "verify a policy package offline"),
-    "push": ("wmpo_core.registry.commands", "copy a package to a robot and ask its policy node to load it"),
+    "keygen": ("wmpo_core.registry.commands.keygen", "make an Ed25519 signing key pair"),
+    "export": ("wmpo_core.registry.commands.export", "package and sign a policy"),
+    "verify": ("wmpo_core.registry.commands.verify", "verify a policy package offline"),
+    "push": ("wmpo_core.registry.commands.push", "copy a package to a robot and ask its policy node to load it"),
 }
 
 
@@ -78,12 +80,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_) in sorted(_available().items()):
         if name == selected:
             module = importlib.import_module(module_name)
-            text = getattr(module, f"HELP_{name.replace('-', '_')}", None) or help_ or getattr(module, "HELP", None)
-            p = sub.add_parser(name, help=text, description=text)
-            configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
-            configure(p)
-            run = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
-            p.set_defaults(_run=run)
+            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.configure(p)
+            p.set_defaults(_run=module.main)
         else:
             sub.add_parser(name, help=help_ or "(ROS 2 command)", add_help=False)
     return parser

@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic
-from wmpo_core.pipeline.recipe import Recipe, add_recipe_option, recipe_from_args
-from wmpo_core.pipeline.runner import MARKER, Step, run_stage, run_wmpo, wmpo_command
+from wmpo_core.pipeline.recipe import Recipe, recipe_from_args
+from wmpo_core.pipeline.runner import MARKER, Step, run_wmpo, wmpo_command
 from wmpo_core.pipeline.steps import (
     Collection,
     collect,
@@ -56,8 +55,6 @@ from wmpo_core.pipeline.steps import (
     reward_step,
     train_world_model,
 )
-
-HELP = "run the whole loop on the simulated robot (ROS 2 graph, BC, world + reward models, GRPO, push) and write a report"
 
 # Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
 # Measured on this kind of machine, torch's default threads (2) per training command:
@@ -422,53 +419,6 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
     return result
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `wmpo demo`; the defaults fit in about 45 minutes on a 2-core CPU."""
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
-    parser.add_argument("--demos", type=int, default=40, help="scripted demonstrations (default 40)")
-    parser.add_argument("--rollouts", type=int, default=16, help="base-policy rollouts (default 16)")
-    parser.add_argument("--eval-episodes", type=int, default=20, help="held-out evaluation episodes per policy (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="offset of every seed range (default 0)")
-    parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default 0)")
-    parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="sampling temperature of the learned policies on the robot (0 = greedy; default 1.0)")
-    parser.add_argument("--steps-after-success", type=int, default=8,
-                        help="steps recorded past a success in training episodes, for the reward model (default 8)")
-    parser.add_argument("--bc-steps", type=int, help="behavior-cloning steps (default: the task's base recipe, 600 for lift)")
-    parser.add_argument("--vae-steps", type=int, help=f"frame autoencoder steps (default: the --wm-config value, "
-                        f"else {DEMO_VAE_STEPS})")
-    parser.add_argument("--wm-steps", type=int, default=1200, help="world-model pretraining steps (default 1200)")
-    parser.add_argument("--align-steps", type=int, default=300, help="world-model alignment steps (default 300)")
-    parser.add_argument("--reward-steps", type=int, default=600, help="reward-model steps (default 600)")
-    parser.add_argument("--grpo-iterations", type=int, default=3, help="GRPO iterations (default 3)")
-    parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
-    add_recipe_option(parser)
-    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the recipe's, the 64 px simulator "
-                        "config)")
-    parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default: the recipe's; for lift the shipped "
-                        "lift config)")
-    parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the recipe's, e.g. lift_wmpo.json)")
-    parser.add_argument("--direct", action="store_true",
-                        help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start over: remove what earlier demo runs wrote in --out (nothing else)")
-
-
-def _check(args: argparse.Namespace) -> str | None:
-    for name in ("demos", "rollouts", "eval_episodes"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1"
-    for name in ("bc_config", "wm_config", "reward_config", "grpo_config", "recipe"):
-        value = getattr(args, name)
-        if value and not Path(value).is_file():
-            return f"--{name.replace('_', '-')} {value}: no such file"
-        if value:
-            setattr(args, name, str(Path(value).resolve()))
-    return None
-
-
 # The demo marks its folder with this file, listing what was there before it first wrote
 # anything; `--fresh` removes only the demo's own outputs (demo_outputs()) and never those.
 DEMO_MARK = ".wmpo-demo.json"
@@ -513,48 +463,6 @@ def remove_demo_outputs(out: Path) -> str | None:
         else:
             path.unlink()
     return None
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the stages not finished yet, then print the before/after table."""
-    if (problem := _check(args)) is not None:
-        print(f"wmpo demo: {problem}", file=sys.stderr)
-        return 2
-    out: Path = args.out.resolve()
-    if args.fresh and (problem := remove_demo_outputs(out)) is not None:
-        print(f"wmpo demo: --fresh: {problem}", file=sys.stderr)
-        return 2
-    try:
-        steps = plan(args, out)
-    except ValueError as exc:
-        print(f"wmpo demo: {exc}", file=sys.stderr)
-        return 2
-    mark_demo_folder(out)
-    estimates = {s.name: s.estimate(args) for s in STAGES}
-    todo = sum(estimates[s.name] for s in steps if not s.done)
-    print(f"wmpo demo: {len(steps)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")
-    for i, s in enumerate(steps, 1):
-        took = f"done in {read_json(s.marker).get('seconds', 0):.0f} s, reused" if s.done else f"~{estimates[s.name]:.0f} s"
-        print(f"  {i:2d}. {s.title} ({took})")
-    all_done = all(s.done for s in steps)
-    t_start = time.monotonic()
-    for i, stage in enumerate(steps, 1):
-        elapsed = time.monotonic() - t_start
-        header = (f"\n[{i}/{len(steps)}] {stage.title}  (estimate ~{estimates[stage.name]:.0f} s; "
-                  f"{elapsed / 60:.1f} min elapsed)")
-        try:
-            run_stage(stage.folder, stage.name, stage.run,
-                      say=lambda text, h=header: print(h if text.endswith("...") else text, flush=True))
-        except (StageError, OSError, ValueError) as exc:
-            print(f"wmpo demo: stage '{stage.name}' failed: {exc}\n(re-run the same command to continue from this "
-                  "stage)", file=sys.stderr)
-            return 1
-    report = read_json(out / "report" / MARKER)
-    if all_done:
-        print_table(read_json(Path(report["report_json"]))["versions"])  # the table of the finished run
-    print(f"\nwmpo demo: finished in {(time.monotonic() - t_start) / 60:.1f} min; report in {report['report_html']} "
-          f"and {report['report_json']}")
-    return 0
 
 
 def stage_results(out: Path) -> dict[str, Any]:

@@ -53,8 +53,6 @@ unfinished stage; a half-finished stage is redone (recording) or resumed by its 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -63,7 +61,7 @@ from typing import Any
 
 # The pipeline's names, re-exported: `wmpo loop` was their home before wmpo_core.pipeline.
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic  # noqa: F401
-from wmpo_core.pipeline.recipe import Recipe, add_recipe_option, recipe_from_args
+from wmpo_core.pipeline.recipe import Recipe, recipe_from_args
 from wmpo_core.pipeline.runner import (  # noqa: F401
     MARKER,
     Step,
@@ -98,8 +96,6 @@ from wmpo_core.pipeline.steps import (  # noqa: F401
 from wmpo_core.pipeline.versions import VersionChain
 from wmpo_core.stats import sign_test_p_value  # noqa: F401
 
-HELP = "lifelong learning: collect, align world and reward models, GRPO in imagination, gate, push"
-HELP_loop_report = "evaluate every policy of a loop run (robot version and candidate per iteration) on the same held-out start states"
 ITERATION_STAGES = ("collect", "world_model", "reward", "grpo", "gate", "publish")
 # Offsets inside the shared seed ranges (wmpo_core.rl.config) that keep the loop's start states
 # apart from `wmpo demo`'s, which start at offset 0 of each range.
@@ -159,8 +155,7 @@ class LoopConfig:
         return data
 
 
-
-def _default(name: str) -> Any:
+def config_default(name: str) -> Any:
     """The LoopConfig default of ``name``: the command line's defaults are these, written once."""
     f = next(f for f in fields(LoopConfig) if f.name == name)
     if f.default is MISSING:
@@ -421,69 +416,6 @@ class Loop:
         return done
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `wmpo loop`; their defaults are LoopConfig's."""
-    d = _default
-    parser.add_argument("--iterations", type=int, required=True, help="iterations to have finished (a rerun resumes)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory (created, or resumed when it exists)")
-    parser.add_argument("--policy", required=True, help="first policy package (signed or not)")
-    parser.add_argument("--task", default=d("task"), help=f"simulated task (default: {d('task')})")
-    parser.add_argument("--robot", choices=("sim", "ros"), default=d("robot"),
-                        help="sim: simulated robot (default); ros: a real robot whose recorder writes to --episodes-from")
-    parser.add_argument("--episodes-per-iter", type=int, default=d("episodes_per_iter"),
-                        help=f"episodes collected per iteration (default {d('episodes_per_iter')})")
-    parser.add_argument("--temperature", type=float, default=d("temperature"),
-                        help="policy sampling temperature for collection and the gate (0 = greedy; default "
-                        f"{d('temperature')})")
-    parser.add_argument("--steps-after-success", type=int, default=d("steps_after_success"),
-                        help=f"steps recorded past a success, for the reward model (default {d('steps_after_success')})")
-    parser.add_argument("--collect-direct", action="store_true",
-                        help="sim: collect straight from the simulator instead of through the ROS 2 graph (faster)")
-    parser.add_argument("--episodes-from", help="ros: folder where the robot's recorder writes episode bags")
-    parser.add_argument("--demos", help="episodes added to every training set (e.g. the demonstrations)")
-    parser.add_argument("--world-model", help="world-model run the first iteration aligns from (default: pretrain)")
-    parser.add_argument("--max-steps", type=int, help="episode horizon for collection and the gate (default: the task's)")
-    add_recipe_option(parser)
-    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig for train-world-model (default: the recipe's)")
-    parser.add_argument("--reward-config", help="JSON RewardTrainConfig for train-reward (default: the recipe's)")
-    parser.add_argument("--grpo-config", help="JSON WMPOConfig for grpo (default: the recipe's)")
-    parser.add_argument("--wm-steps", type=int, help="world-model steps per iteration")
-    parser.add_argument("--reward-steps", type=int, help="reward-model steps per iteration")
-    parser.add_argument("--grpo-iterations", type=int, help="GRPO iterations per loop iteration")
-    parser.add_argument("--gate-episodes", type=int, default=d("gate_episodes"),
-                        help=f"held-out start states of the gate (default {d('gate_episodes')})")
-    parser.add_argument("--gate-alpha", type=float, default=d("gate_alpha"),
-                        help=f"significance of the one-sided paired sign test of the gate (default {d('gate_alpha')}; "
-                        "1 = any gain)")
-    parser.add_argument("--key", help="Ed25519 private key PEM (default: a key pair made in RUN/keys)")
-    parser.add_argument("--push-to", help="robot policy folder, DIR or HOST:DIR (default: RUN/robot/policies)")
-    parser.add_argument("--load-node", help="policy node asked to load each pushed version (e.g. /policy); its "
-                        "policy_root parameter must be the --push-to folder (docs/security.md)")
-    parser.add_argument("--collect-timeout", type=float, default=d("collect_timeout_s"),
-                        help="ros: seconds to wait for episodes")
-    parser.add_argument("--no-screen", dest="screen", action="store_false",
-                        help="ros: skip the imagination screen; every candidate goes to the canary (e.g. when the "
-                        "imagined reward's AUC is near 0.5)")
-    # ros: the screen's start states and the canary's sequential test (wmpo_core.canary)
-    for flag, name, kind, text in (
-            ("--screen-starts", "screen_starts", int,
-             "held-out episodes whose first frames start the imagination screen (default {})"),
-            ("--canary-odds-ratio", "canary_odds_ratio", float,
-             "effect size the canary test is built for (default {:g}: 50%% vs 25%% or 75%% success)"),
-            ("--canary-alpha", "canary_alpha", float,
-             "bound on false promote and on false rollback at that effect size (default {})"),
-            ("--canary-max-pairs", "canary_max_pairs", int,
-             "most canary/current episode pairs per decision (default {}, twice as many episodes)")):
-        parser.add_argument(flag, type=kind, default=d(name), help="ros: " + text.format(d(name)))
-    parser.add_argument("--no-watch", dest="watch", action="store_false",
-                        help="ros: no live watch of a promoted version (`wmpo loop-watch` can run it separately)")
-    parser.add_argument("--watch-threshold", type=float, default=d("watch_threshold"),
-                        help="ros: CUSUM level at which the live watch rolls a promoted version back (default "
-                        f"{d('watch_threshold'):g}; bench/bench_canary.py prints its error rates)")
-    parser.add_argument("--stop-after", choices=ITERATION_STAGES,
-                        help="stop after this stage of the first unfinished iteration (a rerun continues)")
-
-
 def config_from_args(args: argparse.Namespace) -> LoopConfig:
     """LoopConfig of the command line."""
     names = {f.name for f in fields(LoopConfig)}
@@ -494,26 +426,6 @@ def config_from_args(args: argparse.Namespace) -> LoopConfig:
         if values.get(k):
             values[k] = str(Path(values[k]).resolve())
     return LoopConfig(**values)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run or resume the loop; 1 with the failing stage's message."""
-    if args.iterations < 1:
-        print("wmpo loop: --iterations must be >= 1", file=sys.stderr)
-        return 2
-    loop = Loop(config_from_args(args))
-    try:
-        results = loop.run(args.iterations, stop_after=args.stop_after)
-    except (StageError, OSError, ValueError) as exc:
-        print(f"wmpo loop: {exc}", file=sys.stderr)
-        return 1
-    for r in results:
-        pub = r["publish"]
-        print(f"iteration {r['iteration']}: {r['gate']['decision']['reason']}; "
-              + (f"pushed {pub['version']}" if pub["pushed"] else f"kept {pub['version']}"))
-    print(f"wmpo loop: {len(results)} iteration(s) finished; version chain in {loop.versions.path}; "
-          f"current version {loop.versions.current['version']}")
-    return 0
 
 
 # ============================================================================ report
@@ -571,95 +483,3 @@ def report_rows(run_dir: Path, episodes: int, seed_offset: int = 0, temperature:
         r["seeds"] = [first, first + episodes - 1]
         r["temperature"] = temp
     return rows
-
-
-def configure_loop_report(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `wmpo loop-report`."""
-    parser.add_argument("--out", type=Path, required=True, help="run directory of `wmpo loop`")
-    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per policy (default 100)")
-    parser.add_argument("--seed-offset", type=int, default=0,
-                        help="offset in the evaluation seed range (default 0: the start states of `wmpo compare`)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
-    parser.add_argument("--json", action="store_true", help="print one JSON row per policy")
-
-
-def main_loop_report(args: argparse.Namespace) -> int:
-    """Evaluate the run's versions and print the table."""
-    if args.episodes < 1:
-        print("wmpo loop-report: --episodes must be >= 1", file=sys.stderr)
-        return 2
-    run_dir = Path(args.out).resolve()
-    if (run_dir / "loop.json").is_file() and read_json(run_dir / "loop.json").get("robot") == "ros":
-        from wmpo_core.robot_loop import print_robot_report
-
-        return print_robot_report(run_dir, as_json=args.json)
-    try:
-        rows = report_rows(run_dir, args.episodes, args.seed_offset, args.temperature,
-                           log=run_dir / "report" / "commands.log")
-    except (StageError, OSError, ValueError, KeyError) as exc:
-        print(f"wmpo loop-report: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{run_dir.name}: {args.episodes} held-out episodes per policy, seeds "
-                        f"{rows[0]['seeds'][0]}-{rows[0]['seeds'][1]}, temperature {rows[0]['temperature']:g}")
-    for col in ("iteration", "policy", "version", "success", "95% CI", "mean success length", "gate"):
-        table.add_column(col)
-    for r in rows:
-        lo, hi = r["ci95"]
-        length = r.get("mean_success_length")
-        table.add_row("-" if r["iteration"] is None else str(r["iteration"]), r["role"], str(r["version"]),
-                      f"{r['successes']}/{r['episodes']}", f"{100 * lo:.1f}-{100 * hi:.1f}%",
-                      f"{length:.1f}" if length else "-", r.get("gate", "") if r["role"] == "candidate" else "")
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: rich would fold to 80 columns
-    return 0
-
-
-# ============================================================================ loop-watch
-HELP_loop_watch = "robot run: watch the promoted version and roll back to the previous one when it does worse"
-
-
-def configure_loop_watch(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `wmpo loop-watch`."""
-    parser.add_argument("--out", type=Path, required=True, help="the `wmpo loop --robot ros` run directory")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default 5)")
-    parser.add_argument("--once", action="store_true", help="look once, print the state and exit")
-
-
-def main_loop_watch(args: argparse.Namespace) -> int:
-    """Watch a robot run's promoted version (wmpo_core.robot_loop.LiveWatch) until interrupted; the run's
-    settings come from RUN/loop.json. Not beside a running `wmpo loop` of the same run, which watches already."""
-
-    from wmpo_core.robot_loop import LiveWatch, forbid_simulator
-
-    stored = args.out / "loop.json"
-    if not stored.is_file():
-        print(f"wmpo loop-watch: {stored}: not a loop run", file=sys.stderr)
-        return 2
-    if not args.interval > 0:
-        print(f"wmpo loop-watch: --interval must be > 0, got {args.interval}", file=sys.stderr)
-        return 2
-    try:
-        settings = read_json(stored)
-        cfg = LoopConfig(**{k: v for k, v in settings.items() if k in {f.name for f in fields(LoopConfig)}})
-        if cfg.robot != "ros":
-            raise StageError(f"{args.out}: a {cfg.robot!r} run; the live watch is for `--robot ros` runs")
-        forbid_simulator("`wmpo loop-watch`")
-        live = LiveWatch(Loop(cfg), interval_s=args.interval, publish=not args.once)
-        if args.once:
-            record = live.check()
-            print(json.dumps(record or live.state, indent=2))
-            return 0
-        live.start()
-        print(f"wmpo loop-watch: watching {args.out} (head {live.loop.versions.current['version']}); Ctrl-C stops",
-              flush=True)
-        while True:
-            time.sleep(3600)
-    except (StageError, OSError, ValueError, TypeError) as exc:
-        print(f"wmpo loop-watch: {exc}", file=sys.stderr)
-        return 1

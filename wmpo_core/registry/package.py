@@ -135,14 +135,6 @@ def verify_package_contents(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_package(directory: str | Path) -> Any:
-    """Verify then load a package as a model: kept for old imports; the loader lives with the
-    model code, in :func:`wmpo_core.policy.loading.load_package`."""
-    from wmpo_core.policy.loading import load_package as _load_package
-
-    return _load_package(directory)
-
-
 def read_package_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a package, without verifying the files."""
     return read_manifest(directory)

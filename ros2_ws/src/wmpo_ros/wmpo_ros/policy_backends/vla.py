@@ -7,7 +7,7 @@ and the signature is checked again over the exact manifest the loader hashed (so
 changed between the two steps is refused, not half-trusted).
 
 Prediction calls the policy's own `predict_chunk`, the same call `wmpo eval` makes
-(`wmpo_core.policy.commands_eval.make_policy_fn`): images are resized and normalized
+(`wmpo_core.policy.commands.eval.make_policy_fn`): images are resized and normalized
 inside the model, proprio (joint_states positions) is passed only to policies trained
 with it. torch is imported only when this backend is used.
 """

@@ -1,4 +1,11 @@
-"""`wmpo import-bag SRC... --map MAP.yaml --out DIR`: episodes from any robot's rosbag2."""
+"""`wmpo import-bag SRC... --map MAP.yaml --out DIR`: episodes from any robot's rosbag2.
+
+Import episodes from foreign rosbag2 bags (MCAP or sqlite3, with or without metadata.yaml) through a
+mapping file: image topics -> cameras, an end-effector pose topic -> the stack's 7-dim delta actions
+at the control rate, gripper, episode split, instruction, success topic (see docs/real_robot.md).
+The sources are only read; an existing non-empty --out is refused unless --into-existing. Exit
+status 0, 2 for a bad map or source (nothing of that source is kept).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,7 @@ from pathlib import Path
 
 from wmpo_core.data.bag import EpisodeError
 
-HELP = (
-    "import episodes from foreign rosbag2 bags (MCAP or sqlite3, with or without metadata.yaml) through a "
-    "mapping file: image topics -> cameras, an end-effector pose topic -> the stack's 7-dim delta actions at "
-    "the control rate, gripper, episode split, instruction, success topic (see docs/real_robot.md). The "
-    "sources are only read; an existing non-empty --out is refused unless --into-existing. Exit status 0, "
-    "2 for a bad map or source (nothing of that source is kept)."
-)
+HELP = "episodes from any robot's rosbag2 through a mapping file"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "--multi_gpu --num_processes N` (FSDP) instead of a full copy on each (DDP)")
 
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 DATA_FIELDS = ("task", "episodes", "seed", "noise", "cameras", "image_size")
 
 

@@ -1,4 +1,10 @@
-"""`wmpo label DIR --episode ID --success yes|no [--at SECONDS]` and `wmpo label DIR --csv FILE`."""
+"""`wmpo label DIR --episode ID --success yes|no [--at SECONDS]` and `wmpo label DIR --csv FILE`.
+
+Label episodes' success after the fact (stored beside each bag in wmpo_label.json; the bag is not
+rewritten): --episode ID --success yes|no [--at SECONDS after the bag's first message], or --csv
+FILE with columns episode_id,success[,at_s]; --clear removes a label. `wmpo episodes` and every
+trainer see the label. Exit status 0, or 2 for a bad id, value or file (nothing written).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,7 @@ from wmpo_core.data.labels import (
     read_label_csv,
 )
 
-HELP = (
-    "label episodes' success after the fact (stored beside each bag in wmpo_label.json; the bag is not "
-    "rewritten): --episode ID --success yes|no [--at SECONDS after the bag's first message], or --csv FILE "
-    "with columns episode_id,success[,at_s]; --clear removes a label. `wmpo episodes` and every trainer "
-    "see the label. Exit status 0, or 2 for a bad id, value or file (nothing written)."
-)
+HELP = "label episodes' success after the fact (one, or a CSV)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,11 @@
-"""`wmpo episodes DIR [--json] [--repair]`: list recorded episode bags."""
+"""`wmpo episodes DIR [--json] [--repair]`: list recorded episode bags.
+
+List recorded episodes (one line each, or --json); status is complete, incomplete (repaired after a
+crash), needs-repair (writer killed, file truncated) or recording (a running recorder holds it);
+--repair rewrites the needs-repair bags. Exit status: 0 all bags readable, 1 DIR is not a directory,
+3 some bag is corrupt (one line per bad bag on stderr, the others are still listed), 4 some bag
+needs --repair (none corrupt).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +21,7 @@ EXIT_BAD_PATH = 1
 EXIT_CORRUPT = 3
 EXIT_NEEDS_REPAIR = 4
 
-HELP = (
-    "list recorded episodes (one line each, or --json); status is complete, incomplete "
-    "(repaired after a crash), needs-repair (writer killed, file truncated) or recording "
-    "(a running recorder holds it); --repair rewrites the needs-repair bags. Exit status: "
-    "0 all bags readable, 1 DIR is not a directory, 3 some bag is corrupt (one line per bad "
-    "bag on stderr, the others are still listed), 4 some bag needs --repair (none corrupt)."
-)
+HELP = "list recorded episodes; --repair recovers crashed bags"
 
 _COLUMNS = ("episode_id", "task", "steps", "duration_s", "success", "policy_version", "status")
 

@@ -1,0 +1,103 @@
+"""`wmpo demo`: the whole loop on the simulated robot, one stage after another (wmpo_core.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from wmpo_core.demo import DEMO_VAE_STEPS, STAGES, mark_demo_folder, plan, print_table, remove_demo_outputs
+from wmpo_core.io_utils import StageError, read_json
+from wmpo_core.pipeline.recipe import add_recipe_option
+from wmpo_core.pipeline.runner import MARKER, run_stage
+
+HELP = "run the whole loop on the simulated robot and write a report"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo demo`; the defaults fit in about 45 minutes on a 2-core CPU."""
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
+    parser.add_argument("--demos", type=int, default=40, help="scripted demonstrations (default 40)")
+    parser.add_argument("--rollouts", type=int, default=16, help="base-policy rollouts (default 16)")
+    parser.add_argument("--eval-episodes", type=int, default=20, help="held-out evaluation episodes per policy (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="offset of every seed range (default 0)")
+    parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default 0)")
+    parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the learned policies on the robot (0 = greedy; default 1.0)")
+    parser.add_argument("--steps-after-success", type=int, default=8,
+                        help="steps recorded past a success in training episodes, for the reward model (default 8)")
+    parser.add_argument("--bc-steps", type=int, help="behavior-cloning steps (default: the task's base recipe, 600 for lift)")
+    parser.add_argument("--vae-steps", type=int, help=f"frame autoencoder steps (default: the --wm-config value, "
+                        f"else {DEMO_VAE_STEPS})")
+    parser.add_argument("--wm-steps", type=int, default=1200, help="world-model pretraining steps (default 1200)")
+    parser.add_argument("--align-steps", type=int, default=300, help="world-model alignment steps (default 300)")
+    parser.add_argument("--reward-steps", type=int, default=600, help="reward-model steps (default 600)")
+    parser.add_argument("--grpo-iterations", type=int, default=3, help="GRPO iterations (default 3)")
+    parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
+    add_recipe_option(parser)
+    parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the recipe's, the 64 px simulator "
+                        "config)")
+    parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default: the recipe's; for lift the shipped "
+                        "lift config)")
+    parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the recipe's, e.g. lift_wmpo.json)")
+    parser.add_argument("--direct", action="store_true",
+                        help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: remove what earlier demo runs wrote in --out (nothing else)")
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    for name in ("demos", "rollouts", "eval_episodes"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1"
+    for name in ("bc_config", "wm_config", "reward_config", "grpo_config", "recipe"):
+        value = getattr(args, name)
+        if value and not Path(value).is_file():
+            return f"--{name.replace('_', '-')} {value}: no such file"
+        if value:
+            setattr(args, name, str(Path(value).resolve()))
+    return None
+
+def main(args: argparse.Namespace) -> int:
+    """Run the stages not finished yet, then print the before/after table."""
+    if (problem := _check(args)) is not None:
+        print(f"wmpo demo: {problem}", file=sys.stderr)
+        return 2
+    out: Path = args.out.resolve()
+    if args.fresh and (problem := remove_demo_outputs(out)) is not None:
+        print(f"wmpo demo: --fresh: {problem}", file=sys.stderr)
+        return 2
+    try:
+        steps = plan(args, out)
+    except ValueError as exc:
+        print(f"wmpo demo: {exc}", file=sys.stderr)
+        return 2
+    mark_demo_folder(out)
+    estimates = {s.name: s.estimate(args) for s in STAGES}
+    todo = sum(estimates[s.name] for s in steps if not s.done)
+    print(f"wmpo demo: {len(steps)} stages, about {todo / 60:.0f} min left on a 2-core CPU; output in {out}/")
+    for i, s in enumerate(steps, 1):
+        took = f"done in {read_json(s.marker).get('seconds', 0):.0f} s, reused" if s.done else f"~{estimates[s.name]:.0f} s"
+        print(f"  {i:2d}. {s.title} ({took})")
+    all_done = all(s.done for s in steps)
+    t_start = time.monotonic()
+    for i, stage in enumerate(steps, 1):
+        elapsed = time.monotonic() - t_start
+        header = (f"\n[{i}/{len(steps)}] {stage.title}  (estimate ~{estimates[stage.name]:.0f} s; "
+                  f"{elapsed / 60:.1f} min elapsed)")
+        try:
+            run_stage(stage.folder, stage.name, stage.run,
+                      say=lambda text, h=header: print(h if text.endswith("...") else text, flush=True))
+        except (StageError, OSError, ValueError) as exc:
+            print(f"wmpo demo: stage '{stage.name}' failed: {exc}\n(re-run the same command to continue from this "
+                  "stage)", file=sys.stderr)
+            return 1
+    report = read_json(out / "report" / MARKER)
+    if all_done:
+        print_table(read_json(Path(report["report_json"]))["versions"])  # the table of the finished run
+    print(f"\nwmpo demo: finished in {(time.monotonic() - t_start) / 60:.1f} min; report in {report['report_html']} "
+          f"and {report['report_json']}")
+    return 0

@@ -1,0 +1,95 @@
+"""`wmpo grpo`: GRPO in imagination from a policy package, a world model and a reward model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from wmpo_core.rl.commands.common import ROWS, add_common, error, finish, prepare_policy, setup_logging
+
+HELP = "GRPO in imagination"
+
+
+def start_state_seeds(folders: list[str]) -> dict[str, Any]:
+    """``task`` and ``seed_ranges`` ([name, start, stop] runs of consecutive seeds) of the simulated episodes
+    in ``folders``, for the manifest: `wmpo compare` checks them against its evaluation seeds. Episodes
+    without a seed (a real robot's) or whose metadata cannot be read add nothing."""
+    from wmpo_core.data.bag import EpisodeError, episode_dirs, read_metadata
+
+    tasks: set[str] = set()
+    seeds: set[int] = set()
+    for folder in folders:
+        for path in episode_dirs(folder):
+            try:
+                metadata = read_metadata(path)
+            except (EpisodeError, OSError, ValueError):
+                continue  # load_start_states names and skips what it cannot read
+            tasks.add(metadata.task)
+            if metadata.seed is not None:
+                seeds.add(metadata.seed)
+    runs: list[list[Any]] = []
+    for seed in sorted(seeds):
+        if runs and runs[-1][2] == seed:
+            runs[-1][2] = seed + 1
+        else:
+            runs.append(["start states", seed, seed + 1])
+    out: dict[str, Any] = {"seed_ranges": runs} if runs else {}
+    if len(tasks) == 1:
+        out["task"] = tasks.pop()
+    return out
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `wmpo grpo`."""
+    add_common(parser, ROWS)
+    parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
+    parser.add_argument("--reward", required=True, help="reward-model directory (reward.json)")
+    parser.add_argument("--episodes", required=True, nargs="+",
+                        help="folder(s) of recorded episodes: their first frames start imagination")
+    parser.add_argument("--iterations", type=int, help="override config.iterations")
+    parser.add_argument("--budget", type=int, help="real trajectories behind the world and reward models (recorded in the manifest)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """GRPO in imagination; an --out with checkpoints resumes.
+
+    Data parallel: ``accelerate launch --multi_gpu --num_processes N -m wmpo_core.cli grpo ...``
+    (on CPU-only machines too: each rank imagines its share of the start states, DDP over gloo).
+    """
+    from wmpo_core.policy.loading import load_package
+    from wmpo_core.policy.training_options import check_micro_batch, make_accelerator, training_device
+    from wmpo_core.registry.verify import PackageError
+    from wmpo_core.reward.model import RewardModel
+    from wmpo_core.rl.config import WMPOConfig, load_config
+    from wmpo_core.rl.rollouts import VideoReward, load_start_states
+    from wmpo_core.rl.trainer_imagination import train_wmpo
+    from wmpo_core.world_model.model import WorldModel
+
+    setup_logging()
+    try:
+        config = load_config(WMPOConfig, args.config)
+        if args.iterations:
+            config.iterations = args.iterations
+        if check_micro_batch(args.micro_batch) is not None:
+            config.grpo.micro_batch = args.micro_batch
+        config.validate()
+        accelerator = make_accelerator(args.device)
+        device = training_device(args.device, accelerator)
+        policy = prepare_policy(load_package(args.policy), args, device)
+        world_model = WorldModel.from_pretrained(args.world_model, device=device)
+        reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
+        starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size,
+                                   start=config.start, branch_before=config.branch_before,
+                                   context_frames=world_model.context_frames)
+    except (OSError, ValueError, PackageError) as exc:
+        return error("grpo", str(exc))
+    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward),
+                             **start_state_seeds(args.episodes)}
+    if args.budget is not None:
+        extra["budget"] = args.budget
+    try:
+        result = train_wmpo(policy, world_model, reward, starts, args.out, config, accelerator=accelerator,
+                            progress=not args.quiet, data_summary=extra)
+    except (FileExistsError, ValueError) as exc:
+        return error("grpo", str(exc))
+    return finish("grpo", result, args.sign) if accelerator.is_main_process else 0

@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+# The separate environment in which tests/test_lerobot.py reads an exported LeRobotDataset (about 20 s once).
+bash "$ROOT/scripts/make_lerobot_check_env.sh" >/dev/null
 set +e
 python -m pytest "$@"
 rc=$?

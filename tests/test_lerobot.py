@@ -1,14 +1,20 @@
 """Episodes -> LeRobotDataset v3.0 -> episodes: images bit-exact, actions within 1e-6, success labels kept.
 
-The `lerobot` package does not install beside the pinned torch (lerobot 0.4.4 wants torch<2.11), so the
-dataset is checked here against the published v3.0 layout by reading it back with pyarrow and PIL."""
+The `lerobot` package cannot be imported beside the pinned CPU torch (its dataset module imports torchvision,
+whose only PyPI build for torch 2.13 is a CUDA one; docs/real_robot.md), so the dataset is checked here
+against the published v3.0 layout by reading it back with pyarrow and PIL, and in a separate environment
+(scripts/make_lerobot_check_env.sh) with the `datasets`/pandas versions lerobot uses, through
+scripts/check_lerobot_dataset.py, which repeats lerobot's loading steps."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +25,10 @@ from test_dataset_episodes import write_episode_bag
 from wmpo_core.data.bag import load_episode
 from wmpo_core.data.episodes import write_synthetic_episode
 from wmpo_core.data.lerobot import IMAGE_PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK_ENV = Path(os.environ.get("WMPO_LEROBOT_CHECK_ENV")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wmpo/lerobot-check-env")
 
 
 def wmpo(*args: str) -> subprocess.CompletedProcess:
@@ -88,6 +98,39 @@ def test_round_trip_keeps_images_actions_and_labels(episodes, tmp_path):
     assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 2
     res = wmpo("import-lerobot", str(ds), "--out", str(back))
     assert res.returncode == 2 and "--into-existing" in res.stderr
+
+
+def check_in_separate_env(ds: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """scripts/check_lerobot_dataset.py on `ds` in the separate environment, offline: returns what it loaded."""
+    python = CHECK_ENV / "bin/python"
+    if not python.exists():
+        pytest.skip(f"no separate environment at {CHECK_ENV}: build it with scripts/make_lerobot_check_env.sh "
+                    "(scripts/test.sh does)")
+    out = tmp_path / "loaded.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    res = subprocess.run([str(python), str(ROOT / "scripts/check_lerobot_dataset.py"), str(ds), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    return res, (json.loads(out.read_text()) if res.returncode == 0 else None)
+
+
+def test_export_loads_with_lerobots_libraries_in_a_separate_env(episodes, tmp_path):
+    ds = tmp_path / "ds"
+    assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 0
+    res, loaded = check_in_separate_env(ds, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The separate environment's own libraries (numpy 2, not this stack's 1.26), as `pip install lerobot` has them.
+    assert loaded["versions"] == {"datasets": "4.8.5", "pandas": "3.1.1", "numpy": "2.4.6"}
+    assert loaded["frames"] == 24
+    assert [(e["episode_index"], e["from"], e["to"], e["task"]) for e in loaded["episodes"]] == [
+        (0, 0, 6, "task 0"), (1, 6, 14, "task 1"), (2, 14, 24, "task 0")]
+    source = [load_episode(episodes / f"ep_{i}") for i in range(3)]
+    actions = np.concatenate([e.actions for e in source])
+    assert np.abs(np.asarray(loaded["action"]) - actions).max() <= 1e-6
+    for cam in ("agentview", "wrist"):
+        frames = np.concatenate([e.frames[cam] for e in source])
+        assert loaded["images"][IMAGE_PREFIX + cam] == [[[24, 32, 3], hashlib.sha256(f.tobytes()).hexdigest()]
+                                                        for f in frames]
 
 
 def test_a_dataset_from_elsewhere_imports_with_success_from_next_success(episodes, tmp_path):

@@ -10,7 +10,9 @@ ROS 2 (`up`, `record`) are contributed by the wmpo_ros package through the
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
+import importlib.util
 import sys
 from importlib.metadata import entry_points
 
@@ -103,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("wmpo: interrupted", file=sys.stderr)
-        return 130
+        pass
+    # Out of the except block the interrupted frames are freed: their progress bars close before the
+    # message below, which so stays the last line on the terminal.
+    gc.collect()
+    print("wmpo: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -88,9 +88,11 @@ def main(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - t_start
         header = (f"\n[{i}/{len(steps)}] {stage.title}  (estimate ~{estimates[stage.name]:.0f} s; "
                   f"{elapsed / 60:.1f} min elapsed)")
+        def say(text: str, h: str = header) -> None:
+            print(h if text.endswith("...") else text, flush=True)
+
         try:
-            run_stage(stage.folder, stage.name, stage.run,
-                      say=lambda text, h=header: print(h if text.endswith("...") else text, flush=True))
+            run_stage(stage.folder, stage.name, stage.run, say=say)
         except (StageError, OSError, ValueError) as exc:
             print(f"wmpo demo: stage '{stage.name}' failed: {exc}\n(re-run the same command to continue from this "
                   "stage)", file=sys.stderr)

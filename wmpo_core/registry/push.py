@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wmpo_core.io_utils import fsync_path
 from wmpo_core.registry.signing import verify_package
@@ -319,7 +320,7 @@ def request_policy_load(
         ros_node.create_subscription(String, events_topic, on_event, events_qos)
 
         def call(srv_type, name: str, request):
-            client = ros_node.create_client(srv_type, name)
+            client: Any = ros_node.create_client(srv_type, name)
             if not client.wait_for_service(timeout_sec=timeout_s):
                 raise PolicyLoadError(f"{name}: service not available after {timeout_s:.0f} s (is the policy node running?)")
             future = client.call_async(request)

@@ -292,6 +292,7 @@ def verify_package(
     report.reasons += signature_reasons
     if signature_reasons:
         return report  # nothing unsigned is hashed or built
+    assert report.key_id is not None  # a signature without reasons against it names its key
     report.checks.append(f"{SIGNATURE_FILE}: valid Ed25519 signature by trusted key {report.key_id[:16]}...")
     file_reasons = check_files(root, manifest, limits, should_stop)
     report.reasons += file_reasons

@@ -39,8 +39,9 @@ REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE)
 # Suffixes of formats that execute code on load (pickle and torch's pickle-in-zip).
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"})
 
-# model_type -> function(config) -> {tensor name: shape}; filled by the policy modules.
-ShapeRule = Callable[[Mapping[str, Any]], Mapping[str, Sequence[int]]]
+# model_type -> function(config) -> {tensor name: shape}; filled by the policy modules. A rule may also
+# take a ``package_dir`` keyword (see _apply_shape_rule), hence the open parameter list.
+ShapeRule = Callable[..., Mapping[str, Sequence[int]]]
 _SHAPE_RULES: dict[str, ShapeRule] = {}
 
 

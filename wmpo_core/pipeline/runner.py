@@ -21,6 +21,7 @@ from typing import Any
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic
 
 MARKER = "stage.json"
+STOP_GRACE_S = 60.0  # an interrupted command's own orderly stop (a graph: recorder, then each node)
 
 
 @dataclass
@@ -102,8 +103,14 @@ def run_wmpo(*args: str, log: Path | None = None, capture: bool = False, ok_code
         if sink is not None:
             sink.write(f"$ wmpo {' '.join(args)}\n")
             sink.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else sink, stderr=sink, text=True,
-                              env=env, stdin=subprocess.DEVNULL)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else sink, stderr=sink, text=True,
+                              env=env, stdin=subprocess.DEVNULL) as child:
+            try:
+                stdout, _ = child.communicate()
+            except KeyboardInterrupt:
+                _stop_interrupted(child)
+                raise
+        proc = subprocess.CompletedProcess(cmd, child.returncode, stdout)
     finally:
         if sink is not None:
             sink.close()
@@ -112,6 +119,25 @@ def run_wmpo(*args: str, log: Path | None = None, capture: bool = False, ok_code
         raise StageError(f"`wmpo {' '.join(args)}` failed with exit code {proc.returncode}"
                          + (f"; end of {log}:\n{tail}" if tail else ""))
     return proc
+
+
+def _stop_interrupted(child: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """After Ctrl-C: let the command stop by itself, then make it.
+
+    Ctrl-C reaches the whole foreground process group, the command included, and an interrupted
+    command may have work to finish (`wmpo record` stops its nodes in order, recorder first, so
+    its bag is complete); subprocess.run would kill it 0.25 s after the interrupt. One still
+    running after ``grace_s`` gets SIGTERM, then SIGKILL; a second Ctrl-C kills it at once.
+    """
+    try:
+        try:
+            child.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.communicate(timeout=10.0)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.kill()
+        child.wait()
 
 
 def last_json_line(text: str, what: str) -> dict[str, Any]:

@@ -86,7 +86,11 @@ def main() -> None:
         nodes.append(CameraNode(context=ctx, cli_args=["--ros-args", "-r", f"__node:=camera_{name}"], parameter_overrides=[
             Parameter("backend", value="realsense"), Parameter("name", value=name),
             Parameter("source", value=device.serial), Parameter("width", value=args.width),
-            Parameter("height", value=args.height), Parameter("rate_hz", value=args.fps)]))
+            Parameter("height", value=args.height), Parameter("rate_hz", value=args.fps),
+            # A software device delivers nothing until the feed starts (after the recorder is up); a real camera
+            # streams from the moment it opens. Without this the node reopens the idle device after 30 empty
+            # reads, and the first two seconds of the feed fall into the reopening.
+            Parameter("max_read_failures", value=1_000_000)]))
     sub = rclpy.create_node("bench_camera_counter", context=ctx)
     received: dict[str, set[int]] = {n: set() for n in NAMES}
     for name in NAMES:

@@ -200,6 +200,52 @@ def _camera_node_recovers_from_unplug_without_restart() -> None:
         ctx.try_shutdown()
 
 
+def _busy_executor_costs_no_frame() -> None:
+    """The node reads a RealSense in a thread of its own, paced by the device: an executor that is busy
+    for five frame periods at a time (another callback of the process) loses no frame. Read on a timer,
+    the pipeline keeps only the newest frameset and the frames in between are gone."""
+    from rclpy.executors import SingleThreadedExecutor
+    from wmpo_ros.camera_node import CameraNode
+
+    domain = 76
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    device = SoftwareRealSense("SWBUSY", W, H, FPS, fx=210.0, fy=211.0)
+    device.plug()
+    node = CameraNode(context=ctx, parameter_overrides=[
+        Parameter("backend", value="realsense"), Parameter("name", value="front"), Parameter("source", value="SWBUSY"),
+        Parameter("width", value=W), Parameter("height", value=H), Parameter("rate_hz", value=float(FPS)),
+    ])
+    busy = rclpy.create_node("busy_neighbour", context=ctx)
+    busy.create_timer(0.3, lambda: time.sleep(5 / FPS))
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(busy)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    feeder = Feeder(device, node)
+    probe = RosProbe(domain, name="realsense_busy_probe")
+    try:
+        images = probe.subscribe(Image, "camera/front/image_raw", IMAGE_QOS)
+        feeder.start()
+        probe.wait_for(lambda: len(images) >= 1, 20, "a first image from the software RealSense")
+        probe.wait_for(lambda: len(images) >= 100, 30, "100 images")
+        feeder.stop()
+        markers = [int(image_to_numpy(m)[0, 0, 0]) for m in list(images)[:100]]
+        steps = [(b - a) % 251 for a, b in zip(markers[:-1], markers[1:], strict=True)]
+        lost = sum(s - 1 for s in steps if s > 1)
+        assert lost == 0 and all(s == 1 for s in steps), f"{lost} frames lost between published frames: {markers}"
+    finally:
+        feeder.stop()
+        probe.close()
+        executor.shutdown(timeout_sec=2)
+        node.close()
+        node.destroy_node()
+        busy.destroy_node()
+        device.unplug()
+        ctx.try_shutdown()
+
+
 # librealsense's software device has been seen to block inside try_wait_for_frames for
 # minutes on an overloaded machine; a native call cannot be interrupted in-process, so
 # each device test runs in its own interpreter with a deadline and a hang fails the test
@@ -225,3 +271,7 @@ def test_backend_streams_colour_depth_intrinsics_and_stamps() -> None:
 
 def test_camera_node_recovers_from_unplug_without_restart() -> None:
     _run_isolated("_camera_node_recovers_from_unplug_without_restart")
+
+
+def test_a_busy_executor_costs_no_camera_frame() -> None:
+    _run_isolated("_busy_executor_costs_no_frame")

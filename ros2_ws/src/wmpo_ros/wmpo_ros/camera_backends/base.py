@@ -65,6 +65,10 @@ class CameraBackend(ABC):
     def close(self) -> None:
         """Release the device (idempotent)."""
 
+    # True when read() blocks until the device's next frame and keeps no backlog of older ones: the node
+    # then reads in a thread of its own as fast as frames come instead of on a timer at rate_hz.
+    paced_by_device: bool = False
+
     @property
     def recorded(self) -> bool:
         """True for a recorded source (a file), where no frame means its end, not a lost device."""

@@ -130,6 +130,7 @@ class RealSenseCamera(CameraBackend):
     """pyrealsense2 pipeline behind the CameraBackend interface (see the module docstring)."""
 
     name = "realsense"
+    paced_by_device = True  # wait_for_frames blocks for the next frameset; the pipeline keeps only the newest
 
     def __init__(self, node: Node, config: CameraConfig) -> None:
         super().__init__(node, config)

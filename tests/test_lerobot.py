@@ -2,9 +2,11 @@
 
 The `lerobot` package cannot be imported beside the pinned CPU torch (its dataset module imports torchvision,
 whose only PyPI build for torch 2.13 is a CUDA one; docs/real_robot.md), so the dataset is checked here
-against the published v3.0 layout by reading it back with pyarrow and PIL, and in a separate environment
+against the published v3.0 layout by reading it back with pyarrow and PIL; in a separate environment
 (scripts/make_lerobot_check_env.sh) with the `datasets`/pandas versions lerobot uses, through
-scripts/check_lerobot_dataset.py, which repeats lerobot's loading steps."""
+scripts/check_lerobot_dataset.py, which repeats lerobot's loading steps; and, where the opt-in environment of
+`scripts/make_lerobot_check_env.sh --full` exists (lerobot 0.4.4 with a CUDA torch, several GB), with lerobot's
+own LeRobotDataset through scripts/load_with_lerobot.py."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from wmpo_core.data.lerobot import IMAGE_PREFIX
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_ENV = Path(os.environ.get("WMPO_LEROBOT_CHECK_ENV")
                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wmpo/lerobot-check-env")
+FULL_ENV = Path(os.environ.get("WMPO_LEROBOT_FULL_ENV")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wmpo/lerobot-full-env")
 
 
 def wmpo(*args: str) -> subprocess.CompletedProcess:
@@ -131,6 +135,55 @@ def test_export_loads_with_lerobots_libraries_in_a_separate_env(episodes, tmp_pa
         frames = np.concatenate([e.frames[cam] for e in source])
         assert loaded["images"][IMAGE_PREFIX + cam] == [[[24, 32, 3], hashlib.sha256(f.tobytes()).hexdigest()]
                                                         for f in frames]
+
+
+def load_with_lerobot(ds: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """scripts/load_with_lerobot.py on `ds` in the opt-in lerobot environment, offline: what LeRobotDataset returned."""
+    python = FULL_ENV / "bin/python"
+    if not python.exists() or not list(FULL_ENV.glob(".wmpo-check-env-*")):
+        pytest.skip(f"no lerobot environment at {FULL_ENV}: build it with `bash scripts/make_lerobot_check_env.sh "
+                    "--full` (opt-in, not built by scripts/test.sh: about 5.9 GB, about 70 s from local wheels)")
+    out = tmp_path / "lerobot.npz"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    res = subprocess.run([str(python), str(ROOT / "scripts/load_with_lerobot.py"), str(ds), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    if res.returncode != 0:
+        return res, None
+    with np.load(out, allow_pickle=False) as z:
+        return res, {k: z[k] for k in z.files}
+
+
+def test_export_loads_with_lerobots_own_loader_in_a_separate_env(episodes, tmp_path):
+    ds = tmp_path / "ds"
+    assert wmpo("export-lerobot", str(episodes), "--out", str(ds)).returncode == 0
+    res, loaded = load_with_lerobot(ds, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(str(loaded["versions"]))["lerobot"] == "0.4.4"
+    assert int(loaded["num_episodes"]) == 3 and int(loaded["num_frames"]) == 24 and len(loaded["index"]) == 24
+    # Episode boundaries as LeRobotDataset.__getitem__ reports them, frame by frame.
+    assert loaded["index"].tolist() == list(range(24))
+    assert loaded["episode_index"].tolist() == [0] * 6 + [1] * 8 + [2] * 10
+    assert loaded["frame_index"].tolist() == [*range(6), *range(8), *range(10)]
+    # item["task"]: lerobot looks the string up by the row of the task table.
+    assert loaded["task"].tolist() == ["task 0"] * 6 + ["task 1"] * 8 + ["task 0"] * 10
+    source = [load_episode(episodes / f"ep_{i}") for i in range(3)]
+    actions = np.concatenate([e.actions for e in source])
+    assert np.abs(loaded["action"] - actions).max() <= 1e-6
+    # Action chunks (delta_timestamps): lerobot clamps to the episode and flags the padding from the episode table.
+    assert loaded["chunk_steps"].tolist() == [-1, 0, 1, 2] and loaded["action_chunk"].shape == (24, 4, 7)
+    starts, ends = np.repeat([0, 6, 14], [6, 8, 10]), np.repeat([6, 14, 24], [6, 8, 10])
+    want = np.arange(24)[:, None] + loaded["chunk_steps"][None, :]
+    assert np.array_equal(loaded["action_chunk_is_pad"], (want < starts[:, None]) | (want >= ends[:, None]))
+    clamped = np.clip(want, starts[:, None], ends[:, None] - 1)
+    assert np.abs(loaded["action_chunk"] - actions[clamped]).max() <= 1e-6
+    assert loaded["image_keys"].tolist() == [IMAGE_PREFIX + "agentview", IMAGE_PREFIX + "wrist"]
+    for cam in ("agentview", "wrist"):
+        # Lossless PNG, decoded by lerobot (torchvision's ToTensor): channels first, uint8 / 255 exactly.
+        frames = np.concatenate([e.frames[cam] for e in source]).transpose(0, 3, 1, 2)
+        pixels = loaded[IMAGE_PREFIX + cam]
+        assert pixels.dtype == np.float32 and pixels.shape == (24, 3, 24, 32)
+        assert np.array_equal(pixels, frames.astype(np.float32) / np.float32(255))
 
 
 def test_a_dataset_from_elsewhere_imports_with_success_from_next_success(episodes, tmp_path):

@@ -101,6 +101,14 @@ def test_diagnose_imagination_command(tmp_path, capsys):
                     for s in labels if labels[s] for f in failures]
             assert rung[key] == (pytest.approx(sum(wins) / len(wins)) if wins else None), key
     assert "AUC vs clear/near failures" in table
+    # The "final" trajectory rule, by hand: only each video's last clip, AUC over all success/failure pairs.
+    last = {ep.episode_id: float(reward.clip_scores(ep.frames)[1][-1]) for ep in real}
+    wins = [float(last[s] > last[f]) + 0.5 * float(last[s] == last[f])
+            for s in labels if labels[s] for f in labels if not labels[f]]
+    by_rule = report["rungs"]["a_real"]["auc_by_rule"]
+    assert by_rule["final"]["auc"] == pytest.approx(sum(wins) / len(wins))
+    assert by_rule["any"]["auc"] == pytest.approx(report["rungs"]["a_real"]["auc"])  # the model's own rule
+    assert "AUC any/final clip" in table and report["settings"]["rule"] == "any"
     fid = report["fidelity"]
     assert set(fid) == {"c_chunk", "c_repeat_last", "e_replay"} and len(fid["e_replay"]["frame"]["psnr"]) >= 4
     # The no-motion reference, by hand: each chunk after the context repeats the frame before it.

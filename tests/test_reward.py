@@ -134,6 +134,42 @@ def test_any_clip_rule_and_min_frame():
     assert success_from_clip_scores(ends, scores, tau=0.6, min_frame=8) == (False, 0.4)
 
 
+def test_final_clip_rule_lets_only_the_last_clip_decide():
+    """Beyond the paper: a transient confident clip (0.95 at frame 7) does not make the trajectory a success."""
+    ends = np.array([7, 8, 9, 10])
+    assert success_from_clip_scores(ends, np.array([0.95, 0.2, 0.3, 0.4]), tau=0.6, rule="final") == (False, 0.4)
+    assert success_from_clip_scores(ends, np.array([0.1, 0.2, 0.3, 0.7]), tau=0.6, rule="final") == (True, 0.7)
+    assert success_from_clip_scores(ends, np.array([0.1, 0.2, 0.3, 0.7]), tau=0.6, min_frame=11,
+                                    rule="final") == (False, 0.0)
+    with pytest.raises(ValueError, match="rule"):
+        success_from_clip_scores(ends, np.ones(4), tau=0.6, rule="last")
+
+
+def test_final_rule_reaches_grpos_reward_and_bad_rules_are_refused_early(tmp_path):
+    """The rule is a reward-model setting: saved, loaded, used by trajectory_scores and by GRPO's VideoReward
+    (success from the last clip, no success frame, so the whole imagined trajectory counts)."""
+    from wmpo_core.reward.train import RewardTrainConfig
+    from wmpo_core.rl.rollouts import VideoReward
+
+    torch.manual_seed(0)
+    model = RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, tau=0.5, rule="final"), **TINY)
+    model.save_pretrained(tmp_path / "rw")
+    loaded = RewardModel.from_pretrained(tmp_path / "rw")
+    assert loaded.settings.rule == "final"
+    videos = [toy_task_episode(14, seed, success=seed % 2 == 0, image_size=SIZE).frames for seed in range(4)]
+    last = [float(loaded.clip_scores(v)[1][-1]) for v in videos]
+    assert loaded.trajectory_scores(videos) == pytest.approx(last)
+    loaded.settings.tau = float(np.median(last))  # some above, some not
+    assert VideoReward(loaded)(videos) == [(x > loaded.settings.tau, None) for x in last]
+    loaded.settings.rule = "any"
+    best = [float(loaded.clip_scores(v)[1].max()) for v in videos]
+    assert loaded.trajectory_scores(videos) == pytest.approx(best)
+    with pytest.raises(ValueError, match="rule"):
+        RewardSettings(rule="mean")
+    with pytest.raises(ValueError, match="rule"):
+        RewardTrainConfig(rule="max")
+
+
 def test_train_and_eval_reward_commands_on_bags(tmp_path, capsys):
     episodes = tmp_path / "episodes"
     for seed in range(10):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from wmpo_core.reward.model import RewardModel
+from wmpo_core.reward.model import TRAJECTORY_RULES, RewardModel
 from wmpo_core.reward.train import imagined_replays, roc_auc
 from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
 from wmpo_core.world_model.evaluate import frame_mse, psnr, psnr_of_mse, ssim
@@ -175,9 +175,10 @@ class LadderReport:
         """Plain-text ladder: one row per rung; then the fidelity lines."""
         n = self.settings["branch_chunks"]
         near = self.settings.get("near_failures")
-        lines = [f"{self.episodes} episodes ({self.successes} successes); reward tau {self.settings['tau']:.3f}",
+        lines = [f"{self.episodes} episodes ({self.successes} successes); reward tau {self.settings['tau']:.3f}, "
+                 f"trajectory rule {self.settings.get('rule', 'any')!r}",
                  f"{'rung':<48}{'AUC':>7}  {'95% CI':<15}{'mean score s/f':>16}{'F1@tau':>8}"
-                 + ("  AUC vs clear/near failures" if near is not None else "")]
+                 + ("  AUC vs clear/near failures" if near is not None else "") + "  AUC any/final clip"]
 
         def fmt(value: float | None) -> str:
             return " n/a" if value is None else f"{value:.3f}"
@@ -188,8 +189,9 @@ class LadderReport:
             ci = "" if r["auc"] is None else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
             split = (f"  {fmt(r['auc_clear_failures'])}/{fmt(r['auc_near_failures'])}" if "auc_near_failures" in r
                      else "")
+            rules = "/".join(fmt(r["auc_by_rule"][rule]["auc"]) for rule in TRAJECTORY_RULES) if "auc_by_rule" in r else ""
             lines.append(f"{title:<48}{auc:>7}  {ci:<15}{r['mean_success']:>8.3f}/{r['mean_failure']:<7.3f}"
-                         f"{r['f1_at_tau']:>8.3f}{split}")
+                         f"{r['f1_at_tau']:>8.3f}{split}  {rules}")
         if near is not None:
             lines.append(f"near failures: the {near} failed episodes the reward model scores >= 0.5 on real video; "
                          f"clear: the other {self.episodes - self.successes - near}")
@@ -266,12 +268,19 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     result: dict[str, dict[str, Any]] = {}
     for name, vids in videos.items():
         say(f"scoring {name}")
-        scores = reward.trajectory_scores([resize_frames(v, reward_size) for v in vids])
+        clips = [reward.clip_scores(resize_frames(v, reward_size)) for v in vids]
+        scores = np.array([reward.score_clips(ends, sc) for ends, sc in clips])
         auc, lo, hi = bootstrap_auc(scores, labels, resamples, seed)
+        # Both trajectory rules from the same clip scores: the reward model's own decides tau and F1.
+        by_rule = {}
+        for rule in TRAJECTORY_RULES:
+            rule_auc, rule_lo, rule_hi = bootstrap_auc([reward.score_clips(e, sc, rule) for e, sc in clips], labels,
+                                                       resamples, seed)
+            by_rule[rule] = {"auc": rule_auc, "ci": [rule_lo, rule_hi]}
         predicted = scores > reward.settings.tau
         tp = float(np.sum(predicted & labels))
         f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + np.sum(predicted & ~labels) + np.sum(~predicted & labels))
-        result[name] = {"auc": auc, "ci": [lo, hi], "f1_at_tau": float(f1),
+        result[name] = {"auc": auc, "ci": [lo, hi], "f1_at_tau": float(f1), "auc_by_rule": by_rule,
                         "mean_success": float(scores[labels].mean()) if labels.any() else float("nan"),
                         "mean_failure": float(scores[~labels].mean()) if (~labels).any() else float("nan"),
                         "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)}}
@@ -299,7 +308,8 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     if "e_replay" in videos:
         fidelity["e_replay"] = _fidelity(videos["e_replay"], labelled, 1, k, box, (longest - 1 + k - 1) // k)
     settings = {"branch_chunks": branch_chunks, "region": list(region) if region is not None else None,
-                "seed": seed, "resamples": resamples, "tau": float(reward.settings.tau), "chunk_size": k,
+                "seed": seed, "resamples": resamples, "tau": float(reward.settings.tau), "rule": reward.settings.rule,
+                "chunk_size": k,
                 "context_frames": c, "image_size": size, "near_failures": near_count,
                 "branch_at": dict(zip([ep.episode_id for ep in labelled], branch_at, strict=True))}
     return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings)

@@ -2,7 +2,10 @@
 
 A clip is ``clip_len`` consecutive frames ending at some frame ``e``. The model scores
 p(success | clip) = sigmoid(logit). A trajectory succeeds when any clip ending at or after
-``min_frame`` scores above the calibrated threshold ``tau``.
+``min_frame`` scores above the calibrated threshold ``tau`` (``rule = "any"``, the paper's). Beyond
+the paper, ``rule = "final"`` lets only the last clip decide: a transient success the world model
+imagines in the middle of a failed replay then does not count (measured on the diagnostic ladder,
+docs/results.md).
 
 Note: transformers treats ``num_labels=1`` as regression (MSE) when given labels, so the
 classifier is always called without labels and the BCE is computed here.
@@ -27,6 +30,8 @@ from wmpo_core.config_io import dataclass_from_json
 SETTINGS_FILE = "reward.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How clip scores become a trajectory's: "any" clip at or after min_frame (the paper), or the "final" clip.
+TRAJECTORY_RULES = ("any", "final")
 
 
 @dataclass
@@ -41,6 +46,11 @@ class RewardSettings:
     score_stride: int = 1  # clips scored at every frame in use, as WMPO does
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    rule: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.rule not in TRAJECTORY_RULES:
+            raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {self.rule!r}")
 
     @classmethod
     def from_json(cls, path: Path) -> RewardSettings:
@@ -76,11 +86,17 @@ def gather_clips(frames: np.ndarray, ends: Sequence[int], clip_len: int) -> np.n
     return frames[np.clip(idx, 0, len(frames) - 1)]
 
 
-def success_from_clip_scores(ends: np.ndarray, scores: np.ndarray, tau: float, min_frame: int = 0) -> tuple[bool, float]:
-    """Trajectory rule: any clip ending at or after ``min_frame`` above ``tau``; returns (success, best score)."""
+def success_from_clip_scores(ends: np.ndarray, scores: np.ndarray, tau: float, min_frame: int = 0,
+                             rule: str = "any") -> tuple[bool, float]:
+    """Trajectory rule -> (success, trajectory score). "any": the best clip ending at or after ``min_frame``;
+    "final": the last clip (if it ends at or after ``min_frame``). Success: that score above ``tau``."""
+    if rule not in TRAJECTORY_RULES:
+        raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {rule!r}")
     allowed = scores[np.asarray(ends) >= min_frame]
-    best = float(allowed.max()) if allowed.size else 0.0
-    return best > tau, best
+    if not allowed.size:
+        return False, 0.0
+    score = float(allowed[-1]) if rule == "final" else float(allowed.max())
+    return score > tau, score
 
 
 class RewardModel:
@@ -134,15 +150,18 @@ class RewardModel:
         return ends, torch.cat(out).numpy()
 
     def trajectory_scores(self, trajectories: Sequence[np.ndarray] | np.ndarray, stride: int | None = None) -> np.ndarray:
-        """Best clip score at or after ``min_frame`` for each trajectory (T_i, H, W, 3)."""
-        best = []
-        for frames in trajectories:
-            ends, scores = self.clip_scores(frames, stride)
-            best.append(success_from_clip_scores(ends, scores, self.settings.tau, self.settings.min_frame)[1])
-        return np.asarray(best, dtype=np.float64)
+        """Score of each trajectory (T_i, H, W, 3) under the settings' rule (best or last clip at or after
+        ``min_frame``)."""
+        return np.asarray([self.score_clips(*self.clip_scores(frames, stride)) for frames in trajectories],
+                          dtype=np.float64)
+
+    def score_clips(self, ends: np.ndarray, scores: np.ndarray, rule: str | None = None) -> float:
+        """One trajectory's score from its clip scores, under ``rule`` (default: the settings')."""
+        s = self.settings
+        return success_from_clip_scores(ends, scores, s.tau, s.min_frame, rule or s.rule)[1]
 
     def predict_success(self, trajectories: Sequence[np.ndarray] | np.ndarray, stride: int | None = None) -> np.ndarray:
-        """Binary reward per trajectory: best clip score > tau."""
+        """Binary reward per trajectory: its score under the settings' rule > tau."""
         return self.trajectory_scores(trajectories, stride) > self.settings.tau
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -34,7 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
-from wmpo_core.reward.model import RewardModel, RewardSettings, clip_end_indices, gather_clips, load_backbone
+from wmpo_core.reward.model import (
+    TRAJECTORY_RULES,
+    RewardModel,
+    RewardSettings,
+    clip_end_indices,
+    gather_clips,
+    load_backbone,
+)
 from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ class RewardTrainConfig:
     early_fraction: float = 0.25
     success_margin: int = 4  # frames before a recorded success step whose clips are not labelled
     min_frame: int = 0
+    # How clip scores make a trajectory's score: "any" clip (the paper) or the "final" one (see reward.model).
+    rule: str = "any"
     val_fraction: float = 0.2
     score_stride: int = 1
     # Training-clip augmentation: random left-right mirror and a shift of up to this many pixels (0: off).
@@ -71,6 +80,10 @@ class RewardTrainConfig:
     mining_pool: int = 1024
     # Overrides of the tiny VideoMAEConfig (hidden_size, num_hidden_layers, ...).
     model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rule not in TRAJECTORY_RULES:  # checked here, not after an hour of training
+            raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {self.rule!r}")
 
     @classmethod
     def from_json(cls, path: str | Path) -> RewardTrainConfig:
@@ -284,7 +297,7 @@ def train_reward(
         notes.append("validation split lacks successes or failures: tau calibrated on all labelled episodes")
         val = labelled
     settings = RewardSettings(camera=cfg.camera, image_size=cfg.image_size, clip_len=cfg.clip_len,
-                              min_frame=cfg.min_frame, score_stride=cfg.score_stride)
+                              min_frame=cfg.min_frame, score_stride=cfg.score_stride, rule=cfg.rule)
     val_real = list(val)
     if world_model is not None:
         log.info("imagining replays of %d training and %d validation episodes", len(train), len(val))

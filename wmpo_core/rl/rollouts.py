@@ -189,7 +189,8 @@ class TrajectoryReward(Protocol):
 
 
 class VideoReward:
-    """The VideoMAE reward model as a :class:`TrajectoryReward`: success at the first clip above ``tau``."""
+    """The VideoMAE reward model as a :class:`TrajectoryReward`: success at the first clip above ``tau``
+    (rule "any"), or when the last clip is above it (rule "final": the whole trajectory counts, no success frame)."""
 
     def __init__(self, reward_model: Any):
         self.model = reward_model
@@ -202,6 +203,9 @@ class VideoReward:
         out: list[tuple[bool, int | None]] = []
         for frames in trajectories:
             ends, scores = self.model.clip_scores(resize_frames(np.asarray(frames), self.settings.image_size))
+            if getattr(self.settings, "rule", "any") == "final":
+                out.append((bool(ends[-1] >= self.settings.min_frame and scores[-1] > self.settings.tau), None))
+                continue
             above = (scores > self.settings.tau) & (ends >= self.settings.min_frame)
             hits = np.nonzero(above)[0]
             out.append((True, int(ends[hits[0]])) if len(hits) else (False, None))

@@ -28,16 +28,29 @@ from wmpo_ros.camera_node import CameraNode  # noqa: E402
 from wmpo_ros.common import IMAGE_QOS, image_topic, stamp_to_ns  # noqa: E402
 
 
-def feed(device: SoftwareRealSense, fps: float, stop: threading.Event, counter: list[int]) -> None:
-    """Push frames at `fps` on the device clock until `stop`."""
+def feed(device: SoftwareRealSense, fps: float, stop: threading.Event, counter: list[int],
+         push_times: list[float] | None = None) -> None:
+    """Push frames at `fps` on the device clock until `stop`; `push_times` gets each push's monotonic time.
+
+    This thread shares the GIL with the nodes of this process: when it is late it pushes the frames it owes back
+    to back, and librealsense's pipeline keeps only the newest of them. A real camera's frames arrive from its
+    own native thread at the sensor's pace, so such bursts are the bench's, not the camera node's.
+    """
     frame = np.random.default_rng(0).integers(0, 255, (device.height, device.width, 3), dtype=np.uint8)
     t0 = time.monotonic()
     while not stop.is_set():
         i = counter[0]
         frame[0, 0, 0] = i % 256
         device.push(frame, 1000.0 + i * 1000.0 / fps)
+        if push_times is not None:
+            push_times.append(time.monotonic())
         counter[0] += 1
         stop.wait(max(0.0, t0 + counter[0] / fps - time.monotonic()))
+
+
+def bursts(push_times: list[float], fps: float) -> int:
+    """Frames pushed less than half a period after the one before (the feeder was late; see `feed`)."""
+    return int((np.diff(np.asarray(push_times)) < 0.5 / fps).sum()) if len(push_times) > 1 else 0
 
 
 def main() -> None:

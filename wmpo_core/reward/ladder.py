@@ -269,14 +269,15 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     for name, vids in videos.items():
         say(f"scoring {name}")
         clips = [reward.clip_scores(resize_frames(v, reward_size)) for v in vids]
-        scores = np.array([reward.score_clips(ends, sc) for ends, sc in clips])
-        auc, lo, hi = bootstrap_auc(scores, labels, resamples, seed)
-        # Both trajectory rules from the same clip scores: the reward model's own decides tau and F1.
+        # Both trajectory rules from the same clip scores; the reward model's own rule decides tau, F1 and "auc".
+        rule_scores = {rule: np.array([reward.score_clips(ends, sc, rule) for ends, sc in clips])
+                       for rule in TRAJECTORY_RULES}
         by_rule = {}
-        for rule in TRAJECTORY_RULES:
-            rule_auc, rule_lo, rule_hi = bootstrap_auc([reward.score_clips(e, sc, rule) for e, sc in clips], labels,
-                                                       resamples, seed)
+        for rule, rs in rule_scores.items():
+            rule_auc, rule_lo, rule_hi = bootstrap_auc(rs, labels, resamples, seed)
             by_rule[rule] = {"auc": rule_auc, "ci": [rule_lo, rule_hi]}
+        scores = rule_scores[reward.settings.rule]
+        auc, (lo, hi) = by_rule[reward.settings.rule]["auc"], by_rule[reward.settings.rule]["ci"]
         predicted = scores > reward.settings.tau
         tp = float(np.sum(predicted & labels))
         f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + np.sum(predicted & ~labels) + np.sum(~predicted & labels))

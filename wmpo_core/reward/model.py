@@ -34,6 +34,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAJECTORY_RULES = ("any", "final")
 
 
+def check_rule(rule: object) -> str:
+    """``rule`` if it names a trajectory rule; ValueError naming the field otherwise."""
+    if rule not in TRAJECTORY_RULES:
+        raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {rule!r}")
+    return str(rule)
+
+
 @dataclass
 class RewardSettings:
     """Everything about the reward model that is not a weight."""
@@ -49,8 +56,7 @@ class RewardSettings:
     rule: str = "any"
 
     def __post_init__(self) -> None:
-        if self.rule not in TRAJECTORY_RULES:
-            raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {self.rule!r}")
+        check_rule(self.rule)
 
     @classmethod
     def from_json(cls, path: Path) -> RewardSettings:
@@ -90,8 +96,7 @@ def success_from_clip_scores(ends: np.ndarray, scores: np.ndarray, tau: float, m
                              rule: str = "any") -> tuple[bool, float]:
     """Trajectory rule -> (success, trajectory score). "any": the best clip ending at or after ``min_frame``;
     "final": the last clip (if it ends at or after ``min_frame``). Success: that score above ``tau``."""
-    if rule not in TRAJECTORY_RULES:
-        raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {rule!r}")
+    check_rule(rule)
     allowed = scores[np.asarray(ends) >= min_frame]
     if not allowed.size:
         return False, 0.0

@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.reward.model import (
-    TRAJECTORY_RULES,
     RewardModel,
     RewardSettings,
+    check_rule,
     clip_end_indices,
     gather_clips,
     load_backbone,
@@ -82,8 +82,7 @@ class RewardTrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.rule not in TRAJECTORY_RULES:  # checked here, not after an hour of training
-            raise ValueError(f"rule: expected one of {list(TRAJECTORY_RULES)}, got {self.rule!r}")
+        check_rule(self.rule)  # here, not after an hour of training
 
     @classmethod
     def from_json(cls, path: str | Path) -> RewardTrainConfig:

@@ -198,13 +198,15 @@ class VideoReward:
 
     def __call__(self, trajectories: Sequence[np.ndarray]) -> list[tuple[bool, int | None]]:
         """Score every clip (stride from the settings) and report the first clip end above tau after min_frame."""
+        from wmpo_core.reward.model import success_from_clip_scores
         from wmpo_core.world_model.episodes import resize_frames
 
         out: list[tuple[bool, int | None]] = []
         for frames in trajectories:
             ends, scores = self.model.clip_scores(resize_frames(np.asarray(frames), self.settings.image_size))
-            if getattr(self.settings, "rule", "any") == "final":
-                out.append((bool(ends[-1] >= self.settings.min_frame and scores[-1] > self.settings.tau), None))
+            if self.settings.rule == "final":
+                success, _ = success_from_clip_scores(ends, scores, self.settings.tau, self.settings.min_frame, "final")
+                out.append((success, None))
                 continue
             above = (scores > self.settings.tau) & (ends >= self.settings.min_frame)
             hits = np.nonzero(above)[0]

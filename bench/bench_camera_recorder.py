@@ -26,13 +26,10 @@ from pathlib import Path
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402
-from bench_camera import bursts, feed  # noqa: E402
+from bench_camera import bursts, camera_nodes, feed  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-from wmpo_ros.camera_backends.realsense import SoftwareRealSense  # noqa: E402
-from wmpo_ros.camera_node import CameraNode  # noqa: E402
 from wmpo_ros.common import IMAGE_QOS, image_topic, stamp_to_ns  # noqa: E402
 
 from wmpo_core.data.bag import episode_dirs  # noqa: E402
@@ -78,19 +75,7 @@ def main() -> None:
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=args.domain)
-    devices, nodes = [], []
-    for k, name in enumerate(NAMES):
-        device = SoftwareRealSense(f"BENCHREC{k}", args.width, args.height, int(args.fps))
-        device.plug()
-        devices.append(device)
-        nodes.append(CameraNode(context=ctx, cli_args=["--ros-args", "-r", f"__node:=camera_{name}"], parameter_overrides=[
-            Parameter("backend", value="realsense"), Parameter("name", value=name),
-            Parameter("source", value=device.serial), Parameter("width", value=args.width),
-            Parameter("height", value=args.height), Parameter("rate_hz", value=args.fps),
-            # A software device delivers nothing until the feed starts (after the recorder is up); a real camera
-            # streams from the moment it opens. Without this the node reopens the idle device after 30 empty
-            # reads, and the first two seconds of the feed fall into the reopening.
-            Parameter("max_read_failures", value=1_000_000)]))
+    devices, nodes = camera_nodes(ctx, NAMES, "BENCHREC", args.width, args.height, args.fps)
     sub = rclpy.create_node("bench_camera_counter", context=ctx)
     received: dict[str, set[int]] = {n: set() for n in NAMES}
     for name in NAMES:

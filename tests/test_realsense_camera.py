@@ -143,20 +143,26 @@ def _backend_streams_colour_depth_intrinsics_and_stamps() -> None:
         ctx.try_shutdown()
 
 
-def _camera_node_recovers_from_unplug_without_restart() -> None:
+def _software_camera_node(ctx: rclpy.Context, serial: str, *extra: Parameter):
+    """A plugged software RealSense and a camera node ``front`` reading it (W x H at FPS) -> (device, node)."""
     from wmpo_ros.camera_node import CameraNode
 
+    device = SoftwareRealSense(serial, W, H, FPS, fx=210.0, fy=211.0)
+    device.plug()
+    node = CameraNode(context=ctx, parameter_overrides=[
+        Parameter("backend", value="realsense"), Parameter("name", value="front"), Parameter("source", value=serial),
+        Parameter("width", value=W), Parameter("height", value=H), Parameter("rate_hz", value=float(FPS)), *extra,
+    ])
+    return device, node
+
+
+def _camera_node_recovers_from_unplug_without_restart() -> None:
     domain = 75
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
-    device = SoftwareRealSense("SWNODE", W, H, FPS, fx=210.0, fy=211.0)
-    device.plug()
-    node = CameraNode(context=ctx, parameter_overrides=[
-        Parameter("backend", value="realsense"), Parameter("name", value="front"), Parameter("source", value="SWNODE"),
-        Parameter("width", value=W), Parameter("height", value=H), Parameter("rate_hz", value=float(FPS)),
-        Parameter("retry_period_s", value=0.3), Parameter("max_read_failures", value=5),
-        Parameter("realsense.frame_timeout_ms", value=40),
-    ])
+    device, node = _software_camera_node(ctx, "SWNODE", Parameter("retry_period_s", value=0.3),
+                                         Parameter("max_read_failures", value=5),
+                                         Parameter("realsense.frame_timeout_ms", value=40))
     executor = MultiThreadedExecutor(num_threads=2, context=ctx)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -205,17 +211,11 @@ def _busy_executor_costs_no_frame() -> None:
     for five frame periods at a time (another callback of the process) loses no frame. Read on a timer,
     the pipeline keeps only the newest frameset and the frames in between are gone."""
     from rclpy.executors import SingleThreadedExecutor
-    from wmpo_ros.camera_node import CameraNode
 
     domain = 76
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
-    device = SoftwareRealSense("SWBUSY", W, H, FPS, fx=210.0, fy=211.0)
-    device.plug()
-    node = CameraNode(context=ctx, parameter_overrides=[
-        Parameter("backend", value="realsense"), Parameter("name", value="front"), Parameter("source", value="SWBUSY"),
-        Parameter("width", value=W), Parameter("height", value=H), Parameter("rate_hz", value=float(FPS)),
-    ])
+    device, node = _software_camera_node(ctx, "SWBUSY")
     busy = rclpy.create_node("busy_neighbour", context=ctx)
     busy.create_timer(0.3, lambda: time.sleep(5 / FPS))
     executor = SingleThreadedExecutor(context=ctx)

@@ -87,7 +87,7 @@ class CameraNode(Node):
         if self.backend.paced_by_device:
             # The device's own clock paces a blocking read in a thread of its own. A timer at rate_hz
             # drops a frame whenever a late tick lets two frames arrive between reads (a RealSense pipeline
-            # keeps only the newest frameset): 3.4% of each 30 Hz stream on a loaded 2-core machine.
+            # keeps only the newest frameset), e.g. whenever another callback holds the executor.
             self._reader = threading.Thread(target=self._read_loop, name=f"camera-{name}", daemon=True)
             self._reader.start()
         else:

@@ -367,3 +367,17 @@ def test_training_with_imagined_context_resumes_identically(tmp_path, episodes):
 def test_a_bad_rollout_fraction_is_refused(bad):
     with pytest.raises(ValueError, match="rollout_fraction"):
         WorldModelTrainConfig(rollout_fraction=bad)
+
+
+def test_a_checkpoint_write_that_fails_half_way_leaves_nothing_behind(tmp_path):
+    """The weights are on disk when the state file fails to serialize (as when Ctrl-C lands mid-write): the temp
+    folder goes, no step folder appears, and the earlier checkpoint stays the newest."""
+    from wmpo_core.world_model.checkpoint import latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    first = save_checkpoint(tmp_path, model=model, optimizer=opt, generators={}, state={"step": 1})
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path, model=model, optimizer=opt, generators={}, state={"step": 2, "bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]
+    assert latest_checkpoint(tmp_path) == first

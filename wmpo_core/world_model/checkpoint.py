@@ -70,17 +70,22 @@ def save_checkpoint(
     tmp = directory / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    opt_tensors, opt_rest = optimizer_to_flat(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    save_file({name: g.get_state() for name, g in generators.items()}, str(tmp / "rng.safetensors"))
-    full_state = dict(state, optimizer=opt_rest)
-    if ema is not None:
-        ema_sd = ema.state_dict()
-        shadow = ema_sd.pop("shadow_params")
-        save_file({f"shadow.{i}": p.detach().contiguous() for i, p in enumerate(shadow)}, str(tmp / "ema.safetensors"))
-        full_state["ema"] = ema_sd
-    (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1) + "\n")
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        opt_tensors, opt_rest = optimizer_to_flat(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file({name: g.get_state() for name, g in generators.items()}, str(tmp / "rng.safetensors"))
+        full_state = dict(state, optimizer=opt_rest)
+        if ema is not None:
+            ema_sd = ema.state_dict()
+            shadow = ema_sd.pop("shadow_params")
+            save_file({f"shadow.{i}": p.detach().contiguous() for i, p in enumerate(shadow)},
+                      str(tmp / "ema.safetensors"))
+            full_state["ema"] = ema_sd
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1) + "\n")
+    except BaseException:  # an error or a Ctrl-C mid-write leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(directory.glob("step-*"))[:-keep]:

@@ -46,7 +46,18 @@ def _serve_and_read(pkg, keys, out, max_steps: int, domain_id: int):  # noqa: F8
             images[_stamp(msg)] = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
         elif topic == "/wmpo/action_chunk":
             chunks.append(msg)
-    return policy, meta, images, chunks
+    return policy, meta, images, _episode_chunks(images, chunks)
+
+
+def _episode_chunks(images: dict, chunks: list) -> list:
+    """The chunks computed from this episode's observations. The recorder starts before the simulator's
+    reset, so a chunk the policy was still computing from the observation before the reset can land in
+    the bag: its stamp precedes the episode's first image (the arm node rejects it as stale). Any other
+    chunk must name an image in the bag."""
+    first = min(images)
+    kept = [msg for msg in chunks if _stamp(msg) >= first]
+    assert all(_stamp(msg) in images for msg in kept), "a chunk names an observation the bag lacks"
+    return kept
 
 
 def test_imported_oft_package_drives_the_simulated_robot(oft_checkpoints, keys, tmp_path):  # noqa: F811

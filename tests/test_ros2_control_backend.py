@@ -167,10 +167,16 @@ def test_commanded_path_follows_the_action_chunk(rig) -> None:
     # The scheduler may skip a step that was already due when the chunk arrived (its delay).
     n = len(executed)
     assert 6 <= n <= 8, f"expected the chunk's steps to be executed, got {n}"
-    # The control loop holds its rate while joint_states stream in at 100 Hz (one applied action
-    # per tick); rclpy's multi-threaded executor once let them starve it to ~5 Hz.
-    ticks = np.diff([stamp_to_ns(m.header.stamp) for m in list(applied)]) / 1e9
-    assert np.median(ticks) < 1.5 / RATE, f"control ticks every {np.median(ticks) * 1e3:.0f} ms (median)"
+    # The control loop keeps ticking while joint_states stream in at 100 Hz (one applied action per
+    # tick); rclpy's multi-threaded executor once let them starve it to ~5 Hz. Counted against the
+    # controller's own joint states over the same stamps, so a slow machine slows both sides: 20 Hz
+    # against 100 Hz is 0.2 ticks per state, the starved node 0.05; at least half the rate must hold.
+    tick_stamps = [stamp_to_ns(m.header.stamp) for m in list(applied)]
+    first, last = tick_stamps[0], tick_stamps[-1]
+    states_between = sum(1 for m in controller_states() if first <= stamp_to_ns(m.header.stamp) <= last)
+    ratio = (len(tick_stamps) - 1) / max(states_between, 1)
+    assert states_between > 50 and ratio >= 0.5 * RATE / 100.0, (
+        f"{len(tick_stamps) - 1} control ticks against {states_between} controller joint states ({ratio:.3f} per state)")
 
     path = np.array([kin.fk(arm_q(m))[:3, 3] for m in controller_states()[n_before:]])
     end_pose = kin.fk(arm_q(controller_states()[-1]))

@@ -217,6 +217,21 @@ def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> Non
         assert steps["grpo"].inputs["reward"] == steps["reward"].folder, name
         assert steps["grpo"].inputs["episodes"] == [steps["data"].folder / "episodes"], name
 
+    # The recipe's cameras reach every collection of the demo and the loop (rendered, recorded, read by the policy).
+    recipe_path = _recipe_file(tmp_path, camera="workspace", cameras=["workspace"])
+    plans = _plans(tmp_path / "cameras", recipe_path)
+    demo_collections = [s.inputs["collection"] for s in plans["demo"]["steps"].values() if "collection" in s.inputs]
+    assert len(demo_collections) == 2 and all(c.cameras == ("workspace",) for c in demo_collections)
+    assert plans["demo"]["steps"]["eval_before"].inputs["cameras"] == ("workspace",)
+    from wmpo_core.loop import Loop, config_from_args
+
+    loop = Loop(config_from_args(_args("loop", "--iterations", "1", "--out", str(tmp_path / "cameras" / "run2"),
+                                       "--policy", str(tmp_path), "--recipe", str(recipe_path))))
+    assert loop.collection(0, {"version": "v0", "package": str(tmp_path / "base")}).cameras == ("workspace",)
+    # and with no cameras in the recipe the graph file's own apply (no --cameras on the command line)
+    assert all(s.inputs["collection"].cameras is None for s in _plans(tmp_path / "nocams", None)["demo"]["steps"].values()
+               if "collection" in s.inputs)
+
     # The same file with the other reward recipe: none of the three trains on imagined replays.
     recipe_path = _recipe_file(tmp_path, camera="workspace", reward_on_imagined=False)
     for name, plan in _plans(tmp_path / "real_only", recipe_path).items():
@@ -229,6 +244,11 @@ def test_bad_recipe_is_refused_by_each_command_naming_it(tmp_path: Path, capsys)
         load_recipe("lift", _recipe_file(tmp_path, reward_on_imagned=True))
     with pytest.raises(ValueError, match="calibrate_on"):
         load_recipe("lift", _recipe_file(tmp_path, calibrate_on="some"))
+    with pytest.raises(ValueError, match="cameras.*lack the recipe's camera 'workspace'"):
+        load_recipe("lift", _recipe_file(tmp_path, camera="workspace", cameras=["agentview"]))
+    for cameras in ("workspace", [], [""], [3]):
+        with pytest.raises(ValueError, match="recipe cameras: expected a non-empty list"):
+            load_recipe("lift", _recipe_file(tmp_path, cameras=cameras))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"reward_config": "missing_reward.json"}))
     with pytest.raises(ValueError, match="missing_reward.json: no such file"):

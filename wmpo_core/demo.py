@@ -121,9 +121,10 @@ def _sized(cmd: list[str], flag: str, value: Any) -> list[str]:
     return cmd + [flag, str(value)] if value is not None else cmd
 
 
-def _collection(args: argparse.Namespace, out: Path, policy: str, count: int, seed: int, noise: float | None = None,
-                training_data: bool = False) -> Collection:
-    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct.
+def _collection(args: argparse.Namespace, out: Path, recipe: Recipe, policy: str, count: int, seed: int,
+                noise: float | None = None, training_data: bool = False) -> Collection:
+    """Episodes of ``policy``: through the ROS 2 graph, or straight in the simulator with --direct,
+    with the recipe's cameras.
 
     A learned policy samples at ``--temperature``. Episodes that train the reward model
     (``training_data``) record ``--steps-after-success`` steps past a success.
@@ -131,7 +132,7 @@ def _collection(args: argparse.Namespace, out: Path, policy: str, count: int, se
     return Collection(policy, args.task, count, seed, direct=args.direct and policy != "scripted",
                       max_steps=args.max_steps, temperature=args.temperature, noise=noise,
                       steps_after_success=args.steps_after_success if training_data else None,
-                      public_key=_public_key(out))
+                      public_key=_public_key(out), cameras=recipe.cameras)
 
 
 # ============================================================================ stages
@@ -203,9 +204,10 @@ def _eval_seed(args: argparse.Namespace) -> int:
     return EVALUATION_SEEDS.seeds(args.eval_episodes, offset=args.seed)[0]
 
 
-def _stage_eval_before(args: argparse.Namespace, out: Path) -> dict:
+def _stage_eval_before(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
     base = _base(out)
-    result = collect(_collection(args, out, base["package"], args.eval_episodes, _eval_seed(args)), out / "eval_before")
+    result = collect(_collection(args, out, recipe, base["package"], args.eval_episodes, _eval_seed(args)),
+                     out / "eval_before")
     return {**result, "version": base["version"], "parent": base.get("parent")}
 
 
@@ -219,7 +221,7 @@ def _wait_for(pred: Callable[[], bool], timeout: float, what: str, proc: subproc
         time.sleep(0.5)
 
 
-def _stage_push(args: argparse.Namespace, out: Path) -> dict:
+def _stage_push(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
     """Start the graph with the base policy, push the improved one to its policy node, stop the graph."""
     base, new = _base(out), read_json(out / "grpo" / MARKER)
     robot_dir = out / "robot" / "policies"
@@ -235,7 +237,8 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
     with open(up_log, "w") as sink:
         up = subprocess.Popen(wmpo_command("up", "--sim", "--task", args.task, "--policy", base["package"],
                                            "--public-key", str(_public_key(out)), "--policy-root", str(robot_dir),
-                                           "--output-dir", str(out / "push" / "episodes")),
+                                           "--output-dir", str(out / "push" / "episodes"),
+                                           *(["--cameras", ",".join(recipe.cameras)] if recipe.cameras else [])),
                               stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                               start_new_session=True)
     try:
@@ -252,10 +255,10 @@ def _stage_push(args: argparse.Namespace, out: Path) -> dict:
     return {"version": new["version"], "installed": installed, "loaded_by_node": True, "output": output}
 
 
-def _stage_eval_after(args: argparse.Namespace, out: Path) -> dict:
+def _stage_eval_after(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
     pushed = read_json(out / "push" / MARKER)
     new = read_json(out / "grpo" / MARKER)
-    result = collect(_collection(args, out, pushed["installed"], args.eval_episodes, _eval_seed(args)),
+    result = collect(_collection(args, out, recipe, pushed["installed"], args.eval_episodes, _eval_seed(args)),
                      out / "eval_after")
     return {**result, "version": new["version"], "parent": new.get("parent")}
 
@@ -392,18 +395,19 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
                      iterations=args.grpo_iterations)
     steps = {
         "keys": (lambda d: _stage_keys(out), {}),
-        "record_demos": (None, _collection(args, out, "scripted", args.demos, demo_seed, noise=args.noise,
+        "record_demos": (None, _collection(args, out, recipe, "scripted", args.demos, demo_seed, noise=args.noise,
                                            training_data=True)),
         "train_bc": (lambda d: _stage_train_bc(args, out, recipe), {"recipe": recipe, "bc_recipe": recipe.bc_recipe}),
-        "record_rollouts": (None, _collection(args, out, base_package, args.rollouts, rollout_seed, training_data=True)),
+        "record_rollouts": (None, _collection(args, out, recipe, base_package, args.rollouts, rollout_seed,
+                                              training_data=True)),
         "world_model": (lambda d: _stage_world_model(args, out, recipe),
                         {"recipe": recipe, "config": recipe.world_model_config, "camera": recipe.camera}),
         "data": link_step(out / "data", [demos, rollouts]),
         "reward": reward_step(out / "reward", data, aligned, recipe, steps=args.reward_steps, calibrate_on=[rollouts]),
         "grpo": (lambda d: _stage_grpo(grpo, out), grpo.inputs),
-        "eval_before": (lambda d: _stage_eval_before(args, out), {}),
-        "push": (lambda d: _stage_push(args, out), {}),
-        "eval_after": (lambda d: _stage_eval_after(args, out), {}),
+        "eval_before": (lambda d: _stage_eval_before(args, out, recipe), {"cameras": recipe.cameras}),
+        "push": (lambda d: _stage_push(args, out, recipe), {"cameras": recipe.cameras}),
+        "eval_after": (lambda d: _stage_eval_after(args, out, recipe), {"cameras": recipe.cameras}),
         "report": (lambda d: _stage_report(args, out), {}),
     }
     result = []

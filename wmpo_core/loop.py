@@ -303,10 +303,21 @@ class Loop:
                  inputs={"candidate": candidate, "gate": it / "gate"}, outputs=("pushed", "version")),
         ]
 
-    def stage_collect(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:
-        """Collect ``episodes_per_iter`` episodes with the current version into ``d/episodes``."""
+    def collection(self, i: int, current: dict[str, Any]) -> Collection:
+        """What iteration ``i`` collects on the simulated robot: ``episodes_per_iter`` episodes of the
+        current version from fresh rollout seeds, with the recipe's cameras."""
         from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
 
+        cfg = self.config
+        m = cfg.episodes_per_iter
+        first = POLICY_ROLLOUT_SEEDS.seeds(m, offset=COLLECT_SEED_OFFSET + i * m)[0]
+        return Collection(self.local_package(current), cfg.task, m, first, direct=cfg.collect_direct,
+                          max_steps=cfg.max_steps, temperature=cfg.temperature,
+                          steps_after_success=cfg.steps_after_success, public_key=self.public_key,
+                          cameras=self.recipe.cameras)
+
+    def stage_collect(self, i: int, current: dict[str, Any], d: Path) -> dict[str, Any]:
+        """Collect ``episodes_per_iter`` episodes with the current version into ``d/episodes``."""
         cfg = self.config
         m = cfg.episodes_per_iter
         if cfg.robot == "ros":
@@ -322,10 +333,7 @@ class Loop:
             return {"mode": f"real robot, episodes from {cfg.episodes_from}", "policy_version": current["version"],
                     "episodes_dir": str(out), "episodes": len(rows), "successes": successes,
                     "success_rate": successes / len(rows), "seeds": [r.get("seed") for r in rows]}
-        first = POLICY_ROLLOUT_SEEDS.seeds(m, offset=COLLECT_SEED_OFFSET + i * m)[0]
-        result = collect(Collection(self.local_package(current), cfg.task, m, first, direct=cfg.collect_direct,
-                                    max_steps=cfg.max_steps, temperature=cfg.temperature,
-                                    steps_after_success=cfg.steps_after_success, public_key=self.public_key), d)
+        result = collect(self.collection(i, current), d)
         mode = "simulator, direct (no ROS graph)" if cfg.collect_direct else "simulated robot through the ROS 2 graph"
         return {"mode": mode, "policy_version": current["version"], **result}
 

@@ -38,6 +38,9 @@ class Recipe:
     grpo_config: str | None = None  # None: WMPOConfig defaults
     bc_recipe: str | None = None  # `wmpo train-policy --recipe NAME` for a base policy trained from demonstrations
     camera: str | None = None  # the camera the world and reward models see (None: as their configs say)
+    # The cameras the simulated robot renders and records, and the policy node reads (None: the
+    # graph file's, agentview and wrist). They must include the base policy's and the recipe's camera.
+    cameras: tuple[str, ...] | None = None
     reward_on_imagined: bool = False  # also train the reward model on imagined replays of its episodes
     calibrate_on: str = "policy"  # threshold re-chosen on imagined replays of: "policy" episodes, or "all"
     source: str | None = None  # the recipe file read (None: the defaults)
@@ -45,6 +48,13 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.calibrate_on not in CALIBRATE_ON:
             raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
+        if self.cameras is not None:
+            if (isinstance(self.cameras, str) or not self.cameras
+                    or not all(isinstance(c, str) and c for c in self.cameras)):
+                raise ValueError(f"recipe cameras: expected a non-empty list of camera names, got {self.cameras!r}")
+            object.__setattr__(self, "cameras", tuple(self.cameras))
+            if self.camera and self.camera not in self.cameras:
+                raise ValueError(f"recipe cameras {list(self.cameras)} lack the recipe's camera {self.camera!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON data (stored beside a run's settings)."""

@@ -39,11 +39,12 @@ def list_complete_episodes(folder: Path) -> list[dict[str, Any]]:
 
 def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path, *,
                   max_steps: int | None = None, noise: float = 0.0, temperature: float = 0.0,
-                  steps_after_success: int = 0) -> list[dict[str, Any]]:
+                  steps_after_success: int = 0, cameras: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Episodes of ``policy`` (package dir or ``scripted``) straight from the simulator, one bag each.
 
     The bags follow the recorder's schema (wmpo_core.data.sim_bags), without ROS in the loop.
-    Seeds ``first_seed .. first_seed + count - 1``. Returns one row per episode.
+    Seeds ``first_seed .. first_seed + count - 1``; ``cameras`` rendered (None: agentview).
+    Returns one row per episode.
     """
     from wmpo_core.data.bag import read_metadata
     from wmpo_core.data.sim_bags import collect_sim_episodes
@@ -51,7 +52,7 @@ def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path
     check_simulator("recording in the simulator")
     paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps,
                                  temperature=temperature if policy != "scripted" else 0.0,
-                                 steps_after_success=steps_after_success)
+                                 steps_after_success=steps_after_success, cameras=tuple(cameras or ("agentview",)))
     rows = []
     for path in paths:
         meta = read_metadata(path)
@@ -63,10 +64,12 @@ def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path
 def record_through_ros(policy: str, task: str, count: int, first_seed: int, out: Path, *,
                        max_steps: int | None = None, log: Path | None = None,
                        public_key: Path | None = None, noise: float | None = None,
-                       temperature: float | None = None, extra_steps: int | None = None) -> list[dict[str, Any]]:
+                       temperature: float | None = None, extra_steps: int | None = None,
+                       cameras: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`wmpo record --sim --policy POLICY`: the simulated robot through the ROS 2 graph.
 
-    The policy node loads only packages signed by a key it trusts: ``public_key``.
+    The policy node loads only packages signed by a key it trusts: ``public_key``. ``cameras``:
+    the cameras rendered, recorded and read by the policy (None: the graph file's).
     """
     check_simulator("wmpo record --sim (the simulated robot)")
     if out.exists():
@@ -83,6 +86,8 @@ def record_through_ros(policy: str, task: str, count: int, first_seed: int, out:
         args += ["--extra-steps", str(extra_steps)]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
+    if cameras:
+        args += ["--cameras", ",".join(cameras)]
     run_wmpo(*args, log=log)
     return list_complete_episodes(out)
 
@@ -101,6 +106,7 @@ class Collection:
     steps_after_success: int | None = None  # recorded past a success (for the reward model)
     noise: float | None = None  # scripted demonstrator noise
     public_key: Path | None = None  # the key the graph's policy node trusts
+    cameras: tuple[str, ...] | None = None  # rendered and recorded (None: the graph file's; direct: agentview)
 
 
 def collect(c: Collection, folder: Path) -> dict[str, Any]:
@@ -112,12 +118,13 @@ def collect(c: Collection, folder: Path) -> dict[str, Any]:
         print(f"    collecting {c.count} episodes directly in the simulator (no ROS graph)", flush=True)
         rows = record_in_sim(c.policy, c.task, c.count, c.first_seed, out, max_steps=c.max_steps,
                              noise=c.noise or 0.0, temperature=c.temperature,
-                             steps_after_success=c.steps_after_success or 0)
+                             steps_after_success=c.steps_after_success or 0, cameras=c.cameras)
     else:
         print(f"    collecting {c.count} episodes through the ROS 2 graph (wmpo record --sim)", flush=True)
         rows = record_through_ros(c.policy, c.task, c.count, c.first_seed, out, max_steps=c.max_steps,
                                   log=folder / "commands.log", public_key=c.public_key, noise=c.noise,
-                                  temperature=c.temperature, extra_steps=c.steps_after_success)
+                                  temperature=c.temperature, extra_steps=c.steps_after_success,
+                                  cameras=c.cameras)
     if not rows:
         raise StageError(f"{out}: no complete episode was collected")
     successes = sum(1 for r in rows if r.get("success"))

@@ -1,8 +1,9 @@
 """Episodes from a foreign rosbag2 (any robot's `ros2 bag record`), through a mapping file.
 
-The map (YAML) says which image topics are which cameras, which end-effector pose topic
-the actions come from, where the gripper state is, how the recording splits into
-episodes, the instruction and where success comes from::
+The map (YAML) says which image topics are which cameras, which topic the actions come from
+(an end-effector pose, joint states, an end-effector twist, or delta commands), where the
+gripper state is, how the recording splits into episodes, the instruction and where success
+comes from::
 
     control_hz: 10                 # the stack's control rate: one action per period
     image_size: [64, 64]           # [height, width] the frames are resized to (omit: keep)
@@ -11,24 +12,52 @@ episodes, the instruction and where success comes from::
     robot_id: franka
     cameras:
       agentview: {topic: /camera/color/image_raw/compressed}   # sensor_msgs/Image or CompressedImage
-    actions:
+    actions:                       # exactly one source:
       pose_topic: /franka/ee_pose  # geometry_msgs/PoseStamped in the robot base frame, or
-      # joint_states_topic: /joint_states (+ urdf, joints, base_frame, ee_frame): forward kinematics
-    gripper:                       # or {constant: -1}
+      # joint_states_topic: /joint_states (+ urdf, joints, base_frame, ee_frame): forward kinematics, or
+      # twist_topic: /franka/ee_twist   geometry_msgs/TwistStamped, end-effector velocity in the base frame, or
+      # command_topic: /teleop/delta   std_msgs/Float64MultiArray or Float32MultiArray with 6 or 7 delta
+      #                (+ command_hz)  values, or trajectory_msgs/JointTrajectory named as the stack's actions
+    gripper:                       # or {constant: -1}; leave out with 7-value commands (their gripper)
       topic: /franka/gripper/joint_states   # sensor_msgs/JointState, std_msgs/Float32/64 or Bool
       joint: panda_finger_joint1   # JointState only
       closed_below: 0.03           # closed (+1) when the value is below this (Bool: true = closed)
-    split: {by: bag}               # or {by: gap, gap_s: 2.0}: a new episode after a pause of the pose topic
+    split: {by: bag}               # or {by: gap, gap_s: 2.0}: a new episode after a pause of the action topic,
+                                   # or {by: topic, topic: /episode_marker}: std_msgs/Bool or String markers
     success: {topic: /task_success}   # std_msgs/Bool, or none
     proprio: {topic: /joint_states, joints: [...]}   # optional sensor_msgs/JointState -> /joint_states
 
 Actions follow docs/interfaces.md: step k is the base-frame motion of the end effector
 from grid time ``t_k`` to ``t_k + 1 / control_hz`` (position delta in metres, rotation
 delta as the axis-angle of ``R(t_k+1) R(t_k)^T``, so the arm's ``exp(d) R`` reproduces it)
-and the gripper state at ``t_k+1``. Poses are interpolated on the grid (linear position,
-slerp orientation); frame k is the newest image stamped at or before ``t_k``. Episodes are
-written with :class:`~wmpo_core.data.bag.EpisodeWriter`, so every command reads them as
-if the stack's recorder had made them. Source bags are only read.
+and the gripper state at ``t_k+1``. Frame k is the newest image stamped at or before ``t_k``.
+How each action source becomes that motion:
+
+- pose (or joint states through the URDF's forward kinematics): poses are interpolated on
+  the grid (linear position, slerp orientation).
+- twist: ``twist.linear`` is the velocity of the end effector's origin and ``twist.angular``
+  its angular velocity, both in the base frame (``Rdot = [w]x R``; the usual convention, as
+  in MoveIt Servo's twist commands given in the base frame). A twist is a measured velocity:
+  it is taken to vary linearly between samples and integrated exactly for the position
+  (trapezoid), and by each interval's mean angular velocity for the orientation (the
+  neglected Magnus term is dt^3 |w x wdot| / 12 per interval). Record it well above the
+  control rate. A pause in the topic would be bridged by the same linear interpolation:
+  split by gap or marker there.
+- command: every message is one delta action (the first 6 values, in the stack's order
+  and units) that the arm carries out over one command period ``1 / command_hz`` after the
+  message's stamp (``command_hz`` in the map, else the median interval between commands). The
+  grid step takes of each command the fraction of that period that falls into it, and the
+  parts compose in stamp order: the total motion is kept whatever the two rates, a command
+  at the control rate and on the grid comes out as it was sent, two commands per period add
+  up, a command at half the rate is spread over two steps. A 7th value is the gripper (-1
+  open .. +1 closed) of the newest command before the step ends.
+
+Markers (``split.by: topic``): std_msgs/Bool true (an episode runs) / false (between
+episodes), or std_msgs/String "start" / "stop". An episode runs from a start to the next
+stop; repeated starts or stops change nothing; what lies outside every episode is dropped. A
+last episode with no stop ends at the bag's end (its metadata and the command's output say
+so). Episodes are written with :class:`~wmpo_core.data.bag.EpisodeWriter`, so every command
+reads them as if the stack's recorder had made them. Source bags are only read.
 """
 
 from __future__ import annotations
@@ -48,6 +77,16 @@ import yaml
 from wmpo_core.data import topics as T
 
 POSE_TYPES = ("geometry_msgs/msg/PoseStamped",)
+TWIST_TYPES = ("geometry_msgs/msg/TwistStamped",)
+COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray", T.JOINT_TRAJECTORY_TYPE)
+MARKER_TYPES = (T.BOOL_TYPE, T.STRING_TYPE)
+# actions.<key> -> (message types, further keys that source takes)
+ACTION_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pose_topic": (POSE_TYPES, ()),
+    "joint_states_topic": ((T.JOINT_STATE_TYPE,), ("urdf", "joints", "base_frame", "ee_frame")),
+    "twist_topic": (TWIST_TYPES, ()),
+    "command_topic": (COMMAND_TYPES, ("command_hz",)),
+}
 IMAGE_TYPES = (T.IMAGE_TYPE, "sensor_msgs/msg/CompressedImage")
 GRIPPER_TYPES = (T.JOINT_STATE_TYPE, "std_msgs/msg/Float32", "std_msgs/msg/Float64", T.BOOL_TYPE)
 SUCCESS_TYPES = (T.BOOL_TYPE,)
@@ -68,7 +107,7 @@ class BagMap:
 
     path: Path
     cameras: dict[str, str]
-    pose_topic: str
+    action_topic: str
     control_hz: float = 10.0
     image_size: tuple[int, int] | None = None
     task: str = "imported"
@@ -88,21 +127,25 @@ class BagMap:
     fk_urdf: str | None = None
     fk_base_frame: str | None = None
     fk_ee_frame: str | None = None
+    # which actions.<key> names action_topic: pose_topic, joint_states_topic, twist_topic or command_topic
+    action_source: str = "pose_topic"
+    command_hz: float | None = None  # command_topic: the rate its commands were issued at (None: measured)
+    gripper_given: bool = False  # the map has a gripper field (a 7-value command must then not carry one)
+    marker_topic: str | None = None  # split.by topic
     extra: dict[str, Any] = field(default_factory=dict)
 
     def topics(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(topic, map field naming it, accepted message types) of every topic the map reads."""
         wanted = [(topic, f"cameras.{cam}.topic", IMAGE_TYPES) for cam, topic in self.cameras.items()]
-        if self.fk_joints is None:
-            wanted.append((self.pose_topic, "actions.pose_topic", POSE_TYPES))
-        else:
-            wanted.append((self.pose_topic, "actions.joint_states_topic", (T.JOINT_STATE_TYPE,)))
+        wanted.append((self.action_topic, f"actions.{self.action_source}", ACTION_SOURCES[self.action_source][0]))
         if self.gripper_topic:
             wanted.append((self.gripper_topic, "gripper.topic", GRIPPER_TYPES))
         if self.success_topic:
             wanted.append((self.success_topic, "success.topic", SUCCESS_TYPES))
         if self.proprio_topic:
             wanted.append((self.proprio_topic, "proprio.topic", (T.JOINT_STATE_TYPE,)))
+        if self.marker_topic:
+            wanted.append((self.marker_topic, "split.topic", MARKER_TYPES))
         return wanted
 
 
@@ -152,11 +195,19 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         spec = spec if isinstance(spec, dict) else {"topic": spec}
         cameras[str(name)] = _topic(_need(spec, "topic", str, f"{p}: cameras.{name}"))
     actions = _need(data, "actions", dict, where)
-    if ("pose_topic" in actions) == ("joint_states_topic" in actions):
-        raise BagImportError(f"{p}: actions: give exactly one of pose_topic (geometry_msgs/PoseStamped) and "
-                             "joint_states_topic (sensor_msgs/JointState, through the URDF's forward kinematics)")
-    key = "pose_topic" if "pose_topic" in actions else "joint_states_topic"
-    pose_topic = _topic(_need(actions, key, str, f"{p}: actions"))
+    sources = [k for k in ACTION_SOURCES if k in actions]
+    if len(sources) != 1:
+        raise BagImportError(
+            f"{p}: actions: give exactly one action source, got {len(sources)} ({', '.join(sources) or 'none'}): "
+            "pose_topic (geometry_msgs/PoseStamped), joint_states_topic (sensor_msgs/JointState, through the URDF's "
+            "forward kinematics), twist_topic (geometry_msgs/TwistStamped) or command_topic "
+            "(std_msgs/Float64MultiArray, Float32MultiArray or trajectory_msgs/JointTrajectory delta actions)")
+    key = sources[0]
+    others = sorted(set(actions) - {key, *ACTION_SOURCES[key][1]})
+    if others:
+        raise BagImportError(f"{p}: actions: field(s) {others} do not go with {key} "
+                             f"(it takes {', '.join(ACTION_SOURCES[key][1]) or 'no further field'})")
+    action_topic = _topic(_need(actions, key, str, f"{p}: actions"))
     hz = float(_need(data, "control_hz", (int, float), where, 10.0))
     if not 0 < hz <= 1000:
         raise BagImportError(f"{p}: field 'control_hz' {hz}: expected a rate in Hz between 0 and 1000")
@@ -167,10 +218,15 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
             raise BagImportError(f"{p}: field 'image_size' {size!r}: expected [height, width] in pixels")
         image_size = (int(hw[0]), int(hw[1]))
-    bag_map = BagMap(p, cameras, pose_topic, hz, image_size,
+    bag_map = BagMap(p, cameras, action_topic, hz, image_size,
                      task=str(_need(data, "task", str, where, "imported")),
                      instruction=str(_need(data, "instruction", str, where, "")),
-                     robot_id=str(_need(data, "robot_id", str, where, "imported")))
+                     robot_id=str(_need(data, "robot_id", str, where, "imported")), action_source=key)
+    if key == "command_topic":
+        command_hz = _need(actions, "command_hz", (int, float), f"{p}: actions", None)
+        if command_hz is not None and not 0 < command_hz <= 10000:
+            raise BagImportError(f"{p}: actions.command_hz {command_hz}: expected a rate in Hz between 0 and 10000")
+        bag_map.command_hz = None if command_hz is None else float(command_hz)
     if key == "joint_states_topic":
         from wmpo_core.control.kinematics import DEFAULT_BASE_FRAME, DEFAULT_EE_FRAME, DEFAULT_JOINT_NAMES
 
@@ -183,6 +239,7 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         bag_map.fk_base_frame = str(_need(actions, "base_frame", str, f"{p}: actions", DEFAULT_BASE_FRAME))
         bag_map.fk_ee_frame = str(_need(actions, "ee_frame", str, f"{p}: actions", DEFAULT_EE_FRAME))
     gripper = _need(data, "gripper", dict, where, {})
+    bag_map.gripper_given = "gripper" in data and data["gripper"] is not None
     if "topic" in gripper:
         bag_map.gripper_topic = _topic(_need(gripper, "topic", str, f"{p}: gripper"))
         bag_map.gripper_joint = _need(gripper, "joint", str, f"{p}: gripper", None)
@@ -195,8 +252,10 @@ def load_map(path: str | os.PathLike[str]) -> BagMap:
         bag_map.gripper_constant = value
     split = _need(data, "split", dict, where, {"by": "bag"})
     bag_map.split_by = str(_need(split, "by", str, f"{p}: split", "bag"))
-    if bag_map.split_by not in ("bag", "gap"):
-        raise BagImportError(f"{p}: split.by {bag_map.split_by!r}: expected 'bag' or 'gap'")
+    if bag_map.split_by not in ("bag", "gap", "topic"):
+        raise BagImportError(f"{p}: split.by {bag_map.split_by!r}: expected 'bag', 'gap' or 'topic'")
+    if bag_map.split_by == "topic":
+        bag_map.marker_topic = _topic(_need(split, "topic", str, f"{p}: split (by: topic)"))
     bag_map.gap_s = float(_need(split, "gap_s", (int, float), f"{p}: split", 2.0))
     if bag_map.gap_s <= 0:
         raise BagImportError(f"{p}: split.gap_s {bag_map.gap_s}: expected seconds > 0")
@@ -436,6 +495,20 @@ def rotation_log(r: np.ndarray) -> np.ndarray:
     return out
 
 
+def rotation_exp(v: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3) (Rodrigues; the inverse of rotation_log)."""
+    v = np.asarray(v, dtype=np.float64)
+    angle = np.linalg.norm(v, axis=-1)[..., None, None]
+    k = np.zeros((*v.shape[:-1], 3, 3))
+    k[..., 0, 1], k[..., 0, 2], k[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    k = k - np.swapaxes(k, -1, -2)  # [v]x
+    small = angle < 1e-6
+    safe = np.where(small, 1.0, angle)
+    a = np.where(small, 1.0 - angle**2 / 6.0, np.sin(safe) / safe)
+    b = np.where(small, 0.5 - angle**2 / 24.0, (1.0 - np.cos(safe)) / safe**2)
+    return np.eye(3) + a * k + b * (k @ k)
+
+
 def slerp(q: np.ndarray, t_src: np.ndarray, t_new: np.ndarray) -> np.ndarray:
     """Quaternions (xyzw) at ``t_new`` by spherical interpolation between the samples ``(t_src, q)``."""
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -458,6 +531,15 @@ def slerp(q: np.ndarray, t_src: np.ndarray, t_new: np.ndarray) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def grid_deltas(positions: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """Delta actions (N-1, 6) between consecutive poses on the grid: ``p(k+1) - p(k)`` and
+    the axis-angle of ``R(k+1) R(k)^T`` (base frame)."""
+    deltas = np.zeros((len(positions) - 1, 6))
+    deltas[:, :3] = positions[1:] - positions[:-1]
+    deltas[:, 3:] = rotation_log(rotations[1:] @ np.swapaxes(rotations[:-1], -1, -2))
+    return deltas
+
+
 def pose_actions(stamps_ns: np.ndarray, positions: np.ndarray, quats_xyzw: np.ndarray,
                  grid_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(deltas (N-1, 6), grid poses (N, 4, 4)): the base-frame motion between consecutive grid times."""
@@ -465,12 +547,59 @@ def pose_actions(stamps_ns: np.ndarray, positions: np.ndarray, quats_xyzw: np.nd
     g = grid_ns.astype(np.float64)
     pos = np.stack([np.interp(g, t, positions[:, i]) for i in range(3)], axis=1)
     rot = quat_to_matrix(slerp(quats_xyzw, t, g))
-    deltas = np.zeros((len(g) - 1, 6))
-    deltas[:, :3] = pos[1:] - pos[:-1]
-    deltas[:, 3:] = rotation_log(rot[1:] @ np.swapaxes(rot[:-1], -1, -2))
     poses = np.tile(np.eye(4), (len(g), 1, 1))
     poses[:, :3, :3], poses[:, :3, 3] = rot, pos
-    return deltas, poses
+    return grid_deltas(pos, rot), poses
+
+
+def twist_path(stamps_ns: np.ndarray, linear: np.ndarray, angular: np.ndarray,
+               query_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (M, 3), rotations (M, 3, 3)) at ``query_ns`` relative to the pose at the first sample,
+    integrating base-frame velocities that vary linearly between the samples (``Rdot = [w]x R``).
+
+    Position is exact for such a velocity; each rotation step turns by the interval's mean angular velocity.
+    Queries must lie within the samples' time span."""
+    t = (stamps_ns - stamps_ns[0]).astype(np.float64) / 1e9
+    q = (np.asarray(query_ns) - stamps_ns[0]).astype(np.float64) / 1e9
+    dt = np.diff(t)
+    knot_pos = np.concatenate([np.zeros((1, 3)), np.cumsum(0.5 * (linear[1:] + linear[:-1]) * dt[:, None], axis=0)])
+    turns = rotation_exp(0.5 * (angular[1:] + angular[:-1]) * dt[:, None])
+    knot_rot = np.empty((len(t), 3, 3))
+    knot_rot[0] = np.eye(3)
+    for i, turn in enumerate(turns):
+        knot_rot[i + 1] = turn @ knot_rot[i]
+    i = np.clip(np.searchsorted(t, q, side="right") - 1, 0, len(t) - 2)
+    tau = (q - t[i])[:, None]
+    span = np.where(dt[i] > 0, dt[i], 1.0)[:, None]  # equal stamps: no interval to integrate over
+    pos = knot_pos[i] + linear[i] * tau + (linear[i + 1] - linear[i]) * tau**2 / (2 * span)
+    mean_w = angular[i] + (angular[i + 1] - angular[i]) * tau / (2 * span)
+    rot = rotation_exp(mean_w * tau) @ knot_rot[i]
+    return pos, rot
+
+
+def twist_actions(stamps_ns: np.ndarray, linear: np.ndarray, angular: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
+    """Delta actions (N-1, 6) on the grid from end-effector twists (see :func:`twist_path`)."""
+    return grid_deltas(*twist_path(stamps_ns, linear, angular, grid_ns))
+
+
+def command_actions(stamps_ns: np.ndarray, commands: np.ndarray, period_ns: int, grid_ns: np.ndarray) -> np.ndarray:
+    """Delta actions (N-1, 6) on the grid from delta commands (K, >= 6), each carried out evenly over
+    ``period_ns`` after its stamp: step k takes of each command the fraction of that period inside
+    ``[t_k, t_k+1]``; positions add up, rotations compose in stamp order."""
+    deltas = np.zeros((len(grid_ns) - 1, 6))
+    for k in range(len(grid_ns) - 1):
+        a, b = int(grid_ns[k]), int(grid_ns[k + 1])
+        rot = np.eye(3)
+        first = int(np.searchsorted(stamps_ns, a - period_ns, side="right"))
+        for i in range(first, int(np.searchsorted(stamps_ns, b, side="left"))):
+            start = int(stamps_ns[i])
+            share = (min(b, start + period_ns) - max(a, start)) / period_ns
+            if share <= 0:
+                continue
+            deltas[k, :3] += share * commands[i, :3]
+            rot = rotation_exp(share * commands[i, 3:6]) @ rot
+        deltas[k, 3:] = rotation_log(rot)
+    return deltas
 
 
 # --------------------------------------------------------------------------- import
@@ -479,10 +608,13 @@ def pose_actions(stamps_ns: np.ndarray, positions: np.ndarray, quats_xyzw: np.nd
 @dataclass
 class _Streams:
     images: dict[str, list[tuple[int, np.ndarray]]]
-    poses: list[tuple[int, np.ndarray, np.ndarray]]
+    # One row per message of the action topic: pose [x y z qx qy qz qw] (also from forward kinematics),
+    # twist [vx vy vz wx wy wz], command [6 or 7 delta values]
+    actions: list[tuple[int, np.ndarray]]
     gripper: list[tuple[int, float]]
     success: list[tuple[int, bool]]
     proprio: list[tuple[int, list[str], np.ndarray]] = field(default_factory=list)
+    markers: list[tuple[int, bool]] = field(default_factory=list)  # split.topic: (stamp, an episode runs)
 
 
 @dataclass
@@ -494,6 +626,7 @@ class ImportedEpisode:
     steps: int
     duration_s: float
     success: bool | None
+    note: str = ""  # e.g. that the episode had no stop marker and ends at the bag's end
 
 
 def _check_topics(src: Path, bag_map: BagMap) -> None:
@@ -524,21 +657,81 @@ def _read_streams(src: Path, bag_map: BagMap) -> _Streams:
         last[topic] = stamp
         if topic in cam_of:
             streams.images[cam_of[topic]].append((stamp, decode_image(msg, msgtype, bag_map.image_size, where)))
-        if topic == bag_map.pose_topic and fk is not None:
-            streams.poses.append((stamp, *_fk_pose(fk, msg, bag_map, where)))
-        elif topic == bag_map.pose_topic:
-            p, o = msg.pose.position, msg.pose.orientation
-            quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
-            if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
-                raise BagImportError(f"{where}: orientation {quat.tolist()} is not a rotation")
-            streams.poses.append((stamp, np.array([p.x, p.y, p.z], dtype=np.float64), quat))
+        if topic == bag_map.action_topic:
+            streams.actions.append((stamp, _action_row(msg, msgtype, bag_map, fk, streams.actions, where)))
         if topic == bag_map.gripper_topic:
             streams.gripper.append((stamp, _gripper_value(msg, msgtype, bag_map, where)))
         if topic == bag_map.success_topic:
             streams.success.append((stamp, bool(msg.data)))
         if topic == bag_map.proprio_topic:
             streams.proprio.append((stamp, list(msg.name), np.asarray(msg.position, dtype=np.float64)))
+        if topic == bag_map.marker_topic:
+            streams.markers.append((stamp, _marker_value(msg, msgtype, bag_map, where)))
     return streams
+
+
+def _action_row(msg: Any, msgtype: str, bag_map: BagMap, fk: Any, earlier: list[tuple[int, np.ndarray]],
+                where: str) -> np.ndarray:
+    """One action-topic message as a row of _Streams.actions; non-finite values are refused by message."""
+    source = bag_map.action_source
+    if source == "joint_states_topic":
+        return np.concatenate(_fk_pose(fk, msg, bag_map, where))
+    if source == "pose_topic":
+        p, o = msg.pose.position, msg.pose.orientation
+        quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
+        if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
+            raise BagImportError(f"{where}: orientation {quat.tolist()} is not a rotation")
+        row = np.array([p.x, p.y, p.z, *quat], dtype=np.float64)
+        what = "position"
+    elif source == "twist_topic":
+        v, w = msg.twist.linear, msg.twist.angular
+        row = np.array([v.x, v.y, v.z, w.x, w.y, w.z], dtype=np.float64)
+        what = "twist (linear, angular)"
+    else:
+        row = _command_row(msg, msgtype, bag_map, where)
+        if earlier and len(earlier[0][1]) != len(row):
+            raise BagImportError(f"{where}: {len(row)} values where the first command had {len(earlier[0][1])}")
+        what = "command"
+    if not np.isfinite(row).all():
+        raise BagImportError(f"{where}: {what} {row.tolist()} is not finite (actions.{source} in {bag_map.path})")
+    return row
+
+
+def _command_row(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> np.ndarray:
+    """The delta action of one command message: 6 values, or 7 with the gripper (-1 open .. +1 closed)."""
+    from wmpo_core.control import ACTION_NAMES
+
+    if msgtype == T.JOINT_TRAJECTORY_TYPE:
+        names = tuple(msg.joint_names)
+        if names not in (ACTION_NAMES[:6], ACTION_NAMES):
+            raise BagImportError(f"{where}: joint_names {list(names)} are not the stack's action names "
+                                 f"{list(ACTION_NAMES)} (actions.command_topic in {bag_map.path})")
+        if not msg.points:
+            raise BagImportError(f"{where}: JointTrajectory with no point (actions.command_topic in {bag_map.path})")
+        row = np.asarray(msg.points[0].positions, dtype=np.float64)
+    else:
+        row = np.asarray(msg.data, dtype=np.float64)
+    if len(row) not in (6, 7):
+        raise BagImportError(f"{where}: {len(row)} values; a command is 6 delta values (dx dy dz in metres, "
+                             f"droll dpitch dyaw in radians) or 7 with the gripper (actions.command_topic in "
+                             f"{bag_map.path})")
+    if len(row) == 7 and bag_map.gripper_given:
+        raise BagImportError(f"{bag_map.path}: gripper: {bag_map.action_topic} carries the gripper (7 values, "
+                             f"{where}); leave out the gripper field or send 6 values")
+    if len(row) == 7 and np.isfinite(row[6]) and abs(row[6]) > 1:
+        raise BagImportError(f"{where}: gripper value {row[6]} is outside -1 (open) .. +1 (closed)")
+    return row
+
+
+def _marker_value(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> bool:
+    """True where the marker says an episode runs (Bool true, String "start"), False between episodes."""
+    if msgtype == T.BOOL_TYPE:
+        return bool(msg.data)
+    text = str(msg.data).strip().lower()
+    if text not in ("start", "stop"):
+        raise BagImportError(f"{where}: marker {msg.data!r} is neither 'start' nor 'stop' "
+                             f"(split.topic in {bag_map.path})")
+    return text == "start"
 
 
 def _kinematics(bag_map: BagMap) -> Any:
@@ -586,14 +779,36 @@ def _gripper_value(msg: Any, msgtype: str, bag_map: BagMap, where: str) -> float
     return 1.0 if value < bag_map.gripper_closed_below else -1.0
 
 
-def _segments(pose_ns: np.ndarray, bag_map: BagMap) -> list[tuple[int, int]]:
-    """[start, end] stamp ranges of the episodes in one source bag."""
+def _segments(action_ns: np.ndarray, markers: list[tuple[int, bool]], bag_map: BagMap,
+              src: Path) -> list[tuple[int, int, bool]]:
+    """[start, end] action-topic stamp ranges of the episodes in one source bag, and whether an
+    episode ends at the bag's end for want of a stop marker."""
     if bag_map.split_by == "bag":
-        return [(int(pose_ns[0]), int(pose_ns[-1]))]
-    breaks = np.nonzero(np.diff(pose_ns) > bag_map.gap_s * 1e9)[0]
-    starts = [0, *(breaks + 1).tolist()]
-    ends = [*breaks.tolist(), len(pose_ns) - 1]
-    return [(int(pose_ns[a]), int(pose_ns[b])) for a, b in zip(starts, ends, strict=True)]
+        return [(int(action_ns[0]), int(action_ns[-1]), False)]
+    if bag_map.split_by == "gap":
+        breaks = np.nonzero(np.diff(action_ns) > bag_map.gap_s * 1e9)[0]
+        starts = [0, *(breaks + 1).tolist()]
+        ends = [*breaks.tolist(), len(action_ns) - 1]
+        return [(int(action_ns[a]), int(action_ns[b]), False) for a, b in zip(starts, ends, strict=True)]
+    intervals: list[tuple[int, int, bool]] = []
+    start: int | None = None
+    for stamp, running in markers:  # repeated starts or stops change nothing
+        if running and start is None:
+            start = stamp
+        elif not running and start is not None:
+            intervals.append((start, stamp, False))
+            start = None
+    if start is not None:
+        intervals.append((start, int(action_ns[-1]), True))
+    if not intervals:
+        raise BagImportError(f"{src}: split.topic {bag_map.marker_topic} (in {bag_map.path}) never starts an episode "
+                             f"({len(markers)} marker(s), none true / 'start')")
+    segments = []
+    for lo, hi, open_ended in intervals:  # each episode spans the action messages inside its interval
+        inside = action_ns[(action_ns >= lo) & (action_ns <= hi)]
+        if len(inside) >= 2:
+            segments.append((int(inside[0]), int(inside[-1]), open_ended))
+    return segments
 
 
 def _episode_id(src: Path, index: int, count: int) -> str:
@@ -610,45 +825,74 @@ def import_bag(src: str | os.PathLike[str], bag_map: BagMap, out_dir: str | os.P
     src = Path(src)
     _check_topics(src, bag_map)
     streams = _read_streams(src, bag_map)
-    if len(streams.poses) < 2:
-        raise BagImportError(f"{src}: {bag_map.pose_topic} has {len(streams.poses)} message(s); need at least 2")
-    pose_ns = np.array([s for s, _, _ in streams.poses], dtype=np.int64)
-    positions = np.stack([p for _, p, _ in streams.poses])
-    quats = np.stack([q for _, _, q in streams.poses])
-    segments = _segments(pose_ns, bag_map)
+    if len(streams.actions) < 2:
+        raise BagImportError(f"{src}: {bag_map.action_topic} has {len(streams.actions)} message(s); need at least 2")
+    action_ns = np.array([s for s, _ in streams.actions], dtype=np.int64)
+    rows = np.stack([r for _, r in streams.actions])
+    command_ns = _command_period_ns(action_ns, bag_map, src) if bag_map.action_source == "command_topic" else 0
+    segments = _segments(action_ns, streams.markers, bag_map, src)
     out: list[ImportedEpisode] = []
     try:
-        _write_segments(src, bag_map, out_dir, streams, pose_ns, positions, quats, segments, out)
+        _write_segments(src, bag_map, out_dir, streams, action_ns, rows, command_ns, segments, out)
     except BaseException:
         for done in out:  # episodes of this source written just now: a failed source leaves nothing behind
             shutil.rmtree(done.path, ignore_errors=True)
         raise
     if not out:
         raise BagImportError(f"{src}: no episode with a frame of every camera and a full control period of "
-                             f"{bag_map.pose_topic} (cameras {sorted(bag_map.cameras)})")
+                             f"{bag_map.action_topic} (cameras {sorted(bag_map.cameras)})")
     return out
 
 
+def _command_period_ns(action_ns: np.ndarray, bag_map: BagMap, src: Path) -> int:
+    """The period each command is carried out over: 1 / actions.command_hz, else the median interval."""
+    if bag_map.command_hz is not None:
+        return round(1e9 / bag_map.command_hz)
+    steps = np.diff(action_ns)
+    period = int(np.median(steps[steps > 0])) if np.any(steps > 0) else 0
+    if period <= 0:
+        raise BagImportError(f"{src}: {bag_map.action_topic} has no two commands at different stamps; "
+                             f"give actions.command_hz in {bag_map.path}")
+    return period
+
+
+def _actions_on_grid(bag_map: BagMap, action_ns: np.ndarray, rows: np.ndarray, command_ns: int,
+                     grid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(deltas (N-1, 6), the commands' gripper (N-1,) or None) of one episode's action messages on its grid."""
+    if bag_map.action_source in ("pose_topic", "joint_states_topic"):
+        return pose_actions(action_ns, rows[:, :3], rows[:, 3:7], grid)[0], None
+    if bag_map.action_source == "twist_topic":
+        return twist_actions(action_ns, rows[:, :3], rows[:, 3:6], grid), None
+    gripper = None
+    if rows.shape[1] == 7:  # the newest command issued before the step ends
+        newest = np.clip(np.searchsorted(action_ns, grid[1:], side="left") - 1, 0, len(rows) - 1)
+        gripper = rows[newest, 6]
+    return command_actions(action_ns, rows, command_ns, grid), gripper
+
+
 def _write_segments(src: Path, bag_map: BagMap, out_dir: str | os.PathLike[str], streams: _Streams,
-                    pose_ns: np.ndarray, positions: np.ndarray, quats: np.ndarray,
-                    segments: list[tuple[int, int]], out: list[ImportedEpisode]) -> None:
+                    action_ns: np.ndarray, rows: np.ndarray, command_ns: int,
+                    segments: list[tuple[int, int, bool]], out: list[ImportedEpisode]) -> None:
     from wmpo_core.data.bag import EpisodeMetadata, EpisodeWriter
 
     period = round(1e9 / bag_map.control_hz)
-    for index, (seg_start, seg_end) in enumerate(segments):
+    for index, (seg_start, seg_end, open_ended) in enumerate(segments):
+        motion_end = seg_end + command_ns  # a command moves the arm over its period after its stamp
         firsts = [next((s for s, _ in streams.images[c] if s >= seg_start), None) for c in bag_map.cameras]
-        if any(f is None or f > seg_end for f in firsts):
+        if any(f is None or f > motion_end for f in firsts):
             continue  # a segment without a frame of every camera holds no observation
         t0 = max([seg_start, *firsts])
-        steps = (seg_end - t0) // period
+        steps = (motion_end - t0) // period
         if steps < 1:
             continue
         grid = t0 + period * np.arange(steps + 1, dtype=np.int64)
-        inside = (pose_ns >= seg_start) & (pose_ns <= seg_end)
-        deltas, _ = pose_actions(pose_ns[inside], positions[inside], quats[inside], grid)
+        inside = (action_ns >= seg_start) & (action_ns <= seg_end)
+        deltas, command_gripper = _actions_on_grid(bag_map, action_ns[inside], rows[inside], command_ns, grid)
         actions = np.zeros((steps, 7))
         actions[:, :6] = deltas
-        actions[:, 6] = _gripper_on_grid(streams.gripper, grid[1:], bag_map)
+        actions[:, 6] = (command_gripper if command_gripper is not None
+                         else _gripper_on_grid(streams.gripper, grid[1:], bag_map))
+        note = "no stop marker: ends at the bag's end" if open_ended else ""
         success_vals = [(s, v) for s, v in streams.success if seg_start <= s <= seg_end + period]
         proprio = _proprio_on_grid(streams.proprio, grid[:-1], bag_map, src)
         success = None if not bag_map.success_topic else any(v for _, v in success_vals)
@@ -656,7 +900,7 @@ def _write_segments(src: Path, bag_map: BagMap, out_dir: str | os.PathLike[str],
             bag_map.task, bag_map.instruction, episode_id=_episode_id(src, index, len(segments)),
             robot_id=bag_map.robot_id, policy_version="imported", control_hz=bag_map.control_hz,
             extra={"imported_from": str(src.resolve()), "import_map": str(bag_map.path.resolve()),
-                   "source_start_ns": int(t0)})
+                   "source_start_ns": int(t0), **({"import_note": note} if note else {})})
         writer = EpisodeWriter(out_dir, metadata, start_ns=int(t0) - 1, flush_interval_s=None)
         try:
             writer.write(T.INSTRUCTION, int(t0) - 1, T.string_msg(bag_map.instruction))
@@ -682,7 +926,7 @@ def _write_segments(src: Path, bag_map: BagMap, out_dir: str | os.PathLike[str],
             writer.abort()
             shutil.rmtree(writer.path, ignore_errors=True)  # made by this writer just now: no half episode is left
             raise
-        out.append(ImportedEpisode(path, src, steps, steps / bag_map.control_hz, success))
+        out.append(ImportedEpisode(path, src, steps, steps / bag_map.control_hz, success, note))
 
 
 def _proprio_on_grid(samples: list[tuple[int, list[str], np.ndarray]], grid: np.ndarray, bag_map: BagMap,

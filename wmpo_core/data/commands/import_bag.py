@@ -1,8 +1,9 @@
 """`wmpo import-bag SRC... --map MAP.yaml --out DIR`: episodes from any robot's rosbag2.
 
 Import episodes from foreign rosbag2 bags (MCAP or sqlite3, with or without metadata.yaml) through a
-mapping file: image topics -> cameras, an end-effector pose topic -> the stack's 7-dim delta actions
-at the control rate, gripper, episode split, instruction, success topic (see docs/real_robot.md).
+mapping file: image topics -> cameras, an end-effector pose, joint-state, twist or delta-command topic
+-> the stack's 7-dim delta actions at the control rate, gripper, episode split (whole bag, pauses or a
+marker topic), instruction, success topic (see docs/real_robot.md).
 The sources are only read; an existing non-empty --out is refused unless --into-existing. Exit
 status 0, 2 for a bad map or source (nothing of that source is kept).
 """
@@ -44,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
             for ep in import_bag(src, bag_map, out):
                 total += 1
                 label = "-" if ep.success is None else ("yes" if ep.success else "no")
-                print(f"{ep.path.name}: {ep.steps} steps ({ep.duration_s:.1f} s) success {label}  <- {src}")
+                note = f" ({ep.note})" if ep.note else ""
+                print(f"{ep.path.name}: {ep.steps} steps ({ep.duration_s:.1f} s) success {label}  <- {src}{note}")
     except (BagImportError, EpisodeError) as exc:
         print(f"wmpo import-bag: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,11 @@ def test_report_json_fields_and_self_contained_html(tmp_path: Path) -> None:
     assert "data:image/gif;base64," in page  # the video is inside the page
     assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
     assert "30.0% (3/10)" in page and "70.0% (7/10)" in page
+    assert data["paired"] is None and "paired on" not in page
+    write_report(tmp_path / "paired", title="t", task="lift", versions=rows,
+                 paired={"pairs": 10, "wins": 4, "losses": 0, "p_one_sided": 0.0625})
+    assert json.loads((tmp_path / "paired" / "report.json").read_text())["paired"]["wins"] == 4
+    assert "paired on 10 start states" in (tmp_path / "paired" / "report.html").read_text()
     with pytest.raises(ValueError, match=r"versions\[0\].*ci95"):
         write_report(tmp_path / "bad", title="t", task="lift", versions=[{"success_rate": 0.5, "episodes": 2}])
 
@@ -117,6 +122,8 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     before, after = data["versions"][1:]
     assert after["parent"] == before["version"] and before["seeds"] == after["seeds"]
     assert all(r["episodes"] == 2 and len(r["ci95"]) == 2 for r in data["versions"][1:])
+    paired = data["paired"]  # base and pushed policy on the same held-out start states
+    assert paired["pairs"] == 2 and paired["wins"] - paired["losses"] == after["successes"] - before["successes"]
     assert all(s["seconds"] is not None for s in data["stages"] if s["name"] != "report")  # measured times
     assert (out / "report.html").is_file() and "<svg" in (out / "report.html").read_text()
     assert (out / "robot" / "policies" / after["version"] / "signature.json").is_file()

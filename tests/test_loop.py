@@ -21,6 +21,7 @@ from wmpo_core.loop import (
     record_in_sim,
     sign_test_p_value,
 )
+from wmpo_core.stats import paired_outcomes
 
 pytestmark = pytest.mark.sim
 WMPO = [sys.executable, "-m", "wmpo_core.cli"]
@@ -79,6 +80,15 @@ def test_gate_rule_paired_sign_test() -> None:
     assert sign_test_p_value(3, 1) == pytest.approx(5 / 16)
     with pytest.raises(RuntimeError, match="same start states"):
         gate_decision(current, better[:5], alpha=0.5)
+    # The same counts from the one paired helper the gate, compare and the demo's report share.
+    base = {s: s < 6 for s in seeds}
+    mixed = {s: s < 3 or s >= 7 for s in seeds}  # loses states 3-5, wins 7-9
+    assert paired_outcomes(base, mixed) == {"pairs": 10, "wins": 3, "losses": 3, "p_one_sided": pytest.approx(21 / 32)}
+    assert paired_outcomes(base, {s: True for s in seeds})["p_one_sided"] == pytest.approx(1 / 16)
+    with pytest.raises(ValueError, match="same start states"):
+        paired_outcomes(base, {s: True for s in range(1, 11)})
+    with pytest.raises(ValueError, match="same start states"):
+        paired_outcomes({}, {})
 
 
 @pytest.mark.timeout(1800)  # about a minute on an idle 2-core machine; generous for a loaded one

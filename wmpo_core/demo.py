@@ -55,6 +55,7 @@ from wmpo_core.pipeline.steps import (
     reward_step,
     train_world_model,
 )
+from wmpo_core.stats import paired_outcomes
 
 # Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
 # Measured on this kind of machine, torch's default threads (2) per training command:
@@ -281,6 +282,14 @@ def _curves(out: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in curves.items() if v}
 
 
+def _outcomes_by_seed(stage: Path) -> dict[int, bool]:
+    """Start-state seed -> success of an evaluation stage's episodes (read from their metadata)."""
+    from wmpo_core.data.bag import read_metadata
+
+    episodes = read_json(stage / MARKER)["episodes_dir"]
+    return {int(read_metadata(Path(e["path"])).seed): bool(e["success"]) for e in list_complete_episodes(Path(episodes))}
+
+
 def _stage_report(args: argparse.Namespace, out: Path) -> dict:
     from wmpo_core.report import version_row, write_report
 
@@ -312,10 +321,16 @@ def _stage_report(args: argparse.Namespace, out: Path) -> dict:
         measured = read_json(marker).get("seconds") if marker.is_file() else None
         stages.append({"name": s.name, "title": s.title, "estimate_s": round(s.estimate(args)),
                        "seconds": measured})
+    before, after = _outcomes_by_seed(out / "eval_before"), _outcomes_by_seed(out / "eval_after")
+    shared = sorted(set(before) & set(after))  # an episode that did not complete leaves its pair out
+    paired = paired_outcomes({s: before[s] for s in shared}, {s: after[s] for s in shared}) if shared else None
     html_path, json_path = write_report(out, title="WMPO demo: simulated robot through ROS 2", task=args.task,
                                         versions=rows, stages=stages, curves=_curves(out), videos=videos,
-                                        notes=notes)
+                                        notes=notes, paired=paired)
     print_table(rows)
+    if paired is not None:
+        print(f"  paired on {paired['pairs']} held-out start states: after WMPO solves {paired['wins']} the base "
+              f"fails, fails {paired['losses']} it solves (one-sided sign test p = {paired['p_one_sided']:.3g})")
     return {"report_html": str(html_path), "report_json": str(json_path)}
 
 

@@ -175,13 +175,23 @@ def _video_html(out_dir: Path, video: Mapping[str, str]) -> str:
     return f'<figure><a href="{html.escape(video["path"])}">{title}</a></figure>'
 
 
+def _paired_html(paired: Mapping[str, Any] | None) -> str:
+    if paired is None:
+        return ""
+    return (f"<p>paired on {int(paired['pairs'])} start states: the newer version solves {int(paired['wins'])} "
+            f"the older one fails and fails {int(paired['losses'])} it solves; one-sided sign test "
+            f"p = {float(paired['p_one_sided']):.3g}</p>")
+
+
 def write_report(out_dir: str | Path, *, title: str, task: str, versions: Sequence[Mapping[str, Any]],
                  stages: Sequence[Mapping[str, Any]] = (), curves: Mapping[str, Mapping[str, Any]] | None = None,
-                 videos: Sequence[Mapping[str, str]] = (), notes: Sequence[str] = ()) -> tuple[Path, Path]:
+                 videos: Sequence[Mapping[str, str]] = (), notes: Sequence[str] = (),
+                 paired: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` into ``out_dir``; returns their paths.
 
     ``versions`` rows need at least ``success_rate``, ``ci95`` and ``episodes`` (see
-    :func:`version_row`); video paths are relative to ``out_dir``.
+    :func:`version_row`); video paths are relative to ``out_dir``. ``paired``: the last two
+    versions on the same start states (:func:`wmpo_core.stats.paired_outcomes`), if measured.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +204,7 @@ def write_report(out_dir: str | Path, *, title: str, task: str, versions: Sequen
         "title": title, "task": task, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": [{k: row.get(k) for k in VERSION_FIELDS} | dict(row) for row in versions],
         "stages": [dict(s) for s in stages], "curves": curves, "videos": [dict(v) for v in videos],
-        "notes": list(notes),
+        "notes": list(notes), "paired": dict(paired) if paired is not None else None,
     }
     json_path = out_dir / REPORT_JSON
     json_path.write_text(json.dumps(data, indent=2) + "\n")
@@ -214,6 +224,7 @@ img {{ image-rendering: pixelated; }}
 <p>task <b>{html.escape(task)}</b>, generated {data['generated_at']}</p>
 <h2>Success rates</h2>
 {_versions_table(data['versions'])}
+{_paired_html(paired)}
 <h2>Training curves</h2>
 {charts or '<p>no training logs found</p>'}
 <h2>Real vs imagined</h2>

@@ -20,7 +20,7 @@ from wmpo_core.io_utils import StageError, read_json
 from wmpo_core.pipeline.guard import check_simulator
 from wmpo_core.pipeline.recipe import Recipe
 from wmpo_core.pipeline.runner import MARKER, Step, last_json_line, run_wmpo
-from wmpo_core.stats import sign_test_p_value
+from wmpo_core.stats import paired_outcomes
 
 KEY_NAME = "wmpo_policy_signing.pem"
 
@@ -412,12 +412,11 @@ def gate_decision(current: list[dict[str, Any]], candidate: list[dict[str, Any]]
     """Apply the gate rule to per-episode results (``seed``, ``success``) of the two policies."""
     cur = {int(r["seed"]): bool(r["success"]) for r in current}
     cand = {int(r["seed"]): bool(r["success"]) for r in candidate}
-    if set(cur) != set(cand) or not cur:
-        raise StageError(f"gate: the two evaluations must cover the same start states; got seeds "
-                         f"{sorted(cur)} and {sorted(cand)}")
-    b = sum(1 for s in cur if cand[s] and not cur[s])
-    c = sum(1 for s in cur if cur[s] and not cand[s])
-    p = sign_test_p_value(b, c)
+    try:
+        paired = paired_outcomes(cur, cand)
+    except ValueError as exc:
+        raise StageError(f"gate: the two evaluations must cover the same start states: {exc}") from exc
+    b, c, p = int(paired["wins"]), int(paired["losses"]), float(paired["p_one_sided"])
     accept = b > c and p <= alpha
     if accept:
         reason = f"candidate better: solves {b} start state(s) the current policy fails, loses {c}; p = {p:.3g} <= {alpha}"

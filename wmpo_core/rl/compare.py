@@ -61,13 +61,13 @@ class MethodResult:
 def paired_against(base: MethodResult, other: MethodResult) -> dict[str, Any] | None:
     """Wins (start states only ``other`` solved), losses (only ``base`` solved) and the one-sided exact
     sign-test p-value that ``other`` is better; None unless both carry outcomes for the same seeds."""
-    from wmpo_core.stats import sign_test_p_value
+    from wmpo_core.stats import paired_outcomes
 
     if not base.outcomes or not other.outcomes or base.seeds != other.seeds:
         return None
-    wins = sum(1 for b, o in zip(base.outcomes, other.outcomes, strict=True) if o and not b)
-    losses = sum(1 for b, o in zip(base.outcomes, other.outcomes, strict=True) if b and not o)
-    return {"wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses)}
+    paired = paired_outcomes(dict(zip(base.seeds, base.outcomes, strict=True)),
+                             dict(zip(other.seeds, other.outcomes, strict=True)))
+    return {"wins": paired["wins"], "losses": paired["losses"], "p_one_sided": paired["p_one_sided"]}
 
 
 def evaluation_seeds(count: int, offset: int = 0) -> list[int]:

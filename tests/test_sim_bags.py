@@ -130,3 +130,16 @@ def test_policy_collection_samples_reproducibly(tmp_path):
     assert runs["a"].metadata.extra["temperature"] == 1.0 and runs["greedy"].metadata.extra["temperature"] == 0.0
     with pytest.raises(ValueError, match="temperature"):
         collect_sim_episodes("lift", 1, tmp_path / "bad", policy=str(package), temperature=-1.0, progress=False)
+
+
+def test_a_collection_records_the_recipes_cameras(tmp_path):
+    """The pipeline's collect step renders and records the cameras a recipe names (here only the zoomed
+    workspace view), not the default agentview."""
+    from wmpo_core.pipeline.steps import Collection, collect
+
+    result = collect(Collection("scripted", "lift", 1, 3, direct=True, max_steps=4, cameras=("workspace",)), tmp_path)
+    (episode,) = list_episodes(result["episodes_dir"])
+    ep = load_episode(episode.path)
+    assert set(ep.frames) == {"workspace"}, set(ep.frames)
+    assert collect(Collection("scripted", "lift", 1, 3, direct=True, max_steps=4), tmp_path / "default")["episodes"] == 1
+    assert set(load_episode(list_episodes(tmp_path / "default" / "episodes")[0].path).frames) == {"agentview"}

@@ -283,11 +283,9 @@ def _curves(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _outcomes_by_seed(stage: Path) -> dict[int, bool]:
-    """Start-state seed -> success of an evaluation stage's episodes (read from their metadata)."""
-    from wmpo_core.data.bag import read_metadata
-
+    """Start-state seed -> success of an evaluation stage's complete episodes (seeds from their metadata)."""
     episodes = read_json(stage / MARKER)["episodes_dir"]
-    return {int(read_metadata(Path(e["path"])).seed): bool(e["success"]) for e in list_complete_episodes(Path(episodes))}
+    return {int(e["seed"]): bool(e["success"]) for e in list_complete_episodes(Path(episodes)) if e["seed"] is not None}
 
 
 def _stage_report(args: argparse.Namespace, out: Path) -> dict:

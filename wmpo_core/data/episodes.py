@@ -38,6 +38,7 @@ class EpisodeInfo:
     status: str
     # success comes from an operator's label (wmpo label), not from the recording
     labelled: bool = False
+    seed: int | None = None  # the start state's seed (metadata; None when unknown)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -71,6 +72,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
             complete=md.complete,
             status=STATUS_COMPLETE if md.complete else STATUS_INCOMPLETE,
             labelled=label_path(d).exists(),
+        seed=md.seed,
         )
     return EpisodeInfo(
         path=d,
@@ -83,6 +85,7 @@ def episode_info(path: str | os.PathLike[str]) -> EpisodeInfo:
         complete=False,
         status=status,
         labelled=label_path(d).exists(),
+        seed=md.seed,
     )
 
 

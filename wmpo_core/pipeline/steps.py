@@ -27,13 +27,13 @@ KEY_NAME = "wmpo_policy_signing.pem"
 
 # ============================================================================ collect
 def list_complete_episodes(folder: Path) -> list[dict[str, Any]]:
-    """Readable, finished episodes of ``folder`` as dicts (id, success, policy_version, steps, path)."""
+    """Readable, finished episodes of ``folder`` as dicts (id, success, policy_version, steps, path, seed)."""
     from wmpo_core.data.episodes import list_episodes
 
     if not folder.is_dir():
         return []
     return [{"episode_id": e.episode_id, "success": e.success, "policy_version": e.policy_version,
-             "steps": e.steps, "path": str(e.path)}
+             "steps": e.steps, "path": str(e.path), "seed": e.seed}
             for e in list_episodes(folder) if not isinstance(e, Exception) and e.status == "complete"]
 
 

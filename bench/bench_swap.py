@@ -1,6 +1,6 @@
 """Control-loop gap while the policy node hot-swaps its policy, in control periods, with and without swaps.
 
-Runs the rig of tests/test_ros_hot_swap.py over real DDS: a policy_node process serving a
+Runs the rig of ros2_ws/src/wmpo_ros/test/test_ros_hot_swap.py over real DDS: a policy_node process serving a
 signed VLA package, a camera process publishing a frame every control period, and an
 arm-side process logging when each chunk arrives. First `--baseline-s` seconds with no load
 request, then `--pushes` pushes in a row (a good package, then a bad one, alternating; each

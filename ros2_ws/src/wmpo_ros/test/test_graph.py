@@ -19,7 +19,7 @@ from wmpo_ros.graph import (
     parse_graph,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[4]
 SETUP_PY = ROOT / "ros2_ws" / "src" / "wmpo_ros" / "setup.py"
 
 

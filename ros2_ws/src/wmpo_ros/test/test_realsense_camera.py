@@ -255,7 +255,9 @@ DEVICE_TEST_TIMEOUT_S = 120
 
 def _run_isolated(body: str) -> None:
     tests_dir = Path(__file__).resolve().parent
-    code = f"import sys; sys.path.insert(0, {str(tests_dir)!r}); import test_realsense_camera as t; t.{body}()"
+    shared = tests_dir.parents[3] / "tests"  # ros_helpers and the test environment
+    code = (f"import sys; sys.path[:0] = [{str(tests_dir)!r}, {str(shared)!r}]; import environment; "
+            f"import test_realsense_camera as t; t.{body}()")
     try:
         proc = subprocess.run([sys.executable, "-c", code], cwd=tests_dir, env=dict(os.environ),
                               capture_output=True, text=True, timeout=DEVICE_TEST_TIMEOUT_S)

@@ -1,12 +1,16 @@
 """Camera frames fed / published / received / recorded: two 640x480 30 Hz streams with the recorder on.
 
 Two camera nodes (RealSense backend on librealsense software devices, the real pyrealsense2
-pipeline) publish 640x480 rgb8 at 30 Hz each; a subscriber in the same process counts what
-arrives over DDS, and the episode recorder node runs as its own process, as `wmpo up` starts
-it, recording both streams into one episode bag for the whole run. The bag is read back with
-the project's reader. Prints, per stream, frames fed to the device, published by the camera
-node, received by the counter, received by the recorder and written to the bag, where frames
-were lost, and the load average over the run (the machine may be shared).
+pipeline) publish 640x480 rgb8 at 30 Hz each. Each camera runs in a process of its own: its
+software device, its camera node and the thread that feeds the device (this script started
+again with --camera-worker). A real camera delivers from a native thread of its own; a feeder
+thread in a process with other nodes is held back by the GIL and then pushes the frames it owes
+back to back (the pipeline keeps only the newest). This process holds no camera: it counts what
+arrives over DDS and drives the run. The episode recorder node runs as its own process, as
+`wmpo up` starts it, recording both streams into one episode bag for the whole run. The bag is
+read back with the project's reader. Prints, per stream, frames fed to the device, published
+by the camera node, received by the counter, received by the recorder and written to the bag,
+where frames were lost, and the load average over the run (the machine may be shared).
 
     python bench/bench_camera_recorder.py --seconds 60
 """
@@ -16,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -36,6 +43,8 @@ from wmpo_core.data.bag import episode_dirs  # noqa: E402
 from wmpo_core.data.bag.reader import iter_messages  # noqa: E402
 
 NAMES = ("agentview", "wrist")
+# A camera worker's reports to the parent: one line on its stdout each, this prefix and a JSON object.
+REPORT = "BENCH-CAMERA-WORKER "
 
 
 def call(node, client, timeout: float = 30.0) -> Trigger.Response:
@@ -51,6 +60,160 @@ def call(node, client, timeout: float = 30.0) -> Trigger.Response:
     return future.result()
 
 
+def pause(seconds: float, until: threading.Event | None = None) -> bool:
+    """Sleep `seconds` (or until `until` is set: returns whether it is) in short steps.
+
+    Ctrl-C's SIGINT may be delivered to any of the DDS or librealsense threads; Python raises
+    KeyboardInterrupt in the main thread only once that thread runs again, so it must never
+    block long.
+    """
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if until is not None and until.wait(min(0.2, left)):
+            return True
+        if until is None:
+            time.sleep(min(0.2, left))
+    return until is not None and until.is_set()
+
+
+def report(**values: Any) -> None:
+    """One report line to the parent."""
+    print(REPORT + json.dumps(values), flush=True)
+
+
+def camera_worker(args: argparse.Namespace) -> None:
+    """One camera in this process: software device, camera node and feeder thread.
+
+    Protocol on stdin/stdout: reports {"event": "ready"} once the node is up, its device open
+    and its image publisher matched by --subscribers subscriptions (the counter and the
+    recorder: frames fed before discovery would be lost to them); on the line "start" feeds
+    for --seconds, waits 1 s for the last frames to be published, reports {"event": "done",
+    fed, bursts, published, ...}; then waits for the line "quit" or the end of stdin (the
+    parent gone) and shuts down. The end of stdin at any point stops it, so it never outlives
+    the parent; Ctrl-C stops it too.
+    """
+    name = args.camera_worker
+    start, quit_ = threading.Event(), threading.Event()
+    stop = threading.Event()  # the feeder's
+
+    def listen() -> None:
+        for line in sys.stdin:
+            if line.strip() == "start":
+                start.set()
+            elif line.strip() == "quit":
+                break
+        quit_.set()
+        stop.set()
+        start.set()
+
+    threading.Thread(target=listen, name="stdin", daemon=True).start()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=args.domain)
+    devices, nodes = camera_nodes(ctx, (name,), f"BENCHREC{args.index}-", args.width, args.height, args.fps)
+    device, node = devices[0], nodes[0]
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        deadline = time.monotonic() + 60.0
+        while (not node._open or node.image_pub.get_subscription_count() < args.subscribers) \
+                and time.monotonic() < deadline and not quit_.is_set():
+            time.sleep(0.05)
+        report(event="ready", name=name, open=node._open, subscribers=node.image_pub.get_subscription_count(),
+               pid=os.getpid())
+        pause(float("inf"), until=start)
+        if quit_.is_set():
+            return
+        counter = [0]
+        push_times: list[float] = []
+        published0 = node._frames
+        feeder = threading.Thread(target=feed, args=(device, args.fps, stop, counter, push_times), daemon=True)
+        t0 = time.monotonic()
+        feeder.start()
+        pause(args.seconds, until=quit_)
+        stop.set()
+        feeder.join()
+        elapsed = time.monotonic() - t0
+        pause(1.0)  # the last frames are published
+        gaps = [b - a for a, b in zip(push_times, push_times[1:], strict=False)]
+        report(event="done", name=name, fed=counter[0], bursts=bursts(push_times, args.fps),
+               published=node._frames - published0, elapsed=elapsed,
+               max_push_gap_ms=1000.0 * max(gaps, default=0.0))
+        pause(float("inf"), until=quit_)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        executor.shutdown(timeout_sec=2)
+        node.close()
+        node.destroy_node()
+        device.unplug()
+        ctx.try_shutdown()
+
+
+class Worker:
+    """A camera worker process seen from the parent: its reports arrive through a queue."""
+
+    def __init__(self, name: str, index: int, args: argparse.Namespace, env: dict[str, str], log: Path) -> None:
+        self.name, self.log_path = name, log
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--camera-worker", name, "--index", str(index),
+             "--seconds", str(args.seconds), "--fps", str(args.fps), "--width", str(args.width),
+             "--height", str(args.height), "--domain", str(args.domain), "--subscribers", "2"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+        self.reports: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            if line.startswith(REPORT):
+                self.reports.put(json.loads(line[len(REPORT):]))
+            elif not self.log.closed:
+                self.log.write(line)  # stray output (ROS logs go to stderr, the same file)
+        self.reports.put(None)  # the worker is gone
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next report, which must be `event`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got = self.reports.get(timeout=0.2)  # short: see pause()
+                break
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"camera worker {self.name}: no '{event}' within {timeout:g} s; "
+                                     f"see {self.log_path}") from None
+        if got is None or got.get("event") != event:
+            raise SystemExit(f"camera worker {self.name}: expected '{event}', got {got} "
+                             f"(exit code {self.proc.poll()}); see {self.log_path}")
+        return got
+
+    def send(self, line: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # already gone
+
+    def stop(self) -> None:
+        """Ask it to quit, close its stdin, and kill it if it has not ended within 10 s."""
+        self.send("quit")
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
 def main() -> None:
     """Record both streams for --seconds and print the counts."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +223,18 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--domain", type=int, default=221, help="ROS_DOMAIN_ID (no test uses 221)")
     parser.add_argument("--dir", default=None, help="folder for the episode bag (default: a temporary one)")
+    parser.add_argument("--camera-worker", metavar="NAME", default=None,
+                        help="internal: run one camera (device, node, feeder) in this process, driven on stdin")
+    parser.add_argument("--index", type=int, default=0, help="internal: the camera worker's index (its serial)")
+    parser.add_argument("--subscribers", type=int, default=2,
+                        help="internal: subscriptions the camera worker's publisher must match before it is ready")
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the `finally` clauses stop the workers and the recorder (set before
+    # rclpy.init, whose own handler calls this one).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if args.camera_worker:
+        camera_worker(args)
+        return
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-camera-recorder-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -72,10 +246,9 @@ def main() -> None:
         [sys.executable, "-m", "wmpo_ros.episode_recorder_node", "--ros-args", "-r", "__node:=episode_recorder",
          "-p", f"output_dir:={episodes}", "-p", f"topics:={topics}", "-p", "task:=bench"],
         env=env, stdout=recorder_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
+    workers: list[Worker] = []
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=args.domain)
-    devices, nodes = camera_nodes(ctx, NAMES, "BENCHREC", args.width, args.height, args.fps)
     sub = rclpy.create_node("bench_camera_counter", context=ctx)
     received: dict[str, set[int]] = {n: set() for n in NAMES}
     for name in NAMES:
@@ -84,46 +257,41 @@ def main() -> None:
     start = sub.create_client(Trigger, "/episode_recorder/start")
     stop_srv = sub.create_client(Trigger, "/episode_recorder/stop")
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    for node in [*nodes, sub]:
-        executor.add_node(node)
+    executor.add_node(sub)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
+        for k, name in enumerate(NAMES):
+            workers.append(Worker(name, k, args, env, work / f"camera_{name}.log"))
         answer = call(sub, start, timeout=60.0)  # also waits for the recorder process to come up
         if not answer.success:
             raise SystemExit(f"recorder ~/start refused: {answer.message}")
-        time.sleep(2.0)  # discovery between cameras, counter and recorder; pipelines started
+        for worker in workers:  # each waits until the counter and the recorder match its publisher
+            ready = worker.expect("ready", timeout=90.0)
+            if not ready["open"] or ready["subscribers"] < 2:
+                raise SystemExit(f"camera worker {worker.name}: not ready ({ready}); see {worker.log_path}")
+        deadline = time.monotonic() + 30.0  # and the counter has discovered both publishers
+        while any(sub.count_publishers(image_topic(n)) < 1 for n in NAMES) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pause(1.0)  # discovery settles on the subscribers' side too
 
-        stop = threading.Event()
-        counters = [[0] for _ in NAMES]
-        published0 = [node._frames for node in nodes]
         for name in NAMES:
             received[name].clear()
-        push_times: list[list[float]] = [[] for _ in NAMES]
-        feeders = [threading.Thread(target=feed, args=(d, args.fps, stop, c, pt), daemon=True)
-                   for d, c, pt in zip(devices, counters, push_times, strict=True)]
         load0 = os.getloadavg()
-        t0 = time.monotonic()
-        for t in feeders:
-            t.start()
-        time.sleep(args.seconds)
-        stop.set()
-        for t in feeders:
-            t.join()
-        elapsed = time.monotonic() - t0
+        for worker in workers:
+            worker.send("start")
+        pause(args.seconds)
         load1 = os.getloadavg()
-        time.sleep(1.0)  # the last frames are published and reach the counter and the recorder
-        published = [node._frames - p0 for node, p0 in zip(nodes, published0, strict=True)]
+        # Each worker stops feeding after --seconds, waits 1 s for its last frames, then reports.
+        done = [worker.expect("done", timeout=60.0) for worker in workers]
+        pause(0.5)  # the last frames reach the counter and the recorder
         answer = call(sub, stop_srv, timeout=120.0)
         if not answer.success:
             raise SystemExit(f"recorder ~/stop failed: {answer.message}")
     finally:
+        for worker in workers:
+            worker.stop()
         executor.shutdown(timeout_sec=2)
-        for node in nodes:
-            node.close()
-            node.destroy_node()
-        for device in devices:
-            device.unplug()
         sub.destroy_node()
         ctx.try_shutdown()
         recorder.send_signal(2)
@@ -131,6 +299,7 @@ def main() -> None:
             recorder.wait(30)
         except subprocess.TimeoutExpired:
             recorder.kill()
+            recorder.wait()
         recorder_log.close()
 
     bags = episode_dirs(episodes)
@@ -145,19 +314,22 @@ def main() -> None:
         duplicates[name] += stamp in recorded[name]
         recorded[name].add(stamp)
 
-    print(f"two streams, {args.width}x{args.height} rgb8 at {args.fps:g} Hz each, {elapsed:.1f} s; cameras and "
-          f"counter in one process, episode recorder in its own; ROS_DOMAIN_ID={args.domain}")
+    elapsed = max(d["elapsed"] for d in done)
+    print(f"two streams, {args.width}x{args.height} rgb8 at {args.fps:g} Hz each, {elapsed:.1f} s; each camera "
+          f"(software device, camera node, feeder thread) in its own process, counter in the parent (no camera), "
+          f"episode recorder in its own; ROS_DOMAIN_ID={args.domain}")
     print(f"load average (1 min) {load0[0]:.2f} at the start, {load1[0]:.2f} at the end, on {os.cpu_count()} CPUs")
     print(f"{'stream':<10} {'fed':>6} {'in bursts':>10} {'published':>10} {'received':>9} {'recorded':>9} "
           f"{'lost: camera':>13} {'beyond bursts':>14} {'DDS->counter':>13} {'->bag':>6}")
-    for name, counter, pub, times in zip(NAMES, counters, published, push_times, strict=True):
-        fed = counter[0]
-        burst = bursts(times, args.fps)
+    for name, d in zip(NAMES, done, strict=True):
+        fed, burst, pub = d["fed"], d["bursts"], d["published"]
         got, rec = received[name], recorded[name]  # nothing is published before the feeding starts
         print(f"{name:<10} {fed:>6} {burst:>10} {pub:>10} {len(got):>9} {len(rec):>9} {fed - pub:>13} "
               f"{max(0, fed - pub - burst):>14} {pub - len(got):>13} {pub - len(rec):>6}")
-    print("in bursts: frames the feeder (a Python thread sharing this process's GIL) pushed less than half a period "
-          "after the previous one; the pipeline keeps only the newest, so these are lost before the camera node.")
+    print("in bursts: frames the feeder (a Python thread in its camera's process, sharing the GIL with that camera "
+          "node only) pushed less than half a period after the previous one; the pipeline keeps only the newest, "
+          "so these are lost before the camera node. Longest gap between pushes: "
+          + ", ".join(f"{d['name']} {d['max_push_gap_ms']:.0f} ms" for d in done))
     # The recorder logs its own count for the episode: messages received per topic, dropped, queue overflow.
     finalized = [line for line in (work / "recorder.log").read_text().splitlines() if "finalized: dropped" in line]
     if finalized:

@@ -110,7 +110,7 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = WMPO + ["demo", "--out", str(out), "--demos", "2", "--rollouts", "2", "--eval-episodes", "2",
                   "--max-steps", "60", "--bc-steps", "4", "--wm-steps", "2", "--align-steps", "2", "--reward-steps", "2",
-                  "--grpo-iterations", "1", "--wm-config", str(tmp_path / "wm.json"),
+                  "--grpo-iterations", "1", "--held-out", "3", "--wm-config", str(tmp_path / "wm.json"),
                   "--reward-config", str(tmp_path / "reward.json"), "--grpo-config", str(tmp_path / "grpo.json")]
     if os.environ.get("WMPO_DEMO_TEST_DIRECT"):
         cmd.append("--direct")
@@ -118,12 +118,18 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads((out / "report.json").read_text())
     labels = [r["label"] for r in data["versions"]]
-    assert labels == ["scripted demonstrator", "before (BC base)", "after (WMPO)"]
-    before, after = data["versions"][1:]
+    assert labels == ["scripted demonstrator"] + ["before (BC base)", "after (WMPO)"] * 2
+    before, after, held_before, held_after = data["versions"][1:]
     assert after["parent"] == before["version"] and before["seeds"] == after["seeds"]
-    assert all(r["episodes"] == 2 and len(r["ci95"]) == 2 for r in data["versions"][1:])
-    paired = data["paired"]  # base and pushed policy on the same held-out start states
-    assert paired["pairs"] == 2 and paired["wins"] - paired["losses"] == after["successes"] - before["successes"]
+    via = "simulator" if os.environ.get("WMPO_DEMO_TEST_DIRECT") else "ROS 2 graph"
+    assert all(r["episodes"] == 2 and via in r["evaluated_via"] for r in (before, after))
+    # The held-out rows: the same two versions straight in the simulator on 3 start states, the graph's 2 first.
+    assert (held_before["version"], held_after["version"]) == (before["version"], after["version"])
+    assert held_before["seeds"] == held_after["seeds"] and held_before["seeds"][:2] == before["seeds"]
+    assert all(r["episodes"] == 3 and "simulator" in r["evaluated_via"] for r in (held_before, held_after))
+    paired = data["paired"]  # the held-out evaluation decides: base and pushed policy on the same start states
+    assert paired["pairs"] == 3 and "simulator" in paired["evaluated_via"]
+    assert paired["wins"] - paired["losses"] == held_after["successes"] - held_before["successes"]
     assert all(s["seconds"] is not None for s in data["stages"] if s["name"] != "report")  # measured times
     assert (out / "report.html").is_file() and "<svg" in (out / "report.html").read_text()
     assert (out / "robot" / "policies" / after["version"] / "signature.json").is_file()

@@ -113,6 +113,13 @@ OPTIONS_BEFORE = {
 # Options added since, on purpose: the task recipe file (wmpo_core/pipeline/recipes/<task>.json by default).
 ADDED = {cmd: [("--recipe", "recipe", "None", False, "None", "None", None, "_StoreAction")]
          for cmd in ("demo", "loop", "compare")}
+# The demo's held-out evaluation in the simulator (the paired test's count) and its demonstrations straight in
+# the simulator, added with the demo's own recipe.
+ADDED["demo"] += [("--ros-demos", "ros_demos", "False", False, "None", "None", 0, "_StoreTrueAction"),
+                  ("--held-out", "held_out", "100", False, "int", "None", None, "_StoreAction")]
+# Defaults changed on purpose with the demo's recipe (lift_workspace.json, measured in docs/results.md): fewer
+# episodes through the graph (the held-out evaluation decides), 16 steps past success, 6 GRPO iterations.
+CHANGED = {"demo": {"--eval-episodes": "4", "--steps-after-success": "16", "--grpo-iterations": "6"}}
 # The live watch of a robot run (wmpo_core.robot_loop.LiveWatch), added after the pipeline refactor.
 ADDED["loop"] += [("--no-watch", "watch", "True", False, "None", "None", 0, "_StoreFalseAction"),
                   ("--watch-threshold", "watch_threshold", "5.0", False, "float", "None", None, "_StoreAction")]
@@ -140,7 +147,9 @@ def _args(*argv: str) -> argparse.Namespace:
 
 @pytest.mark.parametrize("command", ["demo", "loop", "compare"])
 def test_commands_keep_their_options(command: str) -> None:
-    assert _options(command) == sorted([*(tuple(r) for r in OPTIONS_BEFORE[command]), *ADDED[command]])
+    changed = CHANGED.get(command, {})
+    before = [(r[0], r[1], changed.get(r[0], r[2]), *r[3:]) for r in OPTIONS_BEFORE[command]]
+    assert _options(command) == sorted([*before, *ADDED[command]])
     shown = subprocess.run([sys.executable, "-m", "wmpo_core.cli", command, "--help"], capture_output=True,
                            text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
@@ -188,12 +197,20 @@ def _recipe_file(tmp_path: Path, **fields) -> Path:
 
 def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> None:
     # The shipped lift recipe, with no --recipe: the same reward recipe (real video only), reward
-    # config and GRPO config for all three (loop and compare used the config defaults before).
-    shipped = load_recipe("lift")
+    # config and GRPO config for loop and compare (they used the config defaults before); the demo's
+    # own lift recipe (the zoomed workspace camera) otherwise the same reward recipe.
+    from wmpo_core.demo import demo_recipe
+
     for name, plan in _plans(tmp_path / "shipped", None).items():
         reward = plan["steps"]["reward"]
+        shipped = load_recipe("lift", demo_recipe("lift") if name == "demo" else None)
         assert reward.inputs["recipe"] == shipped, name
-        assert shipped.source == str(recipe_file("lift")) and shipped.reward_config.endswith("reward/configs/lift.json")
+        if name == "demo":
+            assert shipped.source.endswith("recipes/lift_workspace.json") and shipped.cameras == ("workspace",)
+            assert shipped.reward_config.endswith("reward/configs/lift_final.json")
+        else:
+            assert shipped.source == str(recipe_file("lift"))
+            assert shipped.reward_config.endswith("reward/configs/lift.json")
         cmd = train_reward_command(reward.inputs, tmp_path / "run", None)
         assert "--world-model" not in cmd, (name, cmd)
         assert plan["steps"]["grpo"].inputs["config"] == shipped.grpo_config, name
@@ -229,7 +246,9 @@ def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> Non
                                        "--policy", str(tmp_path), "--recipe", str(recipe_path))))
     assert loop.collection(0, {"version": "v0", "package": str(tmp_path / "base")}).cameras == ("workspace",)
     # and with no cameras in the recipe the graph file's own apply (no --cameras on the command line)
-    assert all(s.inputs["collection"].cameras is None for s in _plans(tmp_path / "nocams", None)["demo"]["steps"].values()
+    (tmp_path / "nocams").mkdir()
+    nocams = _recipe_file(tmp_path / "nocams", camera="agentview")
+    assert all(s.inputs["collection"].cameras is None for s in _plans(tmp_path / "nocams", nocams)["demo"]["steps"].values()
                if "collection" in s.inputs)
 
     # The same file with the other reward recipe: none of the three trains on imagined replays.

@@ -1,6 +1,6 @@
 """`wmpo demo`: the whole WMPO loop on the simulated robot, one stage after another.
 
-1. record scripted demonstrations through the ROS 2 graph (`wmpo record --sim`)
+1. record scripted demonstrations straight in the simulator (through the ROS 2 graph with ``--ros-demos``)
 2. behavior cloning: the base policy (`wmpo train-policy`), signed (`wmpo export`)
 3. record base-policy rollouts through the ROS 2 graph (`wmpo record --policy BASE`)
 4. world model: pretrain on the demonstrations, align on the rollouts (`wmpo train-world-model [--init]`)
@@ -9,10 +9,13 @@
    imagined replays of the rollouts (`wmpo calibrate-reward`; of all of them when the rollouts
    hold one outcome only)
 7. GRPO in imagination (`wmpo grpo`), signed with the base as parent (`wmpo export`)
-8. evaluate the base policy through the ROS 2 graph on held-out start states
+8. evaluate the base policy through the ROS 2 graph on a few held-out start states
 9. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
 10. evaluate the pushed policy through the ROS 2 graph on the same start states
-11. report: before/after table, DIR/report.html and DIR/report.json (wmpo_core.report)
+11. evaluate the base and the pushed policy straight in the simulator on ``--held-out`` start states
+    (100 by default; parallel processes, `wmpo eval --jobs`), the first of them those of 8 and 10:
+    the count a paired test needs, which the graph's real-time episodes could not give in the budget
+12. report: before/after table, the paired test, DIR/report.html and DIR/report.json (wmpo_core.report)
 
 The stages are the pipeline's steps (wmpo_core.pipeline.steps) with the task's recipe
 (wmpo_core.pipeline.recipe; ``--recipe``, ``--wm-config``, ``--reward-config``, ``--grpo-config``),
@@ -22,7 +25,13 @@ Each stage writes its outputs under ``--out`` and ``<stage>/stage.json`` when it
 a re-run reuses every finished stage (``--fresh`` starts over). The stage plan with time
 estimates is printed first; estimates scale with the chosen sizes and are replaced by the
 measured time of each stage as it finishes. ``--direct`` runs the learned-policy episodes
-(stages 3, 7, 9) straight in the simulator instead of through ROS. This module imports no
+(stages 3, 8, 10) straight in the simulator instead of through ROS. The scripted demonstrations
+(stage 1) are recorded straight in the simulator unless ``--ros-demos`` (a real robot's come from
+teleoperation through its own recorder; the graph's part is shown by stages 3, 8, 9 and 10).
+
+The task's demo recipe (:data:`DEMO_RECIPES`; ``--recipe`` replaces it) may differ from the
+recipe `wmpo loop` and `wmpo compare` default to: for lift it is ``lift_workspace.json``, the
+recipe measured to improve the base policy within the demo's budget (docs/results.md). This module imports no
 rclpy: ROS stages run `wmpo` commands as subprocesses.
 """
 
@@ -40,12 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic
-from wmpo_core.pipeline.recipe import Recipe, recipe_from_args
+from wmpo_core.pipeline.recipe import RECIPE_DIR, Recipe, recipe_from_args
 from wmpo_core.pipeline.runner import MARKER, Step, run_wmpo, wmpo_command
 from wmpo_core.pipeline.steps import (
     Collection,
     collect,
     data_dir,
+    evaluate,
     export_package,
     grpo_step,
     link_step,
@@ -58,10 +68,11 @@ from wmpo_core.pipeline.steps import (
 from wmpo_core.stats import paired_outcomes
 
 # Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
-# Measured on this kind of machine, torch's default threads (2) per training command:
-# BC 0.42 s/step (recipe batch 32), VAE 0.48, world model 0.20 (64 px recipe, batch 8), reward
-# 0.35 (batch 16 clips) plus imagining the replays of its episodes, one GRPO iteration of the lift
-# config (up to 3 rounds of 4 starts x G = 8 imagined trajectories of 96 frames) about 150 s.
+# Measured on this kind of machine in the demo of docs/results.md (lift_workspace recipe), torch's
+# default threads (2) per training command: BC 0.33 s/step (recipe batch 32), VAE 0.48, world model
+# 0.14 (64 px, batch 8), reward 0.17 (batch 16 clips) plus imagining the replays of the rollouts for
+# its threshold, one GRPO iteration (up to 3 rounds of 8 starts x G = 8 imagined trajectories of 96
+# frames, 8 informative groups per update) about 180 s.
 # Episode costs: a scripted lift episode through the graph ~48 steps plus the steps recorded after
 # success, an unimproved policy mostly runs to the step limit (120 for lift). Each finished
 # stage's real time replaces its estimate.
@@ -69,14 +80,30 @@ GRAPH_START_S = 15.0  # `wmpo record` / `wmpo up`: start 4 node processes, impor
 ROS_STEP_S = 0.10  # one lockstep control tick through the graph (64 px, two cameras; 0.10 s measured)
 DIRECT_STEP_S = 0.03  # one simulator step with a camera plus the policy, no ROS
 COMMAND_START_S = 12.0  # a `wmpo` training command: python + torch import, data loading
-BC_STEP_S = 0.42
-VAE_STEP_S = 0.48
-WM_STEP_S = 0.20
-REWARD_STEP_S = 0.35
+BC_STEP_S = 0.26  # measured: 600 steps in 158 s (demo, lift_workspace)
+VAE_STEP_S = 0.22  # measured: 400 steps at ~4.5 it/s
+WM_STEP_S = 0.115  # measured: 1200 + 300 steps at ~8 it/s
+REWARD_STEP_S = 0.17
 REPLAY_FRAME_S = 0.02  # imagining one frame of a replayed episode for the reward model
-GRPO_ITER_S = 150.0
+GRPO_ITER_S = 165.0  # 8 groups per update (lift_wmpo_workspace.json): 6 iterations in 993 s measured
+HELD_OUT_STEP_S = 0.019  # one step of a held-out evaluation, per process (2 x 100 lift episodes: 247 s on 2)
 DEMO_VAE_STEPS = 400
 LIFT_SUCCESS_STEPS = 48  # a scripted lift succeeds in about this many steps through the graph
+
+
+# The recipe `wmpo demo` uses for a task when no --recipe is given (else the task's shared recipe).
+DEMO_RECIPES = {"lift": "lift_workspace.json"}
+
+
+def demo_recipe(task: str) -> str | None:
+    """The shipped recipe file `wmpo demo` defaults to for ``task`` (None: the task's shared recipe)."""
+    name = DEMO_RECIPES.get(task)
+    return str(RECIPE_DIR / name) if name else None
+
+
+def held_out_jobs(episodes: int) -> int:
+    """Simulator processes of the held-out evaluation: one per core, at most one per episode."""
+    return max(1, min(os.cpu_count() or 1, episodes))
 
 
 @dataclass
@@ -130,7 +157,8 @@ def _collection(args: argparse.Namespace, out: Path, recipe: Recipe, policy: str
     A learned policy samples at ``--temperature``. Episodes that train the reward model
     (``training_data``) record ``--steps-after-success`` steps past a success.
     """
-    return Collection(policy, args.task, count, seed, direct=args.direct and policy != "scripted",
+    direct = not args.ros_demos if policy == "scripted" else args.direct
+    return Collection(policy, args.task, count, seed, direct=direct,
                       max_steps=args.max_steps, temperature=args.temperature, noise=noise,
                       steps_after_success=args.steps_after_success if training_data else None,
                       public_key=_public_key(out), cameras=recipe.cameras)
@@ -264,6 +292,30 @@ def _stage_eval_after(args: argparse.Namespace, out: Path, recipe: Recipe) -> di
     return {**result, "version": new["version"], "parent": new.get("parent")}
 
 
+def _stage_eval_held_out(args: argparse.Namespace, out: Path) -> dict:
+    """The base and the pushed policy straight in the simulator on ``--held-out`` start states, in
+    parallel processes: the same seeds for both, so every start state is a pair."""
+    base, pushed, new = _base(out), read_json(out / "push" / MARKER), read_json(out / "grpo" / MARKER)
+    if args.held_out == 0:
+        return {"episodes": 0, "note": "--held-out 0: not evaluated"}
+    jobs = held_out_jobs(args.held_out)
+    log = _log(out, "eval_held_out")
+    results = {}
+    for name, package in (("base", base["package"]), ("pushed", pushed["installed"])):
+        print(f"    {name}: {args.held_out} start states in {jobs} simulator processes", flush=True)
+        report = evaluate(package, args.task, args.held_out, _eval_seed(args), max_steps=args.max_steps, log=log,
+                          temperature=args.temperature, jobs=jobs)
+        write_json_atomic(out / "eval_held_out" / f"{name}.json", report)
+        results[name] = report
+    rows = {name: {int(e["seed"]): bool(e["success"]) for e in r["per_episode"]} for name, r in results.items()}
+    paired = paired_outcomes(rows["base"], rows["pushed"])
+    return {"episodes": args.held_out, "jobs": jobs, "seeds": results["base"]["seeds"],
+            "temperature": args.temperature, "paired": paired,
+            "base": {"version": base["version"], "successes": results["base"]["successes"]},
+            "pushed": {"version": new["version"], "parent": new.get("parent"),
+                       "successes": results["pushed"]["successes"]}}
+
+
 def _curves(out: Path) -> dict[str, dict[str, Any]]:
     from wmpo_core.report import read_jsonl_series, read_tensorboard_scalars
 
@@ -313,6 +365,13 @@ def _stage_report(args: argparse.Namespace, out: Path) -> dict:
         r = read_json(out / stage / MARKER)
         rows.append(version_row(label, r["version"], r["successes"], r["episodes"], parent=r.get("parent"),
                                 seeds=r["seeds"], evaluated_via=f"{r['evaluated_via']}, held-out seeds"))
+    held = read_json(out / "eval_held_out" / MARKER)
+    if held["episodes"]:
+        for label, key in (("before (BC base)", "base"), ("after (WMPO)", "pushed")):
+            r = held[key]
+            rows.append(version_row(label, r["version"], r["successes"], held["episodes"], parent=r.get("parent"),
+                                    seeds=held["seeds"],
+                                    evaluated_via=f"simulator ({held['jobs']} processes), held-out seeds"))
     stages = []
     for s in STAGES:
         marker = out / s.name / MARKER
@@ -322,13 +381,21 @@ def _stage_report(args: argparse.Namespace, out: Path) -> dict:
     before, after = _outcomes_by_seed(out / "eval_before"), _outcomes_by_seed(out / "eval_after")
     shared = sorted(set(before) & set(after))  # an episode that did not complete leaves its pair out
     paired = paired_outcomes({s: before[s] for s in shared}, {s: after[s] for s in shared}) if shared else None
+    if paired is not None:
+        paired["evaluated_via"] = "ROS 2 graph"
+    if held["episodes"]:  # the larger evaluation decides; the graph's pairs stay in the notes
+        if paired is not None:
+            notes.append(f"through the ROS 2 graph, paired on {paired['pairs']} start states: wins {paired['wins']}, "
+                         f"losses {paired['losses']}, one-sided p = {paired['p_one_sided']:.3g}")
+        paired = {**held["paired"], "evaluated_via": f"simulator ({held['jobs']} processes)"}
     html_path, json_path = write_report(out, title="WMPO demo: simulated robot through ROS 2", task=args.task,
                                         versions=rows, stages=stages, curves=_curves(out), videos=videos,
                                         notes=notes, paired=paired)
     print_table(rows)
     if paired is not None:
-        print(f"  paired on {paired['pairs']} held-out start states: after WMPO solves {paired['wins']} the base "
-              f"fails, fails {paired['losses']} it solves (one-sided sign test p = {paired['p_one_sided']:.3g})")
+        print(f"  paired on {paired['pairs']} held-out start states ({paired['evaluated_via']}): after WMPO solves "
+              f"{paired['wins']} the base fails, fails {paired['losses']} it solves (one-sided sign test "
+              f"p = {paired['p_one_sided']:.3g})")
     return {"report_html": str(html_path), "report_json": str(json_path)}
 
 
@@ -363,28 +430,32 @@ def _steps(value: int | None, default: int) -> int:
 
 STAGES: list[Stage] = [
     Stage("keys", "Make a signing key pair", lambda a: 3.0),
-    Stage("record_demos", "Record scripted demonstrations through the ROS 2 graph",
-          lambda a: _ros_episodes(a.demos, LIFT_SUCCESS_STEPS + a.steps_after_success)),
+    Stage("record_demos", "Record scripted demonstrations (straight in the simulator; --ros-demos: through ROS 2)",
+          lambda a: (_ros_episodes(a.demos, LIFT_SUCCESS_STEPS + a.steps_after_success) if a.ros_demos else
+                     COMMAND_START_S + a.demos * (LIFT_SUCCESS_STEPS + a.steps_after_success) * DIRECT_STEP_S)),
     Stage("train_bc", "Behavior cloning: the base policy (signed)",
           lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 600) * BC_STEP_S),
     Stage("record_rollouts", "Record base-policy rollouts through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.rollouts)),
     Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
           lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
-          + (_steps(a.wm_steps, 1500) + _steps(a.align_steps, 500)) * WM_STEP_S),
+          + (_steps(a.wm_steps, 1200) + _steps(a.align_steps, 300)) * WM_STEP_S),
     Stage("data", "Link demonstrations and rollouts: the training episodes", lambda a: 1.0),
     Stage("reward", "Reward model on demonstrations and rollouts, threshold calibrated in imagination",
           lambda a: COMMAND_START_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
-          + (a.demos * LIFT_SUCCESS_STEPS + a.rollouts * _task_steps(a)) * REPLAY_FRAME_S),
+          + a.rollouts * _task_steps(a) * REPLAY_FRAME_S),
     Stage("grpo", "GRPO in imagination (signed, parent = base)",
           lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S),
     Stage("eval_before", "Evaluate the base policy through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.eval_episodes)),
     Stage("push", "Push the improved policy to the running policy node",
-          lambda a: COMMAND_START_S if a.direct else GRAPH_START_S + 30.0),
+          lambda a: COMMAND_START_S if a.direct else GRAPH_START_S),
     Stage("eval_after", "Evaluate the pushed policy through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.eval_episodes)),
-    Stage("report", "Report: before/after table, report.html, report.json",
+    Stage("eval_held_out", "Evaluate both policies in the simulator on the held-out start states (parallel)",
+          lambda a: 2 * (COMMAND_START_S + a.held_out * _task_steps(a) * HELD_OUT_STEP_S
+                         / held_out_jobs(max(a.held_out, 1)))),
+    Stage("report", "Report: before/after table, paired test, report.html, report.json",
           lambda a: COMMAND_START_S + 10.0),
 ]
 
@@ -393,7 +464,9 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
     """The demo's steps in ``out``, in :data:`STAGES` order (nothing runs)."""
     from wmpo_core.rl.config import DEMONSTRATION_SEEDS, POLICY_ROLLOUT_SEEDS
 
-    recipe = recipe or recipe_from_args(args)
+    if recipe is None:
+        chosen = getattr(args, "recipe", None) or demo_recipe(args.task)
+        recipe = recipe_from_args(argparse.Namespace(**{**vars(args), "recipe": chosen}))
     demos, rollouts = out / "record_demos" / "episodes", out / "record_rollouts" / "episodes"
     aligned = out / "world_model" / "aligned"
     data = data_dir(out / "data")
@@ -421,6 +494,7 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
         "eval_before": (lambda d: _stage_eval_before(args, out, recipe), {"cameras": recipe.cameras}),
         "push": (lambda d: _stage_push(args, out, recipe), {"cameras": recipe.cameras}),
         "eval_after": (lambda d: _stage_eval_after(args, out, recipe), {"cameras": recipe.cameras}),
+        "eval_held_out": (lambda d: _stage_eval_held_out(args, out), {"episodes": args.held_out}),
         "report": (lambda d: _stage_report(args, out), {}),
     }
     result = []

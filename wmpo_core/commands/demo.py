@@ -7,7 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from wmpo_core.demo import DEMO_VAE_STEPS, STAGES, mark_demo_folder, plan, print_table, remove_demo_outputs
+from wmpo_core.demo import (
+    DEMO_RECIPES,
+    DEMO_VAE_STEPS,
+    STAGES,
+    mark_demo_folder,
+    plan,
+    print_table,
+    remove_demo_outputs,
+)
 from wmpo_core.io_utils import StageError, read_json
 from wmpo_core.pipeline.recipe import add_recipe_option
 from wmpo_core.pipeline.runner import MARKER, run_stage
@@ -21,23 +29,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="lift", help="simulated task (default: lift)")
     parser.add_argument("--demos", type=int, default=40, help="scripted demonstrations (default 40)")
     parser.add_argument("--rollouts", type=int, default=16, help="base-policy rollouts (default 16)")
-    parser.add_argument("--eval-episodes", type=int, default=20, help="held-out evaluation episodes per policy (default 20)")
+    parser.add_argument("--eval-episodes", type=int, default=4,
+                        help="held-out evaluation episodes per policy through the ROS 2 graph (default 4)")
+    parser.add_argument("--held-out", type=int, default=100,
+                        help="held-out start states on which the base and the pushed policy are evaluated straight in "
+                        "the simulator, in parallel processes, for the paired test (default 100; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="offset of every seed range (default 0)")
     parser.add_argument("--noise", type=float, default=0.0, help="scripted demonstrator noise (default 0)")
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of the learned policies on the robot (0 = greedy; default 1.0)")
-    parser.add_argument("--steps-after-success", type=int, default=8,
-                        help="steps recorded past a success in training episodes, for the reward model (default 8)")
+    parser.add_argument("--steps-after-success", type=int, default=16,
+                        help="steps recorded past a success in training episodes, for the reward model (default 16)")
     parser.add_argument("--bc-steps", type=int, help="behavior-cloning steps (default: the task's base recipe, 600 for lift)")
     parser.add_argument("--vae-steps", type=int, help=f"frame autoencoder steps (default: the --wm-config value, "
                         f"else {DEMO_VAE_STEPS})")
     parser.add_argument("--wm-steps", type=int, default=1200, help="world-model pretraining steps (default 1200)")
     parser.add_argument("--align-steps", type=int, default=300, help="world-model alignment steps (default 300)")
     parser.add_argument("--reward-steps", type=int, default=600, help="reward-model steps (default 600)")
-    parser.add_argument("--grpo-iterations", type=int, default=3, help="GRPO iterations (default 3)")
+    parser.add_argument("--grpo-iterations", type=int, default=6, help="GRPO iterations (default 6)")
     parser.add_argument("--bc-config", help="JSON TrainConfig for behavior cloning")
-    add_recipe_option(parser)
+    demo_recipes = ", ".join(f"recipes/{name} for {task}" for task, name in DEMO_RECIPES.items())
+    add_recipe_option(parser, f"the demo's recipe for the task, wmpo_core/pipeline/{demo_recipes}; else the "
+                      "task's shared recipes/<task>.json, as loop and compare")
     parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig (default: the recipe's, the 64 px simulator "
                         "config)")
     parser.add_argument("--reward-config", help="JSON RewardTrainConfig (default: the recipe's; for lift the shipped "
@@ -45,6 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpo-config", help="JSON WMPOConfig (default: the recipe's, e.g. lift_wmpo.json)")
     parser.add_argument("--direct", action="store_true",
                         help="run learned-policy episodes straight in the simulator (no ROS graph; faster)")
+    parser.add_argument("--ros-demos", action="store_true",
+                        help="record the scripted demonstrations through the ROS 2 graph too (default: straight in "
+                        "the simulator, 2-3x faster; learned-policy episodes always go through the graph unless "
+                        "--direct)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over: remove what earlier demo runs wrote in --out (nothing else)")
 
@@ -53,6 +71,8 @@ def _check(args: argparse.Namespace) -> str | None:
     for name in ("demos", "rollouts", "eval_episodes"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be >= 1"
+    if args.held_out < 0:
+        return "--held-out must be >= 0"
     for name in ("bc_config", "wm_config", "reward_config", "grpo_config", "recipe"):
         value = getattr(args, name)
         if value and not Path(value).is_file():

@@ -147,8 +147,9 @@ def recipe_from_args(args: Any) -> Recipe:
                        grpo_config=getattr(args, "grpo_config", None) or getattr(args, "wmpo_config", None))
 
 
-def add_recipe_option(parser: Any) -> None:
-    """``--recipe FILE``, the same option on `wmpo demo`, `wmpo loop` and `wmpo compare`."""
+def add_recipe_option(parser: Any, default: str = "wmpo_core/pipeline/recipes/<task>.json; the same for demo, "
+                      "loop and compare") -> None:
+    """``--recipe FILE``, the same option on `wmpo demo`, `wmpo loop` and `wmpo compare` (``default``: what
+    the help says is used without it)."""
     parser.add_argument("--recipe", help="task recipe JSON: world-model, reward and GRPO configs, camera, reward "
-                        "training data (default: wmpo_core/pipeline/recipes/<task>.json; the same for demo, loop "
-                        "and compare)")
+                        f"training data (default: {default})")

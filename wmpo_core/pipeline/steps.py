@@ -382,13 +382,16 @@ def push_package(package: Path, target: str, public_key: Path, *, node: str | No
 
 # ============================================================================ evaluate and gate
 def evaluate(policy: str, task: str, episodes: int, first_seed: int, *, max_steps: int | None = None,
-             log: Path | None = None, temperature: float = 0.0) -> dict[str, Any]:
-    """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..`` (sampled at ``temperature``); its JSON report."""
+             log: Path | None = None, temperature: float = 0.0, jobs: int = 1) -> dict[str, Any]:
+    """`wmpo eval --json` of ``policy`` on seeds ``first_seed ..`` (sampled at ``temperature``, in ``jobs``
+    simulator processes; the report does not depend on it); its JSON report."""
     check_simulator(f"wmpo eval --policy {policy}")
     args = ["eval", "--policy", policy, "--task", task, "--episodes", str(episodes), "--seed", str(first_seed),
             "--temperature", str(temperature), "--json"]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
+    if jobs > 1:
+        args += ["--jobs", str(jobs)]
     proc = run_wmpo(*args, log=log, capture=True)
     return last_json_line(proc.stdout, f"wmpo eval --policy {policy}")
 

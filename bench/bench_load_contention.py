@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "ros2_ws" / "src" / "wmpo_ros" / "test")]  # the test helpers
 
+from policy_packages import SMALL_VLA  # noqa: E402
 from test_ros_hot_swap import SwapPackages  # noqa: E402  (the signed packages the hot-swap tests push)
-from test_ros_policy_vla import SMALL_VLA  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "ros2_ws" / "src" / "wmpo_ros" / "test")]  # the test helpers
 
+from policy_packages import BAD_KINDS, SMALL_VLA  # noqa: E402
 from test_ros_hot_swap import SwapPackages, SwapRig, good_version  # noqa: E402  (the rig the hot-swap tests run)
-from test_ros_policy_vla import BAD_KINDS, SMALL_VLA  # noqa: E402
 
 _TIMINGS = re.compile(r"verify\+load ([\d.]+) s, warm-up ([\d.]+) s")
 

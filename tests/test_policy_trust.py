@@ -27,13 +27,13 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
+from policy_packages import build_package, make_keys  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import RosProbe, ros_env, start_node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-from test_ros_policy_vla import build_package, make_keys  # noqa: E402
 from wmpo_ros.common import LATCHED_QOS, POLICY_VERSION_TOPIC  # noqa: E402
 
 from wmpo_core.registry.push import push_local, push_package  # noqa: E402

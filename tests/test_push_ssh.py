@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_ros_policy_vla import build_package, make_keys  # noqa: E402
+from policy_packages import build_package, make_keys  # noqa: E402
 
 from wmpo_core.registry.signing import verify_package  # noqa: E402
 

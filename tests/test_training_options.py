@@ -161,7 +161,7 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_gradients():
 
 
 def test_a_missing_gpu_or_a_bad_micro_batch_stops_the_command(bags, tmp_path, capsys):  # noqa: F811
-    from test_ros_policy_vla import build_package
+    from policy_packages import build_package
 
     from wmpo_core.cli import main as wmpo
 

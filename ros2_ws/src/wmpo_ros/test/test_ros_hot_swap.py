@@ -29,12 +29,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
-from ros_helpers import NodeProcess, RosProbe, ros_env, start_node  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
-from test_ros_policy_vla import (  # noqa: E402
+from policy_packages import (  # noqa: E402
     BAD_KINDS,
     BAD_REASONS,
     INSTRUCTION,
@@ -44,6 +39,11 @@ from test_ros_policy_vla import (  # noqa: E402
     make_bad_package,
     make_keys,
 )
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from ros_helpers import NodeProcess, RosProbe, ros_env, start_node  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from wmpo_ros.common import (  # noqa: E402
     ACTION_CHUNK_TOPIC,

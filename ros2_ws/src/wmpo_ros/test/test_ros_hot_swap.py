@@ -217,15 +217,25 @@ class SwapRig:
         return self._read_pairs(self.camera)
 
     def arrival_gaps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Gaps between consecutive chunks as they arrive at the arm process, in control periods."""
-        self.probe.wait_for(lambda: self._arrivals_cover(start, stop), 60, "the arm process to log every chunk", self.arm)
+        """Gaps between consecutive chunks as they arrive at the arm process, in control periods (chunks the arm
+        did not get are left out, so a loss shows as a longer gap)."""
+        self.wait_arm_caught_up(start, stop)
         arrived = self._read_pairs(self.arm)
-        times = np.array([arrived[stamp_to_ns(m.header.stamp)] for m in list(self.chunks)[start:stop]])
+        stamps = [stamp_to_ns(m.header.stamp) for m in list(self.chunks)[start:stop]]
+        times = np.array([arrived[s] for s in stamps if s in arrived])
         return np.diff(times) / self.period_ns
 
-    def _arrivals_cover(self, start: int, stop: int | None) -> bool:
-        arrived = self._read_pairs(self.arm)
-        return all(stamp_to_ns(m.header.stamp) in arrived for m in list(self.chunks)[start:stop])
+    def wait_arm_caught_up(self, start: int = 0, stop: int | None = None) -> None:
+        """Wait until the arm process has logged the newest chunk of [start, stop) the probe received, or a later
+        one. Not every chunk: the command QoS keeps the last 10, so an arm process starved for seconds on a
+        loaded machine drops older chunks (as a real arm would, keeping the newest), and waiting for those
+        would never end."""
+        chunks = list(self.chunks)[start:stop]
+        if not chunks:
+            return
+        newest = stamp_to_ns(chunks[-1].header.stamp)
+        self.probe.wait_for(lambda: max(self._read_pairs(self.arm), default=0) >= newest, 60,
+                            "the arm process to log the newest chunk", self.arm)
 
     # -- observing ----------------------------------------------------------------------
 
@@ -373,7 +383,7 @@ def _assert_planned_during_loads(rig: SwapRig) -> int:
     that started late take no credit). Returns the (begin, end) of the loads this checked."""
     x = rig.replan * rig.period_ns
     published = {stamp: stamp + int(late_ms * 1e6) for stamp, late_ms in rig.camera_lateness_ms().items()}
-    rig.probe.wait_for(lambda: rig._arrivals_cover(0, None), 60, "the arm process to log every chunk", rig.arm)
+    rig.wait_arm_caught_up()
     arrived = rig._read_pairs(rig.arm)
     checked = []
     for begin, end in rig.load_windows():

@@ -15,9 +15,9 @@ import argparse
 
 import numpy as np
 
+from wmpo_core.data.frames import load_episodes, resize_frames
 from wmpo_core.reward.model import RewardModel
 from wmpo_core.reward.train import imagined_replays, roc_auc
-from wmpo_core.world_model.episodes import load_episodes, resize_frames
 from wmpo_core.world_model.model import WorldModel
 
 

@@ -10,9 +10,9 @@ import torch
 from test_rl_trainers_imagination import tiny_world_model
 
 from wmpo_core.cli import main as wmpo
+from wmpo_core.data.frames import load_episodes
 from wmpo_core.reward.ladder import RUNGS, bootstrap_auc, branched, chunkwise, outcome_steps, region_mask
 from wmpo_core.reward.model import RewardModel, RewardSettings
-from wmpo_core.world_model.episodes import load_episodes
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
 

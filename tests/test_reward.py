@@ -194,7 +194,7 @@ def test_reward_on_imagined_replays_scores_what_grpo_sees(tmp_path, capsys):
     """`eval-reward --world-model`: each episode's actions replayed from its first real frame, scored as GRPO does."""
     from test_rl_trainers_imagination import tiny_world_model
 
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
     episodes = tmp_path / "episodes"
@@ -280,7 +280,7 @@ def test_calibrate_reward_sets_tau_on_imagined_replays_and_keeps_the_input(tmp_p
     record = json.loads(capsys.readouterr().out)
     assert (tmp_path / "reward" / "reward.json").read_text() == original  # the input is untouched
     scores = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())["scores"]
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.data.frames import load_episodes
 
     outcome = {ep.episode_id: bool(ep.success) for ep in load_episodes(episodes, "agentview", SIZE)}
     assert sorted(outcome) == sorted(scores) and sum(outcome.values()) == 2
@@ -333,7 +333,7 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     def ids(path):
         return sorted(json.loads((path / "calibration.json").read_text())["scores"])
 
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.data.frames import load_episodes
 
     def episode_ids(path):
         return sorted(ep.episode_id for ep in load_episodes(path, "agentview", SIZE))
@@ -367,8 +367,8 @@ def test_train_reward_on_out_of_fold_replays(tmp_path, capsys):
     its own training episodes is refused by name, before any training."""
     from test_rl_trainers_imagination import tiny_world_model
 
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.reward.train import out_of_fold_replays
-    from wmpo_core.world_model.episodes import load_episodes
 
     folds = {"a": tmp_path / "fold_a", "b": tmp_path / "fold_b"}
     for seed in range(8):

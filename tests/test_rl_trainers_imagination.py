@@ -150,7 +150,7 @@ def test_video_reward_declares_success_at_the_first_clip_above_tau():
     model = RewardModel.tiny(RewardSettings(image_size=SIZE, clip_len=4, min_frame=3))
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (10, 2 * SIZE, 2 * SIZE, 3), dtype=np.uint8)  # resized to the model's 32 px
-    from wmpo_core.world_model.episodes import resize_frames
+    from wmpo_core.data.frames import resize_frames
 
     ends, scores = model.clip_scores(resize_frames(frames, SIZE))
     allowed = ends >= 3
@@ -179,8 +179,8 @@ def test_trainer_config_errors_name_file_and_field(tmp_path):
 def test_branched_start_states_and_rewards_in_episode_steps(world_model, tmp_path):
     """`start: branch`: the c real frames before (outcome - branch_before); the reward sees the real prefix,
     then the imagined frames, and a success at episode frame f means f - (branch - 1) executed steps."""
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.rl.rollouts import load_start_states
-    from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.synthetic import toy_task_episode, write_episode_bag
 
     folder = tmp_path / "episodes"

@@ -143,7 +143,7 @@ def test_labels_in_order_of_trust(tmp_path: Path) -> None:
     (run / "training.json").write_text(json.dumps({"val_f1_real": 0.8, "val_f1": 0.75}))
     by_model = episode_outcome(bare, str(run))
     assert by_model["source"] == "model" and by_model["f1"] == 0.8
-    from wmpo_core.world_model.episodes import load_episode_frames
+    from wmpo_core.data.frames import load_episode_frames
 
     frames = load_episode_frames(bare, reward.settings.camera, reward.settings.image_size).frames
     assert by_model["success"] == bool(reward.predict_success([frames])[0])

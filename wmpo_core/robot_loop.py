@@ -136,8 +136,8 @@ class Labeller:
             return self._cache[episode_id]
         if self.reward_run is None:
             return {"success": None, "source": "none"}
+        from wmpo_core.data.frames import load_episode_frames
         from wmpo_core.reward.model import RewardModel
-        from wmpo_core.world_model.episodes import load_episode_frames
 
         if self._model is None:
             self._model = RewardModel.from_pretrained(self.reward_run)

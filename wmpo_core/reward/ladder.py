@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from wmpo_core.data.frames import EpisodeFrames, resize_frames
 from wmpo_core.reward.model import TRAJECTORY_RULES, RewardModel
 from wmpo_core.reward.train import imagined_replays, roc_auc
-from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
 from wmpo_core.world_model.evaluate import frame_mse, psnr, psnr_of_mse, ssim
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 

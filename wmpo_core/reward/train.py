@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
+from wmpo_core.data.frames import EpisodeFrames, resize_frames
 from wmpo_core.reward.model import (
     RewardModel,
     RewardSettings,
@@ -42,7 +43,6 @@ from wmpo_core.reward.model import (
     gather_clips,
     load_backbone,
 )
-from wmpo_core.world_model.episodes import EpisodeFrames, resize_frames
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def out_of_fold_replays(pairs: Sequence[tuple[str | Path, Sequence[EpisodeFrames
     fold's episodes; the reward model then learns how imagination of *unseen* episodes looks for each
     outcome (replays of training episodes are sharper and more faithful than GRPO's imagination will be).
     """
-    from wmpo_core.world_model.episodes import training_episode_ids
+    from wmpo_core.data.frames import training_episode_ids
     from wmpo_core.world_model.model import WorldModel
 
     out: list[EpisodeFrames] = []

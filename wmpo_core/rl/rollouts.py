@@ -198,8 +198,8 @@ class VideoReward:
 
     def __call__(self, trajectories: Sequence[np.ndarray]) -> list[tuple[bool, int | None]]:
         """Score every clip (stride from the settings) and report the first clip end above tau after min_frame."""
+        from wmpo_core.data.frames import resize_frames
         from wmpo_core.reward.model import success_from_clip_scores
-        from wmpo_core.world_model.episodes import resize_frames
 
         out: list[tuple[bool, int | None]] = []
         for frames in trajectories:
@@ -249,7 +249,7 @@ def load_start_states(episodes_dir: str | Path | Sequence[str | Path], camera: s
     inside a short imagined horizon, where the world model is accurate; a departure from the paper,
     measured on the imagination ladder (`wmpo diagnose-imagination`, rung d against e).
     """
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.data.frames import load_episodes
 
     if start not in START_MODES:
         raise ValueError(f"start: expected one of {START_MODES}, got {start!r}")

@@ -50,7 +50,7 @@ def run_ablation(demos: str | Path, rollouts: str | Path, heldout: str | Path, o
     """Train what is missing, evaluate the three variants on ``heldout``, write and return ``ablation.json``."""
     import copy
 
-    from wmpo_core.world_model.episodes import load_episodes
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.world_model.evaluate import evaluate_fidelity
     from wmpo_core.world_model.model import WorldModel
     from wmpo_core.world_model.train import WorldModelTrainConfig

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wmpo_core.world_model.episodes import EpisodeFrames
+from wmpo_core.data.frames import EpisodeFrames
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 from wmpo_core.world_model.model import WorldModel
 

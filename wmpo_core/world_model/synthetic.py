@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wmpo_core.world_model.episodes import EpisodeFrames
+from wmpo_core.data.frames import EpisodeFrames
 
 
 def moving_square_episode(

@@ -25,9 +25,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from wmpo_core.config_io import dataclass_from_json
+from wmpo_core.data.frames import EpisodeFrames
 from wmpo_core.policy.training_options import make_accelerator, training_device
 from wmpo_core.world_model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from wmpo_core.world_model.episodes import EpisodeFrames
 from wmpo_core.world_model.model import WorldModel, WorldModelSettings, make_schedulers
 from wmpo_core.world_model.transformer import VideoDiffusionTransformer
 from wmpo_core.world_model.vae import (

@@ -28,10 +28,10 @@ def main(args: argparse.Namespace) -> int:
     """Copy a reward model with tau calibrated on imagined replays of labelled episodes."""
     from pathlib import Path
 
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.reward.train import calibrate_on_imagination
-    from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.model import WorldModel
 
     out = Path(args.out)

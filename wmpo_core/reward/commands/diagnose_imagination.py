@@ -46,10 +46,10 @@ def main(args: argparse.Namespace) -> int:
     """Print the ladder; write JSON with --json."""
     from pathlib import Path
 
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.ladder import RUNGS, region_mask, run_ladder
     from wmpo_core.reward.model import RewardModel
-    from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.model import WorldModel
 
     if args.branch_chunks < 1:

@@ -23,10 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Precision, recall, F1 at the calibrated tau."""
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.reward.train import evaluate_reward
-    from wmpo_core.world_model.episodes import load_episodes
 
     try:
         device = resolve_device(args.device)

@@ -32,9 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Train, calibrate tau, save."""
     from wmpo_core.config_io import check_config
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
     from wmpo_core.reward.train import RewardTrainConfig, train_reward
-    from wmpo_core.world_model.episodes import load_episodes
 
     try:
         device = resolve_device(args.device)  # a missing GPU stops here, before anything is read or written

@@ -38,8 +38,8 @@ def _pretraining_run(run: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     """Fidelity table: model(s), repeat_last, shuffled_actions."""
+    from wmpo_core.data.frames import load_episodes, training_episode_ids
     from wmpo_core.policy.placement import resolve_device
-    from wmpo_core.world_model.episodes import load_episodes, training_episode_ids
     from wmpo_core.world_model.evaluate import evaluate_fidelity
     from wmpo_core.world_model.model import WorldModel
 

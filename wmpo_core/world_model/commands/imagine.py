@@ -55,8 +55,8 @@ def main(args: argparse.Namespace) -> int:
     """Imagine from an episode's first frame and write real | imagined as MP4 and GIF."""
     import imageio.v2 as imageio
 
+    from wmpo_core.data.frames import load_episode_frames
     from wmpo_core.policy.placement import resolve_device
-    from wmpo_core.world_model.episodes import load_episode_frames
     from wmpo_core.world_model.imagine import ReplayPolicy, imagine
     from wmpo_core.world_model.model import WorldModel
 

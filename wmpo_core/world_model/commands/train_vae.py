@@ -22,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Train the tiny VAE on every frame of the episodes."""
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
-    from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.train import train_vae
     from wmpo_core.world_model.vae import TinyVAEConfig
 

@@ -31,8 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Pretrain, align (--init) or resume a world model."""
     from wmpo_core.config_io import check_config
+    from wmpo_core.data.frames import load_episodes
     from wmpo_core.policy.placement import resolve_device
-    from wmpo_core.world_model.episodes import load_episodes
     from wmpo_core.world_model.train import train_world_model
 
     try:

@@ -98,7 +98,10 @@ def interrupt(cmd: list[str], ready: Callable[[], bool], tmp_path: Path, *, env:
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        # A terminal's foreground job gets SIGINT's default disposition even when this suite runs as a background
+        # job of a script (`cmd &`: SIGINT inherited as ignored, and Python then installs no KeyboardInterrupt).
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: set[tuple[int, int]] = set()
     try:
         deadline = time.monotonic() + READY_S

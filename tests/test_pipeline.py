@@ -123,6 +123,8 @@ CHANGED = {"demo": {"--eval-episodes": "4", "--steps-after-success": "16", "--gr
 # The live watch of a robot run (wmpo_core.robot_loop.LiveWatch), added after the pipeline refactor.
 ADDED["loop"] += [("--no-watch", "watch", "True", False, "None", "None", 0, "_StoreFalseAction"),
                   ("--watch-threshold", "watch_threshold", "5.0", False, "float", "None", None, "_StoreAction")]
+# Candidates trained elsewhere: the loop as the deployment's decider (the real-robot loop's end-to-end test).
+ADDED["loop"] += [("--candidates", "candidates", "None", False, "None", "None", None, "_StoreAction")]
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:

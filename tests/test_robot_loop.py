@@ -117,6 +117,84 @@ def test_bad_watch_threshold_is_refused_and_loop_watch_checks_its_run(tmp_path: 
     assert refused.returncode == 1 and "--robot ros" in refused.stderr
 
 
+# ============================================================================ candidates trained elsewhere
+def test_candidates_folder_replaces_grpo_and_bad_folders_are_refused_before_anything_is_written(tmp_path: Path,
+                                                                                               capsys) -> None:
+    from test_loop import tiny_package
+
+    from wmpo_core.cli import build_parser, main
+    from wmpo_core.loop import candidate_packages, config_from_args
+
+    base = tiny_package(tmp_path / "base")
+    folder = tmp_path / "candidates"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a package")
+    tiny_package(folder / "b_second", seed=2)
+    tiny_package(folder / "a_first", seed=1)
+    (tmp_path / "episodes").mkdir()
+    assert [p.name for p in candidate_packages(folder)] == ["a_first", "b_second"]  # by name, packages only
+
+    def plan(*extra: str) -> list:
+        args = build_parser("loop").parse_args(["loop", "--iterations", "2", "--out", str(tmp_path / "run"),
+                                                "--policy", str(base), "--candidates", str(folder), *extra])
+        loop = Loop(config_from_args(args))
+        return loop.plan(1, {"version": "v0", "package": str(base)})
+
+    steps = plan()  # sim: no world model, reward or GRPO; the gate evaluates the folder's 2nd package
+    assert [s.name for s in steps] == ["collect", "data", "grpo", "gate", "publish"]
+    assert steps[3].inputs["candidate"] == str(folder / "b_second")
+    robot = ["--robot", "ros", "--episodes-from", str(tmp_path / "episodes"), "--load-node", NODE]
+    assert [s.name for s in plan(*robot, "--no-screen")] == ["collect", "data", "grpo", "gate", "publish"]
+    # The imagination screen needs a world model and a reward: trained then, as without candidates.
+    assert [s.name for s in plan(*robot)] == ["collect", "data", "world_model", "reward", "grpo", "gate", "publish"]
+
+    # The candidate step takes the package after checking its files; a tampered one is refused by name.
+    taken = steps[2].run(tmp_path / "taken")
+    manifest = json.loads((folder / "b_second" / "manifest.json").read_text())
+    assert taken["candidate"] == str(folder / "b_second") and taken["version"] == manifest["version"]
+    weights = folder / "b_second" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="b_second"):
+        steps[2].run(tmp_path / "taken2")
+
+    # Too few packages, an empty folder, a missing one: refused with the reason, nothing written.
+    for folder_arg, iterations, reason in ((folder, "3", "2 package(s) for 3 iterations"),
+                                           (tmp_path / "episodes", "1", "no policy package in it"),
+                                           (tmp_path / "missing", "1", "does not exist")):
+        out = tmp_path / f"refused_{iterations}_{Path(folder_arg).name}"
+        code = main(["loop", "--iterations", iterations, "--out", str(out), "--policy", str(base),
+                     "--candidates", str(folder_arg)])
+        assert code == 1 and reason in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_an_episode_during_which_the_node_switched_version_counts_for_neither(tmp_path: Path, capsys) -> None:
+    from wmpo_core.robot_loop import _episodes_in
+
+    eps = tmp_path / "episodes"
+    robot_episode(eps, "ep-v1", "v1")
+    # The recorder's bag of an episode during which the node switched from v1 to v2: a second version message.
+    meta = EpisodeMetadata.new("lift", "lift the red cube", episode_id="ep-mixed", policy_version="v1",
+                               robot_id="panda-test")
+    start = time.time_ns()
+    writer = EpisodeWriter(eps, meta, start_ns=start)
+    writer.write(T.POLICY_VERSION, start, T.string_msg("v1"))
+    image = np.zeros((64, 64, 3), np.uint8)
+    for t in range(6):
+        stamp = start + (t + 1) * 50_000_000
+        writer.write(T.camera_image_topic("agentview"), stamp, T.image_msg(stamp, image, "agentview"))
+        if t == 3:
+            writer.write(T.POLICY_VERSION, stamp, T.string_msg("v2"))
+    writer.close(start + 8 * 50_000_000)
+    rows, recording = _episodes_in(eps)
+    assert [r["episode_id"] for r in rows] == ["ep-v1"] and not recording
+    assert "ep-mixed: the node switched version during it (v1 -> v2)" in capsys.readouterr().out
+    _episodes_in(eps)
+    assert "ep-mixed" not in capsys.readouterr().out  # said once
+
+
 # ============================================================================ labels
 def test_labels_in_order_of_trust(tmp_path: Path) -> None:
     from wmpo_core.data.labels import EpisodeLabel, write_label

@@ -24,6 +24,11 @@ Iteration ``i`` of a run directory ``RUN``:
    `wmpo push` (copy to the robot's policy folder, ask its policy node to load it if
    ``--load-node`` is given); the pushed copy becomes the current version.
 
+With ``--candidates DIR`` the loop trains no policy: iteration ``i`` takes the ``i``-th package
+of ``DIR`` (by folder name; e.g. candidates trained on a workstation) where GRPO's would be, and
+trains the world model and reward only when the robot's imagination screen needs them. The loop
+is then the deployment's decider: gate (or screen and canary), push, watch.
+
 With ``--robot ros`` no simulator is used (a guard makes it an error): the gate is an
 imagination screen on held-out real first frames and publish pushes a canary that the
 robot's own labelled episodes promote or roll back (wmpo_core.robot_loop, wmpo_core.canary).
@@ -103,6 +108,36 @@ COLLECT_SEED_OFFSET = 50_000
 GATE_SEED_OFFSET = 50_000
 
 
+# ============================================================================ candidates trained elsewhere
+def candidate_packages(folder: Path) -> list[Path]:
+    """The policy packages in ``folder`` (sub-folders holding a ``manifest.json``), sorted by name."""
+    if not folder.is_dir():
+        raise StageError(f"--candidates {folder}: " + ("not a folder" if folder.exists() else "does not exist"))
+    found = sorted((p for p in folder.iterdir() if p.is_dir() and (p / "manifest.json").is_file()),
+                   key=lambda p: p.name)
+    if not found:
+        raise StageError(f"--candidates {folder}: no policy package in it (a package is a folder with a "
+                         "manifest.json, e.g. what `wmpo export` writes)")
+    return found
+
+
+def candidate_step(folder: Path, package: Path, source: Path) -> Step:
+    """The GRPO step's place when candidates come from a folder: check the package's files and take it."""
+    def take(d: Path) -> dict[str, Any]:
+        from wmpo_core.registry.package import PackageError, verify_package_contents
+
+        try:
+            manifest = verify_package_contents(package)
+        except (PackageError, OSError, ValueError) as exc:
+            raise StageError(f"candidate {package}: {exc}") from None
+        print(f"    candidate {manifest.get('version')} from {source} (trained elsewhere; no GRPO here)", flush=True)
+        return {"candidate": str(package), "version": manifest.get("version"), "parent": manifest.get("parent"),
+                "source": f"candidates folder {source}"}
+
+    return Step("grpo", f"candidate from {source}", folder, take, inputs={"package": package},
+                outputs=("candidate", "version", "parent", "source"))
+
+
 # ============================================================================ the loop
 @dataclass
 class LoopConfig:
@@ -121,6 +156,9 @@ class LoopConfig:
     episodes_from: str | None = None  # ros only: folder where the robot's recorder writes episodes
     demos: str | None = None  # extra episodes in every training set (e.g. the base policy's demonstrations)
     world_model: str | None = None  # world-model run the first iteration aligns from
+    # Candidates trained elsewhere (e.g. on a workstation): iteration i takes the i-th package of this folder
+    # (by name) instead of training one with GRPO; the loop then only decides (gate / screen, canary, watch).
+    candidates: str | None = None
     max_steps: int | None = None
     wm_config: str | None = None
     reward_config: str | None = None
@@ -230,10 +268,13 @@ class Loop:
             raise StageError("--episodes-per-iter and --gate-episodes must be positive")
         if not 0 < cfg.gate_alpha <= 1:
             raise StageError(f"--gate-alpha: expected a value in (0, 1], got {cfg.gate_alpha}")
-        for name in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key", "recipe"):
+        for name in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key", "recipe",
+                     "candidates"):
             value = getattr(cfg, name)
             if value and not Path(value).exists():
                 raise StageError(f"--{name.replace('_', '-')} {value}: does not exist")
+        if cfg.candidates:
+            candidate_packages(Path(cfg.candidates))  # for its errors
         try:
             self.recipe  # noqa: B018 - read for its errors
         except ValueError as exc:
@@ -276,26 +317,42 @@ class Loop:
     # -- the iteration's steps -----------------------------------------------------------
     def plan(self, i: int, current: dict[str, Any]) -> list[Step]:
         """The steps of iteration ``i`` from ``current`` (nothing runs): collect, link data, world
-        model, reward, GRPO, gate, publish; each in ``RUN/iter_<i>/<name>`` with its marker."""
+        model, reward, GRPO, gate, publish; each in ``RUN/iter_<i>/<name>`` with its marker.
+
+        With ``candidates`` the GRPO step takes the folder's i-th package instead, and the world model
+        and reward are trained only when the robot's imagination screen needs them."""
         cfg, it, recipe = self.config, self.iter_dir(i), self.recipe
         collected = [self.iter_dir(j) / "collect" / "episodes" for j in range(i + 1)]
         data = data_dir(it / "data")
         init = (self.iter_dir(i - 1) / "world_model" / "run") if i > 0 else (
             Path(cfg.world_model) if cfg.world_model else None)
         world_model = it / "world_model" / "run"
-        candidate = str(it / "grpo" / "run" / "policy")
-        return [
+        steps = [
             Step("collect", "collect", it / "collect", lambda d: self.stage_collect(i, current, d),
                  inputs={"policy_version": current["version"], "episodes": cfg.episodes_per_iter},
                  outputs=("policy_version", "episodes_dir", "episodes", "successes")),
             link_step(it / "data", ([Path(cfg.demos)] if cfg.demos else []) + collected),
-            world_model_step(it / "world_model", [data], recipe, init=init, steps=cfg.wm_steps),
-            reward_step(it / "reward", data, world_model, recipe, steps=cfg.reward_steps,
-                        # calibrated on the policy's own episodes: GRPO scores imagined trajectories of the policy
-                        calibrate_on=collected),
+        ]
+        if not cfg.candidates or (cfg.robot == "ros" and cfg.screen):
+            steps += [
+                world_model_step(it / "world_model", [data], recipe, init=init, steps=cfg.wm_steps),
+                reward_step(it / "reward", data, world_model, recipe, steps=cfg.reward_steps,
+                            # calibrated on the policy's own episodes: GRPO scores imagined trajectories of the policy
+                            calibrate_on=collected),
+            ]
+        if cfg.candidates:
+            marker = it / "grpo" / MARKER
+            candidate = (read_json(marker)["candidate"] if marker.is_file()
+                         else str(candidate_packages(Path(cfg.candidates))[i]))
+            steps.append(candidate_step(it / "grpo", Path(candidate), Path(cfg.candidates)))
+        else:
+            candidate = str(it / "grpo" / "run" / "policy")
             # budget: the real trajectories behind this iteration's models, as linked
-            grpo_step(it / "grpo", current["package"], world_model, it / "reward", [data], recipe,
-                      budget=lambda: read_json(it / "data" / MARKER)["episodes"], iterations=cfg.grpo_iterations),
+            steps.append(grpo_step(it / "grpo", current["package"], world_model, it / "reward", [data], recipe,
+                                   budget=lambda: read_json(it / "data" / MARKER)["episodes"],
+                                   iterations=cfg.grpo_iterations))
+        return [
+            *steps,
             Step("gate", "gate", it / "gate", lambda d: self.stage_gate(i, current, candidate, d),
                  inputs={"current": current["version"], "candidate": candidate}, outputs=("decision",)),
             Step("publish", "publish", it / "publish",
@@ -405,6 +462,11 @@ class Loop:
             from wmpo_core.robot_loop import forbid_simulator
 
             forbid_simulator("`wmpo loop --robot ros`")
+        if self.config.candidates:  # before anything is written
+            have = len(candidate_packages(Path(self.config.candidates)))
+            if have < iterations:
+                raise StageError(f"--candidates {self.config.candidates}: {have} package(s) for {iterations} "
+                                 "iterations; iteration i takes the i-th package by name")
         self.prepare()
         live = None
         if self.config.robot == "ros" and self.config.watch:
@@ -430,7 +492,8 @@ def config_from_args(args: argparse.Namespace) -> LoopConfig:
     values = {k: getattr(args, k) for k in names if hasattr(args, k)}
     values["out"] = str(Path(args.out).resolve())
     values["collect_timeout_s"] = args.collect_timeout
-    for k in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key", "recipe"):
+    for k in ("policy", "demos", "world_model", "wm_config", "reward_config", "grpo_config", "key", "recipe",
+              "candidates"):
         if values.get(k):
             values[k] = str(Path(values[k]).resolve())
     return LoopConfig(**values)

@@ -155,8 +155,35 @@ def episode_outcome(path: str | os.PathLike[str], reward_run: str | None = None)
 
 
 # ============================================================================ the robot's episodes
+_RAN: dict[tuple[str, int], tuple[str, ...]] = {}  # (bag folder, mtime ns) -> versions its topic recorded
+_REPORTED_MIXED: set[str] = set()
+
+
+def versions_recorded(path: Path) -> tuple[str, ...]:
+    """The distinct policy versions the bag's ``/wmpo/policy_version`` topic recorded, in order.
+
+    A finished bag does not change (a label is written beside it, which changes the folder's mtime),
+    so the answer is cached per folder and mtime: the loop polls the recorder's folder every second.
+    """
+    from wmpo_core.data import topics as T
+    from wmpo_core.data.bag import iter_messages
+
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _RAN:
+        seen: list[str] = []
+        for _, _, msg in iter_messages(path, topics=[T.POLICY_VERSION]):
+            if msg.data and msg.data not in seen:
+                seen.append(msg.data)
+        _RAN[key] = tuple(seen)
+    return _RAN[key]
+
+
 def _episodes_in(source: Path) -> tuple[list[dict[str, Any]], bool]:
-    """(complete episodes of ``source`` with their bag start time, whether a bag is being recorded now)."""
+    """(complete episodes of ``source`` with their bag start time, whether a bag is being recorded now).
+
+    An episode during which the node switched version (its bag recorded more than one version on
+    ``/wmpo/policy_version``) belongs to neither version: it is left out, and said so once.
+    """
     from wmpo_core.data.bag import bag_summary
     from wmpo_core.data.episodes import STATUS_RECORDING, list_episodes
 
@@ -167,6 +194,13 @@ def _episodes_in(source: Path) -> tuple[list[dict[str, Any]], bool]:
         if e.status == STATUS_RECORDING:
             recording = True
         if e.status != "complete":
+            continue
+        ran = versions_recorded(e.path)
+        if len(set(ran) | ({e.policy_version} - {""})) > 1:
+            if e.episode_id not in _REPORTED_MIXED:
+                _REPORTED_MIXED.add(e.episode_id)
+                print(f"    episode {e.episode_id}: the node switched version during it ({' -> '.join(ran)}); "
+                      "not counted for any version", flush=True)
             continue
         rows.append({"episode_id": e.episode_id, "policy_version": e.policy_version, "path": str(e.path),
                      "start_ns": bag_summary(e.path).start_ns})
@@ -411,7 +445,8 @@ def _run_canary(loop: Loop, i: int, current: dict[str, Any], gate: dict[str, Any
         active = canary
         print(f"    canary {canary} pushed and loaded on {node}: {output.splitlines()[-1] if output else ''}", flush=True)
     rule = canary_rule(cfg)
-    labeller = Labeller(read_json(loop.iter_dir(i) / "reward" / MARKER).get("trained"))
+    reward_marker = loop.iter_dir(i) / "reward" / MARKER  # absent when candidates come from a folder, unscreened
+    labeller = Labeller(read_json(reward_marker).get("trained") if reward_marker.is_file() else None)
     source = Path(cfg.episodes_from)
     used = used_episode_ids(loop, i)
     role_of = {canary: CANARY, current["version"]: CURRENT}

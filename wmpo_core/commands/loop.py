@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes-from", help="ros: folder where the robot's recorder writes episode bags")
     parser.add_argument("--demos", help="episodes added to every training set (e.g. the demonstrations)")
     parser.add_argument("--world-model", help="world-model run the first iteration aligns from (default: pretrain)")
+    parser.add_argument("--candidates", help="folder of policy packages trained elsewhere: iteration i takes the "
+                        "i-th (by name) instead of training one with GRPO; the loop only gates, pushes and watches")
     parser.add_argument("--max-steps", type=int, help="episode horizon for collection and the gate (default: the task's)")
     add_recipe_option(parser)
     parser.add_argument("--wm-config", help="JSON WorldModelTrainConfig for train-world-model (default: the recipe's)")

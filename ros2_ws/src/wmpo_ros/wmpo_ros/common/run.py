@@ -7,7 +7,19 @@ from collections.abc import Callable, Iterable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+
+
+def _report(exc: BaseException, node: Node | None) -> int:
+    """Say why the node failed (a configuration error in one line, anything else with its traceback); exit code 1."""
+    if node is None and isinstance(exc, ValueError):
+        print(f"node failed to start: {exc}", file=sys.stderr, flush=True)
+    else:
+        import traceback
+
+        traceback.print_exception(exc)
+    return 1
 
 
 def run_node(make_node: Callable[[], Node], args: Iterable[str] | None = None, multithreaded: bool = True) -> int:
@@ -30,14 +42,13 @@ def run_node(make_node: Callable[[], Node], args: Iterable[str] | None = None, m
             executor.shutdown(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError as exc:
+        if rclpy.ok():
+            code = _report(exc, node)
+        # else: SIGINT / SIGTERM shut the context down while the executor was building its wait set
+        # ("the given context is not valid"): the shutdown asked for, not a failure (seen once in a suite run).
     except Exception as exc:  # noqa: BLE001 - report why the node could not start, then exit non-zero
-        if node is None and isinstance(exc, ValueError):
-            print(f"node failed to start: {exc}", file=sys.stderr, flush=True)  # a configuration error: no traceback
-        else:
-            import traceback
-
-            traceback.print_exc()
-        code = 1
+        code = _report(exc, node)
     finally:
         if node is not None:
             close = getattr(node, "close", None)

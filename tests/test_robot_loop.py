@@ -148,8 +148,19 @@ def test_candidates_folder_replaces_grpo_and_bad_folders_are_refused_before_anyt
     # The imagination screen needs a world model and a reward: trained then, as without candidates.
     assert [s.name for s in plan(*robot)] == ["collect", "data", "world_model", "reward", "grpo", "gate", "publish"]
 
-    # The candidate step takes the package after checking its files; a tampered one is refused by name.
+    # The candidate step takes the package after checking its files; a version the run already has, or one it
+    # already decided about, is refused; a tampered one is refused by name.
     taken = steps[2].run(tmp_path / "taken")
+    from wmpo_core.loop import VersionChain, candidate_step
+
+    chain = VersionChain(tmp_path / "chain.json")
+    chain.append({"version": taken["version"], "parent": None, "package": str(folder / "b_second")})
+    with pytest.raises(RuntimeError, match="already in .*chain.json; a candidate must be a new version"):
+        candidate_step(tmp_path / "again", folder / "b_second", folder, chain).run(tmp_path / "again")
+    first = json.loads((folder / "a_first" / "manifest.json").read_text())["version"]
+    chain.record_decision({"iteration": 0, "stage": "canary", "verdict": "rolled back", "candidate": first})
+    with pytest.raises(RuntimeError, match=r"already decided about \(iteration 0: rolled back\)"):
+        candidate_step(tmp_path / "again2", folder / "a_first", folder, chain).run(tmp_path / "again2")
     manifest = json.loads((folder / "b_second" / "manifest.json").read_text())
     assert taken["candidate"] == str(folder / "b_second") and taken["version"] == manifest["version"]
     weights = folder / "b_second" / "model.safetensors"

@@ -121,8 +121,11 @@ def candidate_packages(folder: Path) -> list[Path]:
     return found
 
 
-def candidate_step(folder: Path, package: Path, source: Path) -> Step:
-    """The GRPO step's place when candidates come from a folder: check the package's files and take it."""
+def candidate_step(folder: Path, package: Path, source: Path, chain: VersionChain) -> Step:
+    """The GRPO step's place when candidates come from a folder: check the package's files and take it.
+
+    A version the run already has (pushed, or decided about as a candidate) is refused: pushing it
+    again would make it its own parent, and a decision about it was already made."""
     def take(d: Path) -> dict[str, Any]:
         from wmpo_core.registry.package import PackageError, verify_package_contents
 
@@ -130,6 +133,14 @@ def candidate_step(folder: Path, package: Path, source: Path) -> Step:
             manifest = verify_package_contents(package)
         except (PackageError, OSError, ValueError) as exc:
             raise StageError(f"candidate {package}: {exc}") from None
+        version = manifest.get("version")
+        if any(e["version"] == version for e in chain.entries):
+            raise StageError(f"candidate {package}: version {version} is already in {chain.path}; a candidate must "
+                             "be a new version")
+        decided = [dec for dec in chain.decisions if dec.get("candidate") == version]
+        if decided:
+            raise StageError(f"candidate {package}: version {version} was already decided about (iteration "
+                             f"{decided[-1].get('iteration')}: {decided[-1].get('verdict')}); give a new version")
         print(f"    candidate {manifest.get('version')} from {source} (trained elsewhere; no GRPO here)", flush=True)
         return {"candidate": str(package), "version": manifest.get("version"), "parent": manifest.get("parent"),
                 "source": f"candidates folder {source}"}
@@ -344,7 +355,7 @@ class Loop:
             marker = it / "grpo" / MARKER
             candidate = (read_json(marker)["candidate"] if marker.is_file()
                          else str(candidate_packages(Path(cfg.candidates))[i]))
-            steps.append(candidate_step(it / "grpo", Path(candidate), Path(cfg.candidates)))
+            steps.append(candidate_step(it / "grpo", Path(candidate), Path(cfg.candidates), self.versions))
         else:
             candidate = str(it / "grpo" / "run" / "policy")
             # budget: the real trajectories behind this iteration's models, as linked

@@ -205,6 +205,19 @@ def test_an_episode_during_which_the_node_switched_version_counts_for_neither(tm
     _episodes_in(eps)
     assert "ep-mixed" not in capsys.readouterr().out  # said once
 
+    # A finished bag whose version message is damaged (its CDR string length made absurd), its ends intact, cannot
+    # be attributed to a version: not counted, said why.
+    damaged = robot_episode(eps, "ep-damaged", "v1", steps=4)
+    mcap = next(damaged.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    at = data.find(b"\x03\x00\x00\x00v1\x00")  # the String message's data field: length 3, "v1", NUL
+    assert at > 0
+    data[at:at + 4] = b"\xff\xff\xff\x7f"
+    mcap.write_bytes(bytes(data))
+    rows, _ = _episodes_in(eps)
+    assert [r["episode_id"] for r in rows] == ["ep-v1"]
+    assert "ep-damaged: its policy versions cannot be read" in capsys.readouterr().out
+
 
 # ============================================================================ labels
 def test_labels_in_order_of_trust(tmp_path: Path) -> None:

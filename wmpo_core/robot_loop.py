@@ -195,7 +195,13 @@ def _episodes_in(source: Path) -> tuple[list[dict[str, Any]], bool]:
             recording = True
         if e.status != "complete":
             continue
-        ran = versions_recorded(e.path)
+        try:
+            ran = versions_recorded(e.path)
+        except Exception as exc:  # noqa: BLE001 - any reader error: the episode cannot be attributed
+            if e.episode_id not in _REPORTED_MIXED:
+                _REPORTED_MIXED.add(e.episode_id)
+                print(f"    episode {e.episode_id}: its policy versions cannot be read ({exc}); not counted", flush=True)
+            continue
         if len(set(ran) | ({e.policy_version} - {""})) > 1:
             if e.episode_id not in _REPORTED_MIXED:
                 _REPORTED_MIXED.add(e.episode_id)

@@ -141,8 +141,8 @@ def candidate_step(folder: Path, package: Path, source: Path, chain: VersionChai
         if decided:
             raise StageError(f"candidate {package}: version {version} was already decided about (iteration "
                              f"{decided[-1].get('iteration')}: {decided[-1].get('verdict')}); give a new version")
-        print(f"    candidate {manifest.get('version')} from {source} (trained elsewhere; no GRPO here)", flush=True)
-        return {"candidate": str(package), "version": manifest.get("version"), "parent": manifest.get("parent"),
+        print(f"    candidate {version} from {source} (trained elsewhere; no GRPO here)", flush=True)
+        return {"candidate": str(package), "version": version, "parent": manifest.get("parent"),
                 "source": f"candidates folder {source}"}
 
     return Step("grpo", f"candidate from {source}", folder, take, inputs={"package": package},
@@ -284,8 +284,6 @@ class Loop:
             value = getattr(cfg, name)
             if value and not Path(value).exists():
                 raise StageError(f"--{name.replace('_', '-')} {value}: does not exist")
-        if cfg.candidates:
-            candidate_packages(Path(cfg.candidates))  # for its errors
         try:
             self.recipe  # noqa: B018 - read for its errors
         except ValueError as exc:

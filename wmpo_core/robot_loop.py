@@ -156,7 +156,14 @@ def episode_outcome(path: str | os.PathLike[str], reward_run: str | None = None)
 
 # ============================================================================ the robot's episodes
 _RAN: dict[tuple[str, int], tuple[str, ...]] = {}  # (bag folder, mtime ns) -> versions its topic recorded
-_REPORTED_MIXED: set[str] = set()
+_NOT_COUNTED: set[str] = set()  # episodes already said to count for no version
+
+
+def _not_counted(episode_id: str, why: str) -> None:
+    """Say once that an episode counts for no version, and why (the loop polls every second)."""
+    if episode_id not in _NOT_COUNTED:
+        _NOT_COUNTED.add(episode_id)
+        print(f"    episode {episode_id}: {why}; not counted for any version", flush=True)
 
 
 def versions_recorded(path: Path) -> tuple[str, ...]:
@@ -198,15 +205,10 @@ def _episodes_in(source: Path) -> tuple[list[dict[str, Any]], bool]:
         try:
             ran = versions_recorded(e.path)
         except Exception as exc:  # noqa: BLE001 - any reader error: the episode cannot be attributed
-            if e.episode_id not in _REPORTED_MIXED:
-                _REPORTED_MIXED.add(e.episode_id)
-                print(f"    episode {e.episode_id}: its policy versions cannot be read ({exc}); not counted", flush=True)
+            _not_counted(e.episode_id, f"its policy versions cannot be read ({exc})")
             continue
         if len(set(ran) | ({e.policy_version} - {""})) > 1:
-            if e.episode_id not in _REPORTED_MIXED:
-                _REPORTED_MIXED.add(e.episode_id)
-                print(f"    episode {e.episode_id}: the node switched version during it ({' -> '.join(ran)}); "
-                      "not counted for any version", flush=True)
+            _not_counted(e.episode_id, f"the node switched version during it ({' -> '.join(ran)})")
             continue
         rows.append({"episode_id": e.episode_id, "policy_version": e.policy_version, "path": str(e.path),
                      "start_ns": bag_summary(e.path).start_ns})

@@ -145,7 +145,7 @@ class Operator:
         graph = graph_from_args(parser.parse_args(up_args))
         self.control_hz = float(graph.settings.get("control_hz", 10.0))
         self.client = GraphClient(graph, graph_up)
-        self.episodes: dict[str, dict] = {}  # episode id -> seed, success, the node's version before and after
+        self.episodes: dict[str, dict] = {}  # episode id -> seed, success
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -160,10 +160,8 @@ class Operator:
         seed = FIRST_SEED
         try:
             while not self.stop.is_set():
-                before = self.client.policy_version
                 r = record_episode(self.client, seed, None, 3, self.control_hz)
-                self.episodes[r["episode_id"]] = {"seed": seed, "success": r["success"], "version_before": before,
-                                                  "version_after": self.client.policy_version}
+                self.episodes[r["episode_id"]] = {"seed": seed, "success": r["success"]}
                 seed += 1
                 self.stop.wait(PAUSE_S)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
@@ -194,15 +192,12 @@ def test_robot_loop_on_the_simulated_robot_rolls_back_worse_and_promotes_better(
     # Trained elsewhere: signed with the workstation's key; the loop re-signs what it pushes with its own.
     run_wmpo("keygen", "--out", str(tmp_path / "workstation_keys"))
     key = str(tmp_path / "workstation_keys" / "wmpo_policy_signing.pem")
-    better = run_wmpo("export", str(bc), "--out", str(candidates / "0_bc"), "--key", key)
+    run_wmpo("export", str(bc), "--out", str(candidates / "0_bc"), "--key", key)
     for index, seed in ((1, 1), (2, 2)):
         perturbed(bc, tmp_path / f"broken{seed}", seed)
         run_wmpo("export", str(tmp_path / f"broken{seed}"), "--out", str(candidates / f"{index}_broken{seed}"),
                  "--key", key)
     base = perturbed(bc, tmp_path / "base", 0)
-    assert better.returncode == 0
-    good, broken = (json.loads((candidates / n / "manifest.json").read_text())["version"]
-                    for n in ("0_bc", "1_broken1"))
 
     run, episodes = tmp_path / "run", tmp_path / "episodes"
     episodes.mkdir()
@@ -287,5 +282,5 @@ def test_robot_loop_on_the_simulated_robot_rolls_back_worse_and_promotes_better(
         c = d["canary"]
         assert row["canary_successes"] == f"{c['canary_successes']}/{c['canary_episodes']}"
         assert row["robot_episodes"] == d["robot_episodes"]
-    print(f"versions: base {v0['version']}, good {good} -> {promoted}, broken {broken}; decisions "
+    print(f"versions: base {v0['version']}, promoted {promoted}; decisions "
           + "; ".join(f"{d['verdict']} after {d['robot_episodes']} episodes ({d['reason']})" for d in decisions))

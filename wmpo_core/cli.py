@@ -37,6 +37,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "eval-world-model": ("wmpo_core.world_model.commands.eval_world_model", "world-model fidelity against reference predictors"),
     "ablate-world-model": ("wmpo_core.world_model.commands.ablate_world_model",
                            "world-model ablations: no noisy-frame conditioning, no behavior alignment"),
+    "train-success-head": ("wmpo_core.world_model.commands.train_success_head",
+                           "train a success head on the world model's latents (per-frame success)"),
     "imagine": ("wmpo_core.world_model.commands.imagine", "real vs imagined video for one episode"),
     "train-reward": ("wmpo_core.reward.commands.train_reward", "train the video success classifier"),
     "eval-reward": ("wmpo_core.reward.commands.eval_reward", "precision / recall / F1 of the reward model"),

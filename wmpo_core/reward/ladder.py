@@ -23,7 +23,7 @@ median success step of the successes in the set (where a success would have show
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,12 @@ from wmpo_core.world_model.evaluate import frame_mse, psnr, psnr_of_mse, ssim
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
 RUNGS = ("a_real", "b_vae", "c_chunk", "d_branch", "e_replay")
+HEAD_TITLES = {
+    "c_chunk": "head (c) each chunk from real context",
+    "c_swapped": "head (c) context of another episode",
+    "d_branch": "head (d) replay from {n} chunks before",
+    "e_replay": "head (e) full replay from the first frame",
+}
 RUNG_TITLES = {
     "a_real": "(a) real video",
     "b_vae": "(b) VAE encode-decode",
@@ -134,8 +140,13 @@ def repeat_last(frames: np.ndarray, c: int, k: int) -> np.ndarray:
 
 
 def branched(world_model: Any, episodes: Sequence[EpisodeFrames], branch_at: Sequence[int], seed: int = 0,
-             batch_size: int = 8) -> list[np.ndarray]:
-    """Rung (d): real frames before ``branch_at[i]``, then the recorded actions replayed in imagination to the end."""
+             batch_size: int = 8, success_head: Any = None,
+             head_probs: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Rung (d): real frames before ``branch_at[i]``, then the recorded actions replayed in imagination to the end.
+
+    With ``success_head``, ``head_probs`` (per episode, the head's rung-(c) probabilities: real context) get
+    the head's probabilities from the branch on, read from the imagined context (changed in place).
+    """
     c = world_model.context_frames
     out = [ep.frames.copy() for ep in episodes]
     order = list(range(len(episodes)))
@@ -150,10 +161,13 @@ def branched(world_model: Any, episodes: Sequence[EpisodeFrames], branch_at: Seq
             a = episodes[e].actions[b - 1 : len(episodes[e].frames) - 1]
             actions[i, : len(a)] = a
         seeds = [seed + first + i for i in range(len(part))]
-        predicted = imagine(world_model, ReplayPolicy(actions, world_model.chunk_size), starts, "", horizon,
-                            seeds).imagined_frames
+        imagined = imagine(world_model, ReplayPolicy(actions, world_model.chunk_size), starts, "", horizon,
+                           seeds, success_head=success_head)
+        predicted = imagined.imagined_frames
         for i, (e, b) in enumerate(zip(part, bs, strict=True)):
             out[e][b:] = predicted[i, : len(out[e]) - b]
+            if success_head is not None and head_probs is not None:
+                head_probs[e][b:] = imagined.success_probs[i, : len(out[e]) - b]
     return out
 
 
@@ -166,10 +180,12 @@ class LadderReport:
     rungs: dict[str, dict[str, Any]]
     fidelity: dict[str, Any]
     settings: dict[str, Any]
+    # The success head's rows (when one was given): rung name -> the same fields as ``rungs``.
+    head: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"episodes": self.episodes, "successes": self.successes, "rungs": self.rungs,
-                "fidelity": self.fidelity, "settings": self.settings}
+                "fidelity": self.fidelity, "settings": self.settings, "success_head": self.head}
 
     def table(self) -> str:
         """Plain-text ladder: one row per rung; then the fidelity lines."""
@@ -192,6 +208,16 @@ class LadderReport:
             rules = "/".join(fmt(r["auc_by_rule"][rule]["auc"]) for rule in TRAJECTORY_RULES) if "auc_by_rule" in r else ""
             lines.append(f"{title:<48}{auc:>7}  {ci:<15}{r['mean_success']:>8.3f}/{r['mean_failure']:<7.3f}"
                          f"{r['f1_at_tau']:>8.3f}{split}  {rules}")
+        if self.head:
+            lines.append(f"success head (tau {self.settings['head_tau']:.3f}, rule {self.settings['head_rule']!r}): "
+                         "per-frame probabilities from the context latents and the chunk's actions; AUC any/final frame")
+            for name, r in self.head.items():
+                title = HEAD_TITLES[name].format(n=n)
+                auc = "  n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+                ci = "" if r["auc"] is None else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+                rules = "/".join(fmt(r["auc_by_rule"][rule]["auc"]) for rule in ("any", "final"))
+                lines.append(f"{title:<48}{auc:>7}  {ci:<15}{r['mean_success']:>8.3f}/{r['mean_failure']:<7.3f}"
+                             f"{r['f1_at_tau']:>8.3f}  {rules}")
         if near is not None:
             lines.append(f"near failures: the {near} failed episodes the reward model scores >= 0.5 on real video; "
                          f"clear: the other {self.episodes - self.successes - near}")
@@ -234,8 +260,13 @@ def _fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], s
 
 def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[EpisodeFrames], *,
                branch_chunks: int = 2, region: Sequence[float] | None = None, seed: int = 0,
-               resamples: int = 2000, rungs: Sequence[str] = RUNGS, progress: Any = None) -> LadderReport:
-    """Score ``episodes`` (labelled, at the world model's frame size) on every rung of the ladder."""
+               resamples: int = 2000, rungs: Sequence[str] = RUNGS, progress: Any = None,
+               success_head: Any = None, head_tau: float = 0.5, head_rule: str = "final") -> LadderReport:
+    """Score ``episodes`` (labelled, at the world model's frame size) on every rung of the ladder.
+
+    With ``success_head``, the head is scored on rungs (c), (d) and (e) from the same imagined trajectories,
+    and on rung (c) with every episode's context taken from the next episode (does it read the scene?).
+    """
     labelled = [ep for ep in episodes if ep.success is not None and len(ep.frames) > world_model.context_frames]
     if not labelled:
         raise ValueError("no labelled episode longer than the world model's context")
@@ -251,6 +282,14 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     say = progress or (lambda message: None)
     videos: dict[str, list[np.ndarray]] = {}
     branch_at = [max(c, o - branch_chunks * k) for o in outcome_steps(labelled)]
+    head_probs: dict[str, list[np.ndarray]] = {}
+    if success_head is not None:
+        from wmpo_core.world_model.success_head import window_probabilities
+
+        say("success head on real context")
+        head_probs["c_chunk"] = window_probabilities(success_head, world_model, labelled)
+        head_probs["c_swapped"] = window_probabilities(success_head, world_model, labelled,
+                                                       context_from=labelled[1:] + labelled[:1])
     for name in rungs:
         say(f"rung {name}")
         if name == "a_real":
@@ -260,9 +299,15 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
         elif name == "c_chunk":
             videos[name] = chunkwise(world_model, labelled, seed)
         elif name == "d_branch":
-            videos[name] = branched(world_model, labelled, branch_at, seed)
+            if success_head is not None:
+                head_probs[name] = [p.copy() for p in head_probs["c_chunk"]]
+            videos[name] = branched(world_model, labelled, branch_at, seed, success_head=success_head,
+                                    head_probs=head_probs.get(name))
         else:
-            replays = imagined_replays(world_model, labelled, seed)
+            if success_head is not None:
+                head_probs[name] = []
+            replays = imagined_replays(world_model, labelled, seed, success_head=success_head,
+                                       head_probs=head_probs.get(name))
             videos[name] = [r.frames for r in replays]
     reward_size = reward.settings.image_size
     result: dict[str, dict[str, Any]] = {}
@@ -298,6 +343,8 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
         near_count = int(near.sum())
     else:
         near_count = None
+    head_rows = {name: _head_row(probs, labelled, labels, head_tau, head_rule, resamples, seed)
+                 for name, probs in head_probs.items()}
     fidelity: dict[str, Any] = {}
     longest = max(len(ep.frames) for ep in labelled)
     if "c_chunk" in videos:
@@ -312,8 +359,32 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
                 "seed": seed, "resamples": resamples, "tau": float(reward.settings.tau), "rule": reward.settings.rule,
                 "chunk_size": k,
                 "context_frames": c, "image_size": size, "near_failures": near_count,
-                "branch_at": dict(zip([ep.episode_id for ep in labelled], branch_at, strict=True))}
-    return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings)
+                "branch_at": dict(zip([ep.episode_id for ep in labelled], branch_at, strict=True)),
+                "head_tau": float(head_tau), "head_rule": head_rule}
+    return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings, head_rows)
+
+
+def _head_row(probs: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], labels: np.ndarray, tau: float,
+              rule: str, resamples: int, seed: int) -> dict[str, Any]:
+    """AUC (both rules, bootstrap interval), mean score by outcome and F1 at ``tau`` of the head's trajectory
+    scores; the row's own AUC, scores and F1 follow the head's ``rule``."""
+    from wmpo_core.world_model.success_head import trajectory_score
+
+    by_rule = {}
+    scores_by_rule = {}
+    for rule in ("any", "final"):
+        scores = np.array([trajectory_score(p, rule) for p in probs])
+        auc, lo, hi = bootstrap_auc(scores, labels, resamples, seed)
+        by_rule[rule] = {"auc": auc, "ci": [lo, hi]}
+        scores_by_rule[rule] = scores
+    scores = scores_by_rule[rule]
+    predicted = scores > tau
+    tp = float(np.sum(predicted & labels))
+    f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + np.sum(predicted & ~labels) + np.sum(~predicted & labels))
+    return {"auc": by_rule[rule]["auc"], "ci": by_rule[rule]["ci"], "auc_by_rule": by_rule, "f1_at_tau": float(f1),
+            "mean_success": float(scores[labels].mean()) if labels.any() else float("nan"),
+            "mean_failure": float(scores[~labels].mean()) if (~labels).any() else float("nan"),
+            "scores": {ep.episode_id: float(v) for ep, v in zip(episodes, scores, strict=True)}}
 
 
 def _pooled_fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], start: int,

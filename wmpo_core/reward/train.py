@@ -397,12 +397,15 @@ def evaluate_reward(model: RewardModel, episodes: Sequence[EpisodeFrames]) -> di
 
 
 def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: int = 0,
-                     batch_size: int = 8, progress: bool = False) -> list[EpisodeFrames]:
+                     batch_size: int = 8, progress: bool = False, success_head: Any = None,
+                     head_probs: list[np.ndarray] | None = None) -> list[EpisodeFrames]:
     """Each labelled episode replayed in the world model: its first real frame, then its recorded actions.
 
     What GRPO's reward sees (the real start frame, then imagined ones) for a known outcome. A replay
     keeps the episode's label, success step and per-frame success flags (same frame indices) and
     gets the id ``<id>~imagined``. Episode ``j`` of the list draws from seed ``seed + j``.
+    With ``success_head``, the head's per-frame success probability of each replay (frame 0, the real
+    start, gets 0) is appended to ``head_probs``.
     """
     from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
@@ -418,9 +421,11 @@ def imagined_replays(world_model: Any, episodes: Sequence[EpisodeFrames], seed: 
             actions[i, : len(ep.actions) - 1] = ep.actions[:-1]
         starts = np.stack([ep.frames[:1] for ep in part])
         imagined = imagine(world_model, ReplayPolicy(actions, k), starts, part[0].instruction, horizon,
-                           [seed + first + i for i in range(len(part))])
+                           [seed + first + i for i in range(len(part))], success_head=success_head)
         c = imagined.context_frames
         for i, ep in enumerate(part):
+            if success_head is not None and head_probs is not None:
+                head_probs.append(np.concatenate([[0.0], imagined.success_probs[i, : len(ep.frames) - 1]]))
             frames = resize_frames(imagined.frames[i, c - 1 : c - 1 + len(ep.frames)], ep.frames.shape[1])
             out.append(EpisodeFrames(f"{ep.episode_id}~imagined", frames, ep.actions, ep.success, ep.instruction,
                                      ep.success_step, ep.success_flags))

@@ -214,6 +214,34 @@ class VideoReward:
         return out
 
 
+class HeadReward:
+    """The world model's success head as the reward (beyond the paper; `wmpo train-success-head`).
+
+    Imagination scores every chunk from its (imagined) context latents and actions; a trajectory succeeds when
+    its score under the head's rule is above the head's tau: rule "final", the last imagined frame (the whole
+    horizon counts, no success frame); rule "any", the first frame above tau ends it there.
+    """
+
+    def __init__(self, success_head: Any, info: Any):
+        self.success_head = success_head
+        self.tau = float(info.tau)
+        self.rule = info.rule
+
+    def __call__(self, trajectories: Sequence[np.ndarray]) -> list[tuple[bool, int | None]]:
+        raise TypeError("HeadReward scores imagination from its latents: use imagine_trajectories (from_probs)")
+
+    def from_probs(self, probs: np.ndarray) -> list[tuple[bool, int | None]]:
+        """(B, horizon) per imagined frame -> (success, success step counted from the last real frame)."""
+        out: list[tuple[bool, int | None]] = []
+        for p in np.asarray(probs, dtype=np.float64):
+            if self.rule == "final":
+                out.append((bool(p[-1] > self.tau), None))
+                continue
+            hits = np.nonzero(p > self.tau)[0]
+            out.append((True, int(hits[0]) + 1) if len(hits) else (False, None))
+        return out
+
+
 # =========================================================================== imagination
 @dataclass
 class StartStates:
@@ -309,8 +337,9 @@ def imagine_trajectories(
         chosen = [int(start_indices[p]) for p in positions]
         # Trajectory g of the start at position p always draws from seed + p * G + g, whatever the batching.
         seeds = [seed + p * group_size + g for p in positions for g in range(group_size)]
+        head = getattr(reward, "success_head", None)
         imagined = imagine(world_model, adapter, np.repeat(starts.frames[chosen], group_size, axis=0),
-                           instruction, horizon, seeds)
+                           instruction, horizon, seeds, success_head=head)
         c = imagined.context_frames
         if starts.prefixes is None:
             # The reward sees the last real frame followed by the imagined ones; frame index = step count.
@@ -324,7 +353,11 @@ def imagine_trajectories(
                 prefix = starts.prefixes[chosen[i // group_size]]
                 trajectories.append(np.concatenate([prefix, f[c:]]))
                 offsets.append(len(prefix) - 1)
-        scored = reward(trajectories)
+        if head is not None:  # steps after the last real frame -> frame indices of the scored trajectory
+            scored = [(ok, None if step is None else offsets[i] + step)
+                      for i, (ok, step) in enumerate(reward.from_probs(imagined.success_probs))]
+        else:
+            scored = reward(trajectories)
         n_chunks = imagined.tokens.shape[1]
         for i, (success, success_frame) in enumerate(scored):
             position, s = positions[i // group_size], chosen[i // group_size]

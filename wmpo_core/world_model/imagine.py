@@ -56,6 +56,8 @@ class Imagination:
     log_probs: torch.Tensor
     context_frames: int
     seeds: list[int]
+    # (B, horizon) success probability of every imagined frame from a success head, when one was given.
+    success_probs: np.ndarray | None = None
 
     @property
     def imagined_frames(self) -> np.ndarray:
@@ -143,8 +145,13 @@ def imagine(
     instruction: str,
     horizon: int,
     seeds: Sequence[int],
+    success_head: torch.nn.Module | None = None,
 ) -> Imagination:
-    """Roll out ``len(seeds)`` trajectories of ``horizon`` frames from real frames (B, n <= c, H, W, 3) uint8."""
+    """Roll out ``len(seeds)`` trajectories of ``horizon`` frames from real frames (B, n <= c, H, W, 3) uint8.
+
+    With ``success_head`` (:class:`~wmpo_core.world_model.success_head.SuccessHead`), every chunk is also
+    scored from the (imagined) context latents and the chunk's actions: ``success_probs``.
+    """
     initial_frames = np.asarray(initial_frames)
     if initial_frames.dtype != np.uint8 or initial_frames.ndim != 5:
         raise ValueError(f"initial_frames: expected uint8 (B, c, H, W, 3), got {initial_frames.dtype} {initial_frames.shape}")
@@ -164,10 +171,12 @@ def imagine(
     start = torch.from_numpy(start).to(world_model.device)
     latents = world_model.encode(start)
     frames = [start]
-    actions, tokens, log_probs = [], [], []
+    actions, tokens, log_probs, probs = [], [], [], []
     newest = start[:, -1]
     for _ in range((horizon + k - 1) // k):
         chunk = policy.sample_chunk(newest, instruction, policy_gens)
+        if success_head is not None:
+            probs.append(torch.sigmoid(success_head(latents[:, -c:], chunk.actions.to(latents))).float())
         predicted = world_model.predict_chunk(latents[:, -c:], chunk.actions, world_gens)
         decoded = world_model.decode(predicted)
         latents = torch.cat([latents[:, -c:], predicted], dim=1)
@@ -183,6 +192,7 @@ def imagine(
         log_probs=torch.stack(log_probs, dim=1),
         context_frames=c,
         seeds=[int(s) for s in seeds],
+        success_probs=torch.cat(probs, dim=1)[:, :horizon].cpu().numpy() if probs else None,
     )
 
 

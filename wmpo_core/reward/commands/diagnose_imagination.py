@@ -27,6 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rungs", nargs="+", help="only these rungs (a_real b_vae c_chunk d_branch e_replay)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the imagined frames and the bootstrap")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--success-head", help="also score a success head (wmpo train-success-head) on rungs c, d, e")
     parser.add_argument("--json", help="also write the full report (with every episode's scores) to this file")
     parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
@@ -68,6 +69,12 @@ def main(args: argparse.Namespace) -> int:
         if reward.settings.camera != wm.settings.camera:
             raise ValueError(f"the reward model reads camera {reward.settings.camera!r}, the world model imagines "
                              f"{wm.settings.camera!r}")
+        head, head_tau, head_rule = None, 0.5, "final"
+        if args.success_head:
+            from wmpo_core.world_model.success_head import load_success_head
+
+            head, info = load_success_head(args.success_head, args.world_model, device=device)
+            head_tau, head_rule = info.tau, info.rule
         episodes = load_episodes(args.episodes, wm.settings.camera, wm.settings.image_size)
         if args.max_episodes is not None and len(episodes) > args.max_episodes:
             keep = sorted({round(i * (len(episodes) - 1) / (args.max_episodes - 1)) for i in range(args.max_episodes)})
@@ -77,12 +84,14 @@ def main(args: argparse.Namespace) -> int:
         region_mask(wm.settings.image_size, region)  # validates the box
         report = run_ladder(wm, reward, episodes, branch_chunks=args.branch_chunks, region=region, seed=args.seed,
                             resamples=args.resamples, rungs=args.rungs or RUNGS,
-                            progress=lambda message: print(f"[diagnose] {message}", file=sys.stderr, flush=True))
+                            progress=lambda message: print(f"[diagnose] {message}", file=sys.stderr, flush=True),
+                            success_head=head, head_tau=head_tau, head_rule=head_rule)
     except (OSError, ValueError) as exc:
         return error(f"diagnose-imagination: {exc}")
     print(report.table())
     if args.json:
         data = report.to_dict() | {"world_model": str(args.world_model), "reward": str(args.reward),
+                                   "success_head_dir": args.success_head,
                                    "episode_folders": list(args.episodes)}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0

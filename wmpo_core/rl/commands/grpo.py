@@ -43,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `wmpo grpo`."""
     add_common(parser, ROWS)
     parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
-    parser.add_argument("--reward", required=True, help="reward-model directory (reward.json)")
+    parser.add_argument("--reward", help="reward-model directory (reward.json): the video classifier scores imagination")
+    parser.add_argument("--success-head", help="success-head directory (wmpo train-success-head, on this world model): "
+                        "it scores imagination from the imagined latents and actions instead of --reward")
     parser.add_argument("--episodes", required=True, nargs="+",
                         help="folder(s) of recorded episodes: their first frames start imagination")
     parser.add_argument("--iterations", type=int, help="override config.iterations")
@@ -66,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
     from wmpo_core.world_model.model import WorldModel
 
     setup_logging()
+    if (args.reward is None) == (args.success_head is None):
+        return error("grpo", "give one of --reward (the video classifier) or --success-head")
     try:
         config = load_config(WMPOConfig, args.config)
         if args.iterations:
@@ -77,13 +81,20 @@ def main(args: argparse.Namespace) -> int:
         device = training_device(args.device, accelerator)
         policy = prepare_policy(load_package(args.policy), args, device)
         world_model = WorldModel.from_pretrained(args.world_model, device=device)
-        reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
+        if args.success_head:
+            from wmpo_core.rl.rollouts import HeadReward
+            from wmpo_core.world_model.success_head import load_success_head
+
+            reward = HeadReward(*load_success_head(args.success_head, args.world_model, device=device))
+        else:
+            reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
         starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size,
                                    start=config.start, branch_before=config.branch_before,
                                    context_frames=world_model.context_frames)
     except (OSError, ValueError, PackageError) as exc:
         return error("grpo", str(exc))
-    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": str(args.reward),
+    extra: dict[str, Any] = {"world_model": str(args.world_model),
+                             "reward": str(args.reward) if args.reward else f"success head {args.success_head}",
                              **start_state_seeds(args.episodes)}
     if args.budget is not None:
         extra["budget"] = args.budget

@@ -396,3 +396,42 @@ def test_train_reward_on_out_of_fold_replays(tmp_path, capsys):
     assert wmpo([*common, "--out", str(tmp_path / "bad"), "--imagined-by", str(tmp_path / "wm_a"),
                  str(folds["a"])]) == 2
     assert "trained on 4 of the episodes" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_a_recipe_with_a_success_head_trains_it_in_the_reward_step_and_grpo_scores_with_it(tmp_path):
+    """The recipe's success_head_config: the reward step also trains the world model's success head on its
+    episodes (a real `wmpo train-success-head`), and the GRPO step's command takes it instead of --reward."""
+    from test_rl_trainers_imagination import tiny_world_model
+
+    from wmpo_core.pipeline.recipe import Recipe, load_recipe
+    from wmpo_core.pipeline.runner import MARKER
+    from wmpo_core.pipeline.steps import reward_args_of, train_calibrated_reward
+    from wmpo_core.world_model.success_head import load_success_head
+
+    data = tmp_path / "data"
+    for i in range(6):
+        write_episode_bag(data, toy_task_episode(16, i, success=i % 2 == 0, image_size=SIZE))
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    config = tmp_path / "reward.json"
+    config.write_text(json.dumps({"batch_size": 4, "image_size": SIZE, "clip_len": 4, "stride": 4,
+                                  "val_fraction": 0.5, "score_stride": 4, "model": TINY}))
+    head_config = tmp_path / "head.json"
+    head_config.write_text(json.dumps({"steps": 3, "batch_size": 8, "channels": 8, "hidden_size": 16}))
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps({"reward_config": "reward.json", "success_head_config": "head.json"}))
+    recipe = load_recipe("lift", recipe_file)
+    assert recipe.success_head_config == str(head_config)
+    out = tmp_path / "reward"
+    inputs = {"episodes": data, "world_model": tmp_path / "wm", "calibrate_on": [], "steps": 2, "recipe": recipe}
+    result = train_calibrated_reward(inputs, out)
+    head, info = load_success_head(result["success_head"], tmp_path / "wm")
+    assert result["success_head"] == str(out / "success_head") and result["success_head_tau"] == info.tau
+    assert info.config["steps"] == 3 and info.rule == "final"
+    (out / MARKER).write_text(json.dumps(result))
+    assert reward_args_of(out) == ["--success-head", str(out / "success_head")]
+    # Without the field: the video classifier, as before.
+    plain = train_calibrated_reward(inputs | {"recipe": Recipe(task="lift", reward_config=str(config))},
+                                    tmp_path / "plain")
+    assert "success_head" not in plain and not (tmp_path / "plain" / "success_head").exists()
+    (tmp_path / "plain" / MARKER).write_text(json.dumps(plain))
+    assert reward_args_of(tmp_path / "plain") == ["--reward", plain["run"]]

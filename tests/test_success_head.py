@@ -166,3 +166,44 @@ def test_train_success_head_and_diagnose_commands_on_bags(tmp_path, capsys):
     assert wmpo(["diagnose-imagination", "--world-model", str(tmp_path / "other_wm"), "--reward",
                  str(tmp_path / "reward"), "--episodes", str(episodes), "--success-head", str(tmp_path / "head")]) == 2
     assert "another world model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["final", "any"])
+def test_grpo_imagination_is_scored_by_the_head_from_the_probabilities_imagination_made(rule):
+    from test_rl_trainers_imagination import solid_starts, tiny_policy
+
+    from wmpo_core.rl.rollouts import HeadReward, imagine_trajectories
+    from wmpo_core.world_model.imagine import VLAImaginationPolicy
+    from wmpo_core.world_model.success_head import SuccessHeadInfo
+
+    wm, policy, starts = tiny_world_model(), tiny_policy(), solid_starts()
+    k = wm.chunk_size
+    torch.manual_seed(3)
+    head = SuccessHead(latent_channels=4, latent_size=8, context_frames=wm.context_frames, chunk_size=k, channels=8,
+                       hidden_size=16).eval()
+    horizon, group = 2 * k, 3
+    # The same imagination by hand (seed + position * G + g), to read the head's probabilities.
+    by_hand = imagine(wm, VLAImaginationPolicy(policy, "agentview", 1.0), np.repeat(starts.frames[[0, 2]], group, 0),
+                      "lift the cube", horizon, [5 + i for i in range(2 * group)], success_head=head).success_probs
+    tau = float(np.median(by_hand[:, -1] if rule == "final" else by_hand.max(axis=1)))
+    reward = HeadReward(head, SuccessHeadInfo(vae_sha256="", camera="agentview", image_size=SIZE, tau=tau, rule=rule))
+    with pytest.raises(TypeError):
+        reward([np.zeros((3, SIZE, SIZE, 3), np.uint8)])  # frames alone cannot be scored by the head
+    batch = imagine_trajectories(wm, policy, reward, starts, [0, 2], horizon=horizon, group_size=group,
+                                 temperature=1.0, seed=5)
+    if rule == "final":
+        expected = by_hand[:, -1] > tau
+        lengths = [horizon] * len(expected)
+    else:
+        expected = (by_hand > tau).any(axis=1)
+        lengths = [int(np.argmax(p > tau)) + 1 if ok else horizon for p, ok in zip(by_hand, expected, strict=True)]
+    assert 0 < expected.sum() < len(expected)
+    assert batch.reward.tolist() == expected.astype(float).tolist() and batch.length.tolist() == lengths
+
+
+def test_grpo_takes_one_of_reward_or_success_head(tmp_path, capsys):
+    base = ["grpo", "--policy", str(tmp_path / "p"), "--world-model", str(tmp_path / "wm"), "--episodes",
+            str(tmp_path), "--out", str(tmp_path / "out")]
+    assert wmpo(base) == 2 and "one of --reward" in capsys.readouterr().err
+    assert wmpo(base + ["--reward", "r", "--success-head", "h"]) == 2 and "one of --reward" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -26,6 +26,7 @@ from typing import Any
 RECIPE_DIR = Path(__file__).parent / "recipes"
 CORE = Path(__file__).resolve().parents[1]
 CALIBRATE_ON = ("policy", "all")
+CONFIG_FIELDS = ("world_model_config", "reward_config", "grpo_config", "success_head_config")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Recipe:
     world_model_config: str = str(CORE / "world_model" / "configs" / "sim64.json")
     reward_config: str | None = None  # None: RewardTrainConfig defaults
     grpo_config: str | None = None  # None: WMPOConfig defaults
+    # A SuccessHeadTrainConfig JSON: the reward step also trains the world model's success head on the same
+    # episodes, and GRPO scores imagination with it instead of the video classifier (None: the classifier).
+    success_head_config: str | None = None
     bc_recipe: str | None = None  # `wmpo train-policy --recipe NAME` for a base policy trained from demonstrations
     camera: str | None = None  # the camera the world and reward models see (None: as their configs say)
     # The cameras the simulated robot renders and records, and the policy node reads (None: the
@@ -119,7 +123,7 @@ def load_recipe(task: str, path: str | Path | None = None, **overrides: Any) -> 
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        for name in ("world_model_config", "reward_config", "grpo_config"):
+        for name in CONFIG_FIELDS:
             if data.get(name):
                 data[name] = str((source.parent / data[name]).resolve())
         values.update(data)
@@ -130,7 +134,7 @@ def load_recipe(task: str, path: str | Path | None = None, **overrides: Any) -> 
     values.update({k: (str(Path(v).resolve()) if k.endswith("_config") else v)
                    for k, v in overrides.items() if v is not None})
     recipe = Recipe(task=task, **values)
-    for name in ("world_model_config", "reward_config", "grpo_config"):
+    for name in CONFIG_FIELDS:
         value = getattr(recipe, name)
         if value and not Path(value).is_file():
             raise ValueError(f"recipe {name} {value}: no such file" + (f" (from {source})" if recipe.source else ""))

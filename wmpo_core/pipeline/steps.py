@@ -233,6 +233,24 @@ def train_reward_command(inputs: dict[str, Any], run: Path, config: Path | None)
 
 
 def train_calibrated_reward(inputs: dict[str, Any], out: Path, log: Path | None = None) -> dict[str, Any]:
+    """:func:`train_reward_and_threshold`, then, when the recipe names a success-head config, the world
+    model's success head on the same episodes (``out/success_head``; GRPO then scores with it)."""
+    result = train_reward_and_threshold(inputs, out, log)
+    recipe: Recipe = inputs["recipe"]
+    if not recipe.success_head_config:
+        return result
+    head = out / "success_head"
+    if head.exists():
+        shutil.rmtree(head)  # no resume: a half-trained head is retrained
+    proc = run_wmpo("train-success-head", "--world-model", str(inputs["world_model"]), "--episodes",
+                    str(inputs["episodes"]), "--out", str(head), "--config", recipe.success_head_config,
+                    log=log, capture=True)
+    summary = last_json_line(proc.stdout, "wmpo train-success-head")
+    return result | {"success_head": str(head), "success_head_tau": summary["tau"],
+                     "success_head_validation": summary["validation"]}
+
+
+def train_reward_and_threshold(inputs: dict[str, Any], out: Path, log: Path | None = None) -> dict[str, Any]:
     """`wmpo train-reward` on the episodes of ``inputs``, then `wmpo calibrate-reward` in its world model.
 
     The recipe says whether the classifier also learns from imagined replays. Its success
@@ -293,13 +311,21 @@ def reward_step(folder: Path, episodes: Path, world_model: Path, recipe: Recipe,
               "recipe": recipe}
     return Step("reward", "reward model and its threshold", folder,
                 lambda d: train_calibrated_reward(inputs, d, log=d / "commands.log"), inputs=inputs,
-                outputs=("run", "trained", "tau", "calibrated_on"))
+                outputs=("run", "trained", "tau", "calibrated_on", "success_head"))
 
 
 def reward_model_of(path: Path | str) -> str:
     """The reward model a GRPO step uses: a reward step's chosen ``run``, or a given model directory."""
     marker = Path(path) / MARKER
     return str(read_json(marker)["run"]) if marker.is_file() else str(path)
+
+
+def reward_args_of(path: Path | str) -> list[str]:
+    """`wmpo grpo`'s reward arguments for a reward step's folder (its success head when it trained one, else its
+    chosen model) or a given reward-model directory."""
+    marker = Path(path) / MARKER
+    head = read_json(marker).get("success_head") if marker.is_file() else None
+    return ["--success-head", str(head)] if head else ["--reward", reward_model_of(path)]
 
 
 # ============================================================================ GRPO
@@ -314,7 +340,7 @@ def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episod
     def go(d: Path) -> dict[str, Any]:
         from wmpo_core.registry.package import read_package_manifest
 
-        args = ["grpo", "--policy", str(policy), "--world-model", str(world_model), "--reward", reward_model_of(reward),
+        args = ["grpo", "--policy", str(policy), "--world-model", str(world_model), *reward_args_of(reward),
                 "--episodes", *map(str, episodes), "--out", str(target), "--budget", str(budget() if callable(budget) else budget), "--quiet"]
         if recipe.grpo_config:
             args += ["--config", recipe.grpo_config]

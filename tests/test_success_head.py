@@ -97,10 +97,18 @@ def test_imagination_scores_each_chunk_from_its_context_without_changing_the_fra
     scored = imagine(wm, ReplayPolicy(actions, wm.chunk_size), starts, "", horizon, [0, 1, 2], success_head=head)
     assert plain.success_probs is None and scored.success_probs.shape == (3, horizon)
     assert np.array_equal(plain.frames, scored.frames)  # the head draws no randomness
-    # The first chunk by hand: the padded real start frame's latents and the first K actions.
-    context = wm.encode(torch.from_numpy(pad_start(starts, wm.context_frames)))
-    first = torch.sigmoid(head(context, torch.from_numpy(actions[:, : wm.chunk_size]))).detach().numpy()
-    np.testing.assert_allclose(scored.success_probs[:, : wm.chunk_size], first, atol=1e-6)
+    # By hand: chunk 1 from the padded real start frame's latents, chunk 2 from the context the world model
+    # imagined (its own draw: seed + 0x5EED), each with that chunk's actions.
+    c, k = wm.context_frames, wm.chunk_size
+    latents = wm.encode(torch.from_numpy(pad_start(starts, c)))
+    acts = torch.from_numpy(actions)
+    with torch.no_grad():
+        first = torch.sigmoid(head(latents, acts[:, :k])).numpy()
+        gens = [torch.Generator().manual_seed(s + 0x5EED) for s in (0, 1, 2)]
+        latents = torch.cat([latents, wm.predict_chunk(latents, acts[:, :k], gens)], dim=1)[:, -c:]
+        second = torch.sigmoid(head(latents, acts[:, k : 2 * k])).numpy()
+    np.testing.assert_allclose(scored.success_probs[:, :k], first, atol=1e-6)
+    np.testing.assert_allclose(scored.success_probs[:, k:], second, atol=1e-5)
 
 
 def test_trajectory_rules_and_bad_inputs():

@@ -1,4 +1,5 @@
-"""Statistics of success counts: the 95% Wilson interval and the exact one-sided sign test.
+"""Statistics of success counts (the 95% Wilson interval, the exact one-sided sign test) and of scores
+against outcomes (ROC AUC, F1, the F1-maximizing threshold).
 
 Closed forms in integers and floats: no statistics library is in the stack and each is a few
 lines. Imports nothing from ``wmpo_core``, so evaluation, the results table, the loop's gate
@@ -8,7 +9,9 @@ and the report all reach down to it, never up.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -39,3 +42,51 @@ def paired_outcomes(base: Mapping[int, bool], other: Mapping[int, bool]) -> dict
     wins = sum(1 for s in base if other[s] and not base[s])
     losses = sum(1 for s in base if base[s] and not other[s])
     return {"pairs": len(base), "wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses)}
+
+
+def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
+    """Threshold maximizing F1 of ``score > tau`` -> (tau, f1).
+
+    Candidates are midpoints between consecutive distinct scores (plus both ends); among equally
+    good thresholds the middle of the widest gap is kept, the most robust choice.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.size == 0:
+        raise ValueError(f"calibrate_tau: {s.size} scores and {y.size} labels; need the same non-zero number")
+    distinct = np.unique(s)
+    candidates = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
+    lower = np.concatenate([[-np.inf], distinct])
+    upper = np.concatenate([distinct, [np.inf]])
+    best_key, best = None, (0.5, 0.0)
+    for tau, lo, hi in zip(candidates, lower, upper, strict=True):
+        f1 = f1_score(s > tau, y)
+        gap = min(hi, 1.0) - max(lo, 0.0)
+        key = (round(f1, 12), gap)
+        if best_key is None or key > best_key:
+            best_key, best = key, (float(tau), f1)
+    return best
+
+
+def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of boolean predictions (0 when there is no positive at all)."""
+    tp = float(np.sum(predicted & labels))
+    fp = float(np.sum(predicted & ~labels))
+    fn = float(np.sum(~predicted & labels))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the chance a random success outscores a random failure (ties count
+    half), the threshold-free measure of how well ``scores`` rank the outcomes; None with one class.
+
+    Written here as the Mann-Whitney U statistic over all pairs (a few hundred episodes at most)
+    because scipy is only a dependency of the ``sim`` extra and scikit-learn is none at all.
+    """
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"roc_auc: {s.size} scores and {y.size} labels")
+    pos, neg = s[y][:, None], s[~y][None, :]
+    if pos.size == 0 or neg.size == 0:
+        return None
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))

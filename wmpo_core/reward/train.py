@@ -43,6 +43,7 @@ from wmpo_core.reward.model import (
     gather_clips,
     load_backbone,
 )
+from wmpo_core.stats import calibrate_tau, f1_score, roc_auc  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -161,54 +162,6 @@ def bce_loss(model: RewardModel, clips: np.ndarray, labels: torch.Tensor,
     """
     return torch.nn.functional.binary_cross_entropy_with_logits(model.logits(clips, classifier),
                                                                 labels.float().to(model.device))
-
-
-def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
-    """Threshold maximizing F1 of ``score > tau`` -> (tau, f1).
-
-    Candidates are midpoints between consecutive distinct scores (plus both ends); among equally
-    good thresholds the middle of the widest gap is kept, the most robust choice.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    if s.shape != y.shape or s.size == 0:
-        raise ValueError(f"calibrate_tau: {s.size} scores and {y.size} labels; need the same non-zero number")
-    distinct = np.unique(s)
-    candidates = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
-    lower = np.concatenate([[-np.inf], distinct])
-    upper = np.concatenate([distinct, [np.inf]])
-    best_key, best = None, (0.5, 0.0)
-    for tau, lo, hi in zip(candidates, lower, upper, strict=True):
-        f1 = f1_score(s > tau, y)
-        gap = min(hi, 1.0) - max(lo, 0.0)
-        key = (round(f1, 12), gap)
-        if best_key is None or key > best_key:
-            best_key, best = key, (float(tau), f1)
-    return best
-
-
-def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """F1 of boolean predictions (0 when there is no positive at all)."""
-    tp = float(np.sum(predicted & labels))
-    fp = float(np.sum(predicted & ~labels))
-    fn = float(np.sum(~predicted & labels))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Area under the ROC curve: the chance a random success outscores a random failure (ties count
-    half), the threshold-free measure of how well ``scores`` rank the outcomes; None with one class.
-
-    Written here as the Mann-Whitney U statistic over all pairs (a few hundred episodes at most)
-    because scipy is only a dependency of the ``sim`` extra and scikit-learn is none at all.
-    """
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    if s.shape != y.shape:
-        raise ValueError(f"roc_auc: {s.size} scores and {y.size} labels")
-    pos, neg = s[y][:, None], s[~y][None, :]
-    if pos.size == 0 or neg.size == 0:
-        return None
-    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 def classification_report(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -273,7 +273,7 @@ def train_success_head(world_model: Any, world_model_dir: str | Path, episodes: 
                        config: SuccessHeadTrainConfig | None = None, progress: Any = None) -> SuccessHeadInfo:
     """Train a head on the episodes' latent windows; pick tau on the validation episodes (F1 of the trajectory
     score under the config's rule); write the head directory ``out`` (which must not exist)."""
-    from wmpo_core.reward.train import calibrate_tau, roc_auc
+    from wmpo_core.stats import calibrate_tau, roc_auc
 
     cfg = config or SuccessHeadTrainConfig()
     out = Path(out)

@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.config import WMPOConfig, load_config
-    from wmpo_core.rl.rollouts import VideoReward, load_start_states
+    from wmpo_core.rl.rollouts import HeadReward, VideoReward, load_start_states
     from wmpo_core.rl.trainer_imagination import train_wmpo
     from wmpo_core.world_model.model import WorldModel
 
@@ -82,10 +82,10 @@ def main(args: argparse.Namespace) -> int:
         policy = prepare_policy(load_package(args.policy), args, device)
         world_model = WorldModel.from_pretrained(args.world_model, device=device)
         if args.success_head:
-            from wmpo_core.rl.rollouts import HeadReward
             from wmpo_core.world_model.success_head import load_success_head
 
-            reward = HeadReward(*load_success_head(args.success_head, args.world_model, device=device))
+            reward: HeadReward | VideoReward = HeadReward(*load_success_head(args.success_head, args.world_model,
+                                                                             device=device))
         else:
             reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
         starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size,

@@ -215,3 +215,19 @@ def test_grpo_takes_one_of_reward_or_success_head(tmp_path, capsys):
     assert wmpo(base) == 2 and "one of --reward" in capsys.readouterr().err
     assert wmpo(base + ["--reward", "r", "--success-head", "h"]) == 2 and "one of --reward" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rule", ["any", "final"])
+def test_a_ladder_row_of_the_head_follows_the_heads_rule(rule):
+    from wmpo_core.reward.ladder import _head_row
+
+    eps = [_labelled(seed, seed % 2 == 0) for seed in range(4)]
+    labels = np.array([bool(ep.success) for ep in eps])
+    # Best frame and last frame rank these the opposite way round.
+    probs = [np.array([0.0, 0.2, 0.9, 0.1]), np.array([0.0, 0.3, 0.4, 0.6]),
+             np.array([0.0, 0.8, 0.9, 0.2]), np.array([0.0, 0.1, 0.2, 0.5])]
+    row = _head_row(probs, eps, labels, 0.5, rule, 200, 0)
+    assert row["auc_by_rule"]["any"]["auc"] == 1.0 and row["auc_by_rule"]["final"]["auc"] == 0.0
+    assert row["auc"] == row["auc_by_rule"][rule]["auc"]
+    expected = {ep.episode_id: trajectory_score(p, rule) for ep, p in zip(eps, probs, strict=True)}
+    assert row["scores"] == pytest.approx(expected)

@@ -372,11 +372,11 @@ def _head_row(probs: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], la
 
     by_rule = {}
     scores_by_rule = {}
-    for rule in ("any", "final"):
-        scores = np.array([trajectory_score(p, rule) for p in probs])
+    for each in ("any", "final"):
+        scores = np.array([trajectory_score(p, each) for p in probs])
         auc, lo, hi = bootstrap_auc(scores, labels, resamples, seed)
-        by_rule[rule] = {"auc": auc, "ci": [lo, hi]}
-        scores_by_rule[rule] = scores
+        by_rule[each] = {"auc": auc, "ci": [lo, hi]}
+        scores_by_rule[each] = scores
     scores = scores_by_rule[rule]
     predicted = scores > tau
     tp = float(np.sum(predicted & labels))

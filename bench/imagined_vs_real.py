@@ -49,17 +49,18 @@ def main() -> None:
 
     from scipy.stats import binomtest
 
-    from wmpo_core.data.frames import resize_frames
     from wmpo_core.policy.loading import load_package
-    from wmpo_core.reward.model import RewardModel, success_from_clip_scores
-    from wmpo_core.rl.rollouts import load_start_states
+    from wmpo_core.reward.model import RewardModel
+    from wmpo_core.rl.rollouts import HeadReward, VideoReward, load_start_states
     from wmpo_core.world_model.imagine import VLAImaginationPolicy, imagine
     from wmpo_core.world_model.model import WorldModel
-    from wmpo_core.world_model.success_head import load_success_head, trajectory_score
+    from wmpo_core.world_model.success_head import load_success_head
 
     wm = WorldModel.from_pretrained(args.world_model)
-    reward = RewardModel.from_pretrained(args.reward)
-    head, info = load_success_head(args.success_head, args.world_model) if args.success_head else (None, None)
+    # GRPO's own rewards, so both score exactly as they do there.
+    video_reward = VideoReward(RewardModel.from_pretrained(args.reward))
+    head_reward = HeadReward(*load_success_head(args.success_head, args.world_model)) if args.success_head else None
+    head = head_reward.success_head if head_reward is not None else None
     starts = load_start_states(args.starts, wm.settings.camera, wm.settings.image_size)
     keep = np.unique(np.linspace(0, len(starts) - 1, min(args.max_starts, len(starts))).round().astype(int))
     frames = np.repeat(starts.frames[keep], args.group_size, axis=0)
@@ -69,15 +70,11 @@ def main() -> None:
         policy = load_package(package)
         adapter = VLAImaginationPolicy(policy, wm.settings.camera, args.temperature)
         imagined = imagine(wm, adapter, frames, starts.instructions[0], args.horizon, seeds, success_head=head)
-        c, s = imagined.context_frames, reward.settings
-        video = []
-        for f in imagined.frames:
-            ends, scores = reward.clip_scores(resize_frames(f[c - 1 :], s.image_size))
-            video.append(success_from_clip_scores(ends, scores, s.tau, s.min_frame, s.rule)[0])
-        outcomes[name] = {"video": np.array(video, dtype=bool)}
-        if head is not None:
-            outcomes[name]["head"] = np.array([trajectory_score(p, info.rule) > info.tau
-                                               for p in imagined.success_probs])
+        # As in GRPO: the last real frame, then the imagined ones.
+        video = video_reward([f[imagined.context_frames - 1 :] for f in imagined.frames])
+        outcomes[name] = {"video": np.array([ok for ok, _ in video], dtype=bool)}
+        if head_reward is not None:
+            outcomes[name]["head"] = np.array([ok for ok, _ in head_reward.from_probs(imagined.success_probs)])
         print(f"[imagined] {name}: " + ", ".join(f"{k} {v.mean():.3f}" for k, v in outcomes[name].items()), flush=True)
     reference = next(iter(policies))
     rows = []

@@ -31,6 +31,7 @@ import numpy as np
 from wmpo_core.data.frames import EpisodeFrames, resize_frames
 from wmpo_core.reward.model import TRAJECTORY_RULES, RewardModel
 from wmpo_core.reward.train import imagined_replays, roc_auc
+from wmpo_core.stats import f1_score
 from wmpo_core.world_model.evaluate import frame_mse, psnr, psnr_of_mse, ssim
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 
@@ -215,7 +216,7 @@ class LadderReport:
                 title = HEAD_TITLES[name].format(n=n)
                 auc = "  n/a" if r["auc"] is None else f"{r['auc']:.3f}"
                 ci = "" if r["auc"] is None else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
-                rules = "/".join(fmt(r["auc_by_rule"][rule]["auc"]) for rule in ("any", "final"))
+                rules = "/".join(fmt(v["auc"]) for v in r["auc_by_rule"].values())
                 lines.append(f"{title:<48}{auc:>7}  {ci:<15}{r['mean_success']:>8.3f}/{r['mean_failure']:<7.3f}"
                              f"{r['f1_at_tau']:>8.3f}  {rules}")
         if near is not None:
@@ -317,19 +318,8 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
         # Both trajectory rules from the same clip scores; the reward model's own rule decides tau, F1 and "auc".
         rule_scores = {rule: np.array([reward.score_clips(ends, sc, rule) for ends, sc in clips])
                        for rule in TRAJECTORY_RULES}
-        by_rule = {}
-        for rule, rs in rule_scores.items():
-            rule_auc, rule_lo, rule_hi = bootstrap_auc(rs, labels, resamples, seed)
-            by_rule[rule] = {"auc": rule_auc, "ci": [rule_lo, rule_hi]}
-        scores = rule_scores[reward.settings.rule]
-        auc, (lo, hi) = by_rule[reward.settings.rule]["auc"], by_rule[reward.settings.rule]["ci"]
-        predicted = scores > reward.settings.tau
-        tp = float(np.sum(predicted & labels))
-        f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + np.sum(predicted & ~labels) + np.sum(~predicted & labels))
-        result[name] = {"auc": auc, "ci": [lo, hi], "f1_at_tau": float(f1), "auc_by_rule": by_rule,
-                        "mean_success": float(scores[labels].mean()) if labels.any() else float("nan"),
-                        "mean_failure": float(scores[~labels].mean()) if (~labels).any() else float("nan"),
-                        "scores": {ep.episode_id: float(s) for ep, s in zip(labelled, scores, strict=True)}}
+        result[name] = _scored_row(rule_scores, reward.settings.rule, reward.settings.tau, labelled, labels,
+                                   resamples, seed)
     if "a_real" in result:
         # Failures the reward model itself scores near success on real video (>= 0.5: e.g. a cube lifted
         # almost far enough) are the hardest to keep apart in imagination; the AUC is split by them.
@@ -364,27 +354,29 @@ def run_ladder(world_model: Any, reward: RewardModel, episodes: Sequence[Episode
     return LadderReport(len(labelled), int(labels.sum()), result, fidelity, settings, head_rows)
 
 
-def _head_row(probs: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], labels: np.ndarray, tau: float,
-              rule: str, resamples: int, seed: int) -> dict[str, Any]:
-    """AUC (both rules, bootstrap interval), mean score by outcome and F1 at ``tau`` of the head's trajectory
-    scores; the row's own AUC, scores and F1 follow the head's ``rule``."""
-    from wmpo_core.world_model.success_head import trajectory_score
-
+def _scored_row(scores_by_rule: dict[str, np.ndarray], rule: str, tau: float, episodes: Sequence[EpisodeFrames],
+                labels: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
+    """One ladder row from trajectory scores under each rule: the AUC of each (bootstrap interval); the row's
+    own AUC, mean score by outcome, F1 at ``tau`` and per-episode scores follow ``rule``."""
     by_rule = {}
-    scores_by_rule = {}
-    for each in ("any", "final"):
-        scores = np.array([trajectory_score(p, each) for p in probs])
-        auc, lo, hi = bootstrap_auc(scores, labels, resamples, seed)
+    for each, values in scores_by_rule.items():
+        auc, lo, hi = bootstrap_auc(values, labels, resamples, seed)
         by_rule[each] = {"auc": auc, "ci": [lo, hi]}
-        scores_by_rule[each] = scores
     scores = scores_by_rule[rule]
-    predicted = scores > tau
-    tp = float(np.sum(predicted & labels))
-    f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + np.sum(predicted & ~labels) + np.sum(~predicted & labels))
-    return {"auc": by_rule[rule]["auc"], "ci": by_rule[rule]["ci"], "auc_by_rule": by_rule, "f1_at_tau": float(f1),
+    return {"auc": by_rule[rule]["auc"], "ci": by_rule[rule]["ci"], "auc_by_rule": by_rule,
+            "f1_at_tau": float(f1_score(scores > tau, labels)),
             "mean_success": float(scores[labels].mean()) if labels.any() else float("nan"),
             "mean_failure": float(scores[~labels].mean()) if (~labels).any() else float("nan"),
             "scores": {ep.episode_id: float(v) for ep, v in zip(episodes, scores, strict=True)}}
+
+
+def _head_row(probs: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], labels: np.ndarray, tau: float,
+              rule: str, resamples: int, seed: int) -> dict[str, Any]:
+    """:func:`_scored_row` of the head's per-frame probabilities under both of its rules."""
+    from wmpo_core.world_model.success_head import HEAD_RULES, trajectory_score
+
+    scores = {each: np.array([trajectory_score(p, each) for p in probs]) for each in HEAD_RULES}
+    return _scored_row(scores, rule, tau, episodes, labels, resamples, seed)
 
 
 def _pooled_fidelity(videos: Sequence[np.ndarray], episodes: Sequence[EpisodeFrames], start: int,

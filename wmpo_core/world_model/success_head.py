@@ -40,6 +40,8 @@ from wmpo_core.config_io import dataclass_from_json
 from wmpo_core.world_model.transformer import DEFAULT_ACTION_SCALE
 
 INFO_FILE = "success_head.json"
+# How per-frame probabilities become a trajectory's score: the highest ("any") or the last frame's ("final").
+HEAD_RULES = ("any", "final")
 
 
 class SuccessHead(ModelMixin, ConfigMixin):
@@ -138,8 +140,8 @@ class SuccessHeadTrainConfig:
     rule: str = "final"
 
     def __post_init__(self) -> None:
-        if self.rule not in ("any", "final"):
-            raise ValueError(f"success head config: rule must be 'any' or 'final', got {self.rule!r}")
+        if self.rule not in HEAD_RULES:
+            raise ValueError(f"success head config: rule must be one of {HEAD_RULES}, got {self.rule!r}")
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"success head config: {name} must be >= 1, got {getattr(self, name)}")
@@ -186,23 +188,19 @@ class _Windows:
     def __init__(self, world_model: Any, episodes: Sequence[Any]):
         from wmpo_core.world_model.train import LatentWindows
 
-        c, k = world_model.context_frames, world_model.chunk_size
         self.windows = LatentWindows(world_model, episodes)
-        labels = []
-        for ep in episodes:
-            # LatentWindows pads c - 1 copies of the first frame: padded frame p is episode frame p - (c - 1).
-            labels.append(torch.from_numpy(np.concatenate([np.zeros(c - 1, bool), frame_success(ep)])))
-        self.labels = labels
-        self.c, self.k = c, k
+        # LatentWindows pads c - 1 copies of the first frame: padded frame p is episode frame p - (c - 1).
+        pad = np.zeros(self.windows.context_frames - 1, bool)
+        self.labels = [torch.from_numpy(np.concatenate([pad, frame_success(ep)])) for ep in episodes]
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, k = self.windows.context_frames, self.windows.chunk_size
         latents, actions = self.windows.batch(idx)
-        y = torch.stack([self.labels[ep][s + self.c : s + self.c + self.k]
-                         for ep, s in (self.windows.index[j] for j in idx.tolist())])
-        return latents[:, : self.c], actions, y.float()
+        y = torch.stack([self.labels[ep][s + c : s + c + k] for ep, s in (self.windows.index[j] for j in idx.tolist())])
+        return latents[:, :c], actions, y.float()
 
 
 def _episode_split(episodes: Sequence[Any], fraction: float, seed: int) -> tuple[list, list]:
@@ -264,7 +262,7 @@ def trajectory_score(probs: np.ndarray, rule: str = "any", min_frame: int = 0) -
     if rule == "final":
         return float(probs[-1]) if len(probs) else 0.0
     if rule != "any":
-        raise ValueError(f"rule: expected 'any' or 'final', got {rule!r}")
+        raise ValueError(f"rule: expected one of {HEAD_RULES}, got {rule!r}")
     tail = probs[min_frame:]
     return float(tail.max()) if len(tail) else 0.0
 
@@ -327,7 +325,7 @@ def train_success_head(world_model: Any, world_model_dir: str | Path, episodes: 
         tau, f1 = calibrate_tau([trajectory_score(p, cfg.rule) for p in probs], labels)
         frame_labels = np.concatenate([frame_success(ep) for ep in val_eps])
         validation |= {"auc_real_context": {rule: roc_auc([trajectory_score(p, rule) for p in probs], labels)
-                                            for rule in ("any", "final")},
+                                            for rule in HEAD_RULES},
                        "auc_frames": roc_auc(np.concatenate(probs), frame_labels), "f1_at_tau": f1}
     info = SuccessHeadInfo(vae_sha256=vae_fingerprint(world_model_dir), camera=world_model.settings.camera,
                            image_size=world_model.settings.image_size, tau=float(tau), rule=cfg.rule,

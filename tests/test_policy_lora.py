@@ -133,3 +133,55 @@ def test_rl_commands_refuse_a_continuous_head_package(oft_checkpoints, keys, tmp
     assert wmpo(["grpo-sim", "--policy", str(pkg), "--task", "lift", "--budget", "8", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 2
     assert "config.action_head is 'l1_regression'; GRPO and DPO need the discrete action tokens" in capsys.readouterr().err
+
+
+def test_train_policy_init_with_lora_bf16_resumes_exactly_and_merges(oft_checkpoints, keys, tmp_path, capsys):  # noqa: F811
+    """`train-policy --init PKG --lora-rank R` on a bf16 OFT package: only the adapters train (the frozen base
+    is what each checkpoint keeps beside them, and only the adapters have optimizer state); a run stopped after
+    step 1 and resumed ends bit-exactly where the uninterrupted run ends; the package holds merged bf16 weights
+    under the base's names and verifies; a resume with another rank is refused."""
+    from test_policy_oft import _write_bags
+
+    d, _ = oft_checkpoints
+    pkg = tmp_path / "pkg"
+    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
+                 "--dtype", "bfloat16"]) == 0
+    episodes = tmp_path / "bags"
+    _write_bags(episodes)
+    (tmp_path / "tc.json").write_text(json.dumps({"val_fraction": 0.0, "warmup_steps": 1, "lr": 1e-2,
+                                                  "keep_checkpoints": 3}))
+
+    def train(run, steps, *extra):
+        capsys.readouterr()
+        rc = wmpo(["train-policy", "--episodes", str(episodes), "--out", str(tmp_path / run), "--init", str(pkg),
+                   "--train-config", str(tmp_path / "tc.json"), "--steps", str(steps), "--batch-size", "2",
+                   "--save-every", "1", "--no-progress", *extra])
+        return rc, capsys.readouterr()
+
+    rc, out = train("full", 2, "--lora-rank", "4")
+    assert rc == 0, out.err[-2000:]
+    tuned = tmp_path / "full" / "package_step0000002"
+    assert train("resumed", 1, "--lora-rank", "4")[0] == 0
+    rc, out = train("resumed", 2, "--lora-rank", "8", "--resume")
+    assert rc == 2 and "resume it with --lora-rank 4" in out.err
+    assert train("resumed", 2, "--lora-rank", "4", "--resume")[0] == 0
+
+    base = load_file(str(pkg / "model.safetensors"))
+    weights = load_file(str(tuned / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "package_step0000002" / "model.safetensors"))
+    assert set(weights) == set(base) and {v.dtype for v in weights.values()} == {torch.bfloat16}
+    for k in base:
+        assert torch.equal(resumed[k], weights[k]), k
+    changed = {k for k in base if not torch.equal(base[k], weights[k])}
+    assert changed and all(k.startswith("language_model.model.layers.") for k in changed), sorted(changed)[:5]
+    assert any(k.endswith("q_proj.weight") for k in changed)
+    verify_package_contents(tuned)
+    assert load_package(tuned).manifest["parent"] == load_package(pkg).version
+
+    step1 = tmp_path / "full" / "checkpoints" / "step_0000001"
+    frozen = load_file(str(step1 / "model.safetensors"))
+    assert set(frozen) == set(base) and all(torch.equal(frozen[k], base[k]) for k in base)  # the base, untouched
+    adapters = load_file(str(step1 / "adapters.safetensors"))
+    assert adapters and all(".lora_" in k for k in adapters)
+    moments = load_file(str(step1 / "optimizer.safetensors"))
+    assert len(moments) == 3 * len(adapters)  # step, exp_avg, exp_avg_sq of each adapter tensor, nothing else

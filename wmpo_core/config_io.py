@@ -28,7 +28,7 @@ POSITIVE_FIELDS = frozenset({
 NON_NEGATIVE_FIELDS = frozenset({
     "weight_decay", "grad_clip", "warmup_steps", "val_batches", "cache_size", "keep_checkpoints", "torch_threads",
     "min_frame", "shift_px", "augment_shift", "schedule_steps", "success_margin", "context_noise_step",
-    "micro_batch",
+    "micro_batch", "lora_rank",
 })
 # fields that are fractions in [0, 1]
 FRACTION_FIELDS = frozenset({"val_fraction", "early_fraction", "hard_negative_fraction", "min_lr_ratio"})

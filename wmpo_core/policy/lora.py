@@ -125,6 +125,13 @@ def export_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def base_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen base weights under their original names, without the adapters (what a LoRA run's
+    checkpoint keeps beside :func:`lora_state_dict`, so that it resumes bit-exactly)."""
+    return {key.replace(".base_layer.", "."): value for key, value in policy.state_dict().items()
+            if ".lora_" not in key}
+
+
 def merge_lora(policy: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (in the base's dtype) and remove the adapter modules, so the
     state dict has the original names and shapes again; every parameter becomes trainable again."""

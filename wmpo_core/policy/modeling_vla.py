@@ -46,6 +46,7 @@ from wmpo_core.policy.configuration_vla import VLAConfig
 from wmpo_core.policy.text_tokenizer import build_text_tokenizer, load_text_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
+ADAPTERS_NAME = "adapters.safetensors"  # LoRA adapters of a training checkpoint
 CONFIG_NAME = "config.json"
 NORM_STATS_NAME = "norm_stats.json"
 TOKENIZER_NAME = "tokenizer.json"
@@ -529,18 +530,29 @@ class VLAPolicy(nn.Module):
         return self._queue.pop(0)
 
     # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> list[Path]:
-        """Write ``model.safetensors``, ``config.json``, ``norm_stats.json``, ``tokenizer.json``; returns the paths."""
+    def save_pretrained(self, directory: str | Path, merge_adapters: bool = True) -> list[Path]:
+        """Write ``model.safetensors``, ``config.json``, ``norm_stats.json``, ``tokenizer.json``; returns the paths.
+
+        LoRA adapters are merged into the weights (one plain package) unless ``merge_adapters`` is False:
+        then ``model.safetensors`` holds the frozen base and ``adapters.safetensors`` the adapters (a
+        training checkpoint that resumes bit-exactly; not a package).
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        from wmpo_core.policy.lora import export_state_dict  # LoRA adapters are merged: one plain package
+        from wmpo_core.policy.lora import base_state_dict, export_state_dict, has_lora, lora_state_dict
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in export_state_dict(self).items()}
+        separate = not merge_adapters and has_lora(self)
+        state = base_state_dict(self) if separate else export_state_dict(self)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(d / WEIGHTS_NAME), metadata={"format": "pt", "version": self.version})
         self.config.save(d / CONFIG_NAME)
         self.norm_stats.save(d / NORM_STATS_NAME)
         (d / TOKENIZER_NAME).write_text(self.text_tokenizer.to_str(pretty=True))
-        return [d / n for n in (WEIGHTS_NAME, CONFIG_NAME, NORM_STATS_NAME, TOKENIZER_NAME)]
+        written = [d / n for n in (WEIGHTS_NAME, CONFIG_NAME, NORM_STATS_NAME, TOKENIZER_NAME)]
+        if separate:
+            save_file(lora_state_dict(self), str(d / ADAPTERS_NAME), metadata={"format": "pt"})
+            written.append(d / ADAPTERS_NAME)
+        return written
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, version: str | None = None) -> VLAPolicy:

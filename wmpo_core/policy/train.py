@@ -72,6 +72,8 @@ class TrainConfig:
     micro_batch: int = 0  # samples per forward pass, gradients accumulated (the step is unchanged); 0 = whole batch
     grad_checkpointing: bool = False  # recompute the transformers backbones' activations in the backward pass
     fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (wmpo_core.policy.fsdp)
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the language model only (wmpo_core.policy.lora)
+    dtype: str = "auto"  # weights dtype while training: auto (as stored / float32 for a fresh model), float32, ...
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -80,6 +82,13 @@ class TrainConfig:
             raise ValueError(f"train config.schedule_steps: expected >= 0, got {self.schedule_steps}")
         if self.augment_shift < 0:
             raise ValueError(f"train config.augment_shift: expected >= 0, got {self.augment_shift}")
+        from wmpo_core.policy.placement import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"train config.dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.fsdp and self.lora_rank:
+            raise ValueError("train config: fsdp and lora_rank together are not supported (LoRA's trainable "
+                             "weights and optimizer state are small: train the adapters with DDP)")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
@@ -232,7 +241,7 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Opt
     tmp = root / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    policy.save_pretrained(tmp)
+    policy.save_pretrained(tmp, merge_adapters=False)  # LoRA: base and adapters apart, to resume exactly
     if write_optimizer is not None:
         write_optimizer(tmp)
     else:
@@ -255,6 +264,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- training
+
+
+def _add_adapters(policy: VLAPolicy, rank: int, checkpoint: Path | None) -> None:
+    """LoRA adapters of ``rank`` on ``policy`` (the rest frozen), with a checkpoint's adapters when resuming."""
+    from wmpo_core.policy.lora import LoRASettings, apply_lora, load_lora_state_dict
+    from wmpo_core.policy.modeling_vla import ADAPTERS_NAME
+
+    try:
+        apply_lora(policy, LoRASettings(rank=rank))
+    except ImportError as exc:
+        raise ValueError(f"--lora-rank: {exc}") from None
+    if checkpoint is not None:
+        path = checkpoint / ADAPTERS_NAME
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (the checkpoint was written by a run without LoRA)")
+        tensors = {k: v.to(policy.device) for k, v in load_file(str(path)).items()}
+        load_lora_state_dict(policy, tensors, where=str(path))
 
 
 def _make_policy(config: VLAConfig, dataset: EpisodeDataset) -> VLAPolicy:
@@ -289,6 +315,9 @@ def train_policy(
 
     ``device``: ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` (wmpo_core.policy.training_options); with
     ``tc.micro_batch`` each step runs that many samples at a time and accumulates the gradients.
+
+    ``tc.lora_rank`` > 0: only LoRA adapters on the language model train (the rest frozen in ``tc.dtype``);
+    checkpoints keep the base and the adapters apart and resume exactly; the package holds merged weights.
     """
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -343,16 +372,23 @@ def train_policy(
         raise ValueError(f"{episodes_dir}: no usable training episode (of {len(all_ids)}; "
                          f"only_success={tc.only_success}, skipped {len(dataset.skipped)})")
     if checkpoint is not None:
-        policy = VLAPolicy.from_pretrained(checkpoint)
+        policy = VLAPolicy.from_pretrained(checkpoint)  # a LoRA run's checkpoint: the frozen base
         state = json.loads((checkpoint / TRAINER_STATE).read_text())
         start_step = int(state["step"])
+        if int(state.get("lora_rank", 0)) != tc.lora_rank:
+            raise ValueError(f"{checkpoint}: written with lora_rank {state.get('lora_rank', 0)}; resume it with "
+                             f"--lora-rank {state.get('lora_rank', 0)} (got {tc.lora_rank})")
     elif initial is not None:
         policy, state, start_step = initial.train(), {}, 0
     else:
         policy = _make_policy(config, dataset)
         state, start_step = {}, 0
     dataset.norm_stats = policy.norm_stats
-    policy.to(training_device(device, accelerator))
+    from wmpo_core.policy.placement import place_policy
+
+    place_policy(policy, str(training_device(device, accelerator)), tc.dtype)
+    if tc.lora_rank:
+        _add_adapters(policy, tc.lora_rank, checkpoint)
     if tc.grad_checkpointing:
         enable_gradient_checkpointing(policy)
     val = None
@@ -371,7 +407,9 @@ def train_policy(
         if checkpoint is not None:
             fsdp.load_full_optimizer(policy, optimizer, checkpoint)
     else:
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        # with LoRA only the adapters are trainable: the optimizer holds state for them alone
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
         if checkpoint is not None:
             load_optimizer(optimizer, checkpoint)
     if checkpoint is not None:
@@ -387,8 +425,11 @@ def train_policy(
         run.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(run / "tensorboard"))
         (run / "train_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2))
-        log.info("training %d params on %d samples from %d episodes (%d skipped), %d process(es)",
-                 inner.num_parameters(), len(dataset), len(dataset.episodes), len(dataset.skipped), world)
+        from wmpo_core.policy.lora import trainable_parameters
+
+        log.info("training %d of %d params on %d samples from %d episodes (%d skipped), %d process(es)",
+                 trainable_parameters(inner), inner.num_parameters(), len(dataset), len(dataset.episodes),
+                 len(dataset.skipped), world)
 
     from tqdm import tqdm
 
@@ -450,7 +491,8 @@ def train_policy(
                     full_optimizer(inner, optimizer, directory)
             if accelerator.is_main_process:
                 save_checkpoint(run, saved, optimizer, done, {"train_episodes": train_ids, "val_episodes": val_ids,
-                                                               "val": metrics, "seed": tc.seed, "run_id": run_id},
+                                                               "val": metrics, "seed": tc.seed, "run_id": run_id,
+                                                               "lora_rank": tc.lora_rank},
                                 tc.keep_checkpoints, write_optimizer)
             elif tc.fsdp:
                 fsdp.save_full_optimizer(inner, optimizer, None)

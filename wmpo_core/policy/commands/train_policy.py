@@ -43,6 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fsdp", action="store_true",
                         help="shard weights, gradients and optimizer state over the processes of `accelerate launch "
                              "--multi_gpu --num_processes N` (FSDP) instead of a full copy on each (DDP)")
+    parser.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank on the language model "
+                        "instead of every weight (needs the lora extra; merged into the package; a resumed run "
+                        "takes the same rank; 0 = full fine-tuning)")
+    from wmpo_core.policy.placement import DTYPES
+
+    parser.add_argument("--dtype", choices=DTYPES, help="weights dtype while training (auto: as stored in the "
+                        "--init package, float32 for a fresh model)")
 
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"
@@ -135,10 +142,15 @@ def main(args: argparse.Namespace) -> int:
         tc.grad_checkpointing = True
     if args.fsdp:
         tc.fsdp = True
+    if args.lora_rank is not None:
+        tc.lora_rank = args.lora_rank
+    if args.dtype is not None:
+        tc.dtype = args.dtype
     try:  # the flags above bypass from_dict's checks
         from wmpo_core.config_io import check_config
 
         check_config(tc, "train config (with the command-line flags)")
+        tc.__post_init__()
     except ValueError as exc:
         print(f"wmpo train-policy: {exc}", file=sys.stderr)
         return 2

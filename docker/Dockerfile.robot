@@ -6,9 +6,23 @@
 # Run on the robot computer (host network for DDS, USB for the cameras):
 #   docker run --rm -it --network host --ipc host --privileged -v /dev:/dev \
 #     -v /srv/wmpo/episodes:/opt/wmpo/episodes -v /srv/wmpo/policies:/opt/wmpo/policies wmpo-robot:0.1.0
+#
+# GPU variant: the policy node runs on the robot's NVIDIA GPU. TORCH_INDEX picks the PyTorch wheel index of
+# the same pinned torch: cpu (default, the CPU build) or a CUDA tag that index publishes for TORCH_VERSION
+# (cu126, cu128, ...; the wheels bring their CUDA libraries, the host brings only the driver):
+#   docker build -f docker/Dockerfile.robot --build-arg TORCH_INDEX=cu128 -t wmpo-robot:0.1.0-cu128 .
+# Run it as above plus `--gpus all` (the host needs the NVIDIA driver and the NVIDIA Container Toolkit):
+#   docker run --rm -it --gpus all --network host --ipc host --privileged -v /dev:/dev \
+#     -v /srv/wmpo/episodes:/opt/wmpo/episodes -v /srv/wmpo/policies:/opt/wmpo/policies wmpo-robot:0.1.0-cu128
+# The policy node's `vla.device` (default auto: the first CUDA GPU when there is one) then finds cuda:0; to pin
+# it, set `vla: {device: "cuda:0"}` under nodes.policy.parameters in a copy of config/robot.yaml, mount it and
+# add `ros2 launch wmpo robot.launch.py config:=/etc/wmpo/robot.yaml` to the run command. The workstation
+# image takes its CUDA torch from its base image instead (docker/Dockerfile.workstation).
 FROM ros:kilted-ros-base-noble
 
 ARG TORCH_VERSION=2.13.0
+# cpu or cuXYZ: the index https://download.pytorch.org/whl/${TORCH_INDEX} the torch wheel comes from
+ARG TORCH_INDEX=cpu
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,6 +31,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
     RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Checked first: a mistyped TORCH_INDEX would otherwise fail only at the pip step, after the long apt install.
+RUN if [[ ! "${TORCH_INDEX}" =~ ^(cpu|cu[0-9]{3})$ ]]; then \
+        echo "build-arg TORCH_INDEX='${TORCH_INDEX}': expected cpu or a CUDA wheel index tag such as cu128" >&2; \
+        exit 1; \
+    fi
 
 # ROS packages the bringup needs (package.xml exec_depends) plus MoveIt and ros2_control;
 # libusb for pyrealsense2; EGL/OSMesa so the simulator backend also runs in this image.
@@ -33,7 +53,7 @@ WORKDIR /opt/wmpo/src
 # The venv sees the ROS Python packages (rclpy, moveit_py) through --system-site-packages;
 # colcon runs from it so the node entry points use the venv's interpreter.
 RUN python3 -m venv --system-site-packages /opt/wmpo/venv \
-    && /opt/wmpo/venv/bin/pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu \
+    && /opt/wmpo/venv/bin/pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" \
     && /opt/wmpo/venv/bin/pip install "colcon-common-extensions>=0.3"
 
 COPY pyproject.toml setup.py package.xml README.md ./
@@ -43,7 +63,14 @@ COPY launch ./launch
 COPY urdf ./urdf
 COPY config ./config
 COPY ros2_ws ./ros2_ws
-RUN /opt/wmpo/venv/bin/pip install -e ".[sim,realsense,kinematics]"
+# pip keeps the torch above (it satisfies the floor); the check fails the build if anything replaced it.
+RUN /opt/wmpo/venv/bin/pip install -e ".[sim,realsense,kinematics]" \
+    && /opt/wmpo/venv/bin/python -c 'import sys, torch; index, version = sys.argv[1:]; \
+got = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", ""); \
+ok = got == index and torch.__version__.split("+")[0] == version; \
+print(f"torch {torch.__version__} ({got})"); \
+sys.exit(0 if ok else f"torch {torch.__version__} ({got}) is not torch {version} from the {index} index")' \
+        "${TORCH_INDEX}" "${TORCH_VERSION}"
 
 # colcon: the wmpo_ros nodes and the bringup package `wmpo` (launch/, urdf/, config/).
 RUN source /opt/ros/kilted/setup.bash \

@@ -1,5 +1,6 @@
 """Lint of the docker recipes: hadolint clean, base images pinned by tag, every COPY source in
-the repository, entry points that exist, the build context trimmed. Building the images needs
+the repository, entry points that exist, the build context trimmed, the robot image's torch wheel chosen by
+its TORCH_INDEX build argument (cpu by default, validated before anything is installed). Building the images needs
 a docker engine, which this machine does not have (that test is skipped here)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,68 @@ def test_robot_image_installs_what_the_bringup_needs() -> None:
     for needed in ("ros-kilted-moveit-py", "ros-kilted-ros2-controllers", "colcon build", "libusb-1.0-0"):
         assert needed in run, f"robot image misses {needed}"
     assert "realsense" in text and "kinematics" in text
+
+
+def _robot_args(build_args: dict[str, str] | None = None) -> dict[str, str]:
+    """The robot stage's ARG values as `docker build [--build-arg K=V ...]` sets them."""
+    with open(RECIPES["robot"], "rb") as f:
+        return dockerfile_parse.DockerfileParser(fileobj=io.BytesIO(f.read()), build_args=build_args or {}).args
+
+
+def _bash(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``command`` under the recipe's SHELL (bash -o pipefail -c), the stage's ARGs in the environment as in RUN."""
+    shell = _exec_form(_instructions(RECIPES["robot"], "SHELL")[-1])
+    assert shell[0] == "/bin/bash", shell
+    return subprocess.run(["bash", *shell[1:], command], capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+
+
+def _robot_step(marker: str) -> str:
+    """The one `&&`-joined part of the robot recipe's RUN lines that contains ``marker``."""
+    steps = [s.strip() for run in _instructions(RECIPES["robot"], "RUN") for s in run.split(" && ") if marker in s]
+    assert len(steps) == 1, f"robot: expected one RUN step with {marker!r}, found {steps}"
+    return steps[0]
+
+
+@pytest.mark.parametrize("index", ["cpu", "cu128", "cu126"])
+def test_robot_torch_wheel_comes_from_the_torch_index_build_arg(index: str) -> None:
+    """cpu: the default build (no --build-arg); cuXYZ: `docker build --build-arg TORCH_INDEX=cuXYZ`."""
+    args = _robot_args({} if index == "cpu" else {"TORCH_INDEX": index})
+    # the torch install expanded by bash with these ARG values, as the build's RUN expands it
+    install = _robot_step('pip install "torch==')
+    words = _bash(f"set -- {install}; printf '%s\\n' \"$@\"", args).stdout.splitlines()
+    assert f"torch=={args['TORCH_VERSION']}" in words, words
+    assert "--index-url" in words and "--extra-index-url" not in " ".join(words), words
+    assert words[words.index("--index-url") + 1] == f"https://download.pytorch.org/whl/{index}", words
+
+
+def test_robot_torch_index_is_checked_before_the_apt_install() -> None:
+    runs = _instructions(RECIPES["robot"], "RUN")
+    checks = [i for i, r in enumerate(runs) if "TORCH_INDEX" in r and "install" not in r]
+    assert checks, "robot: no RUN validates TORCH_INDEX"
+    assert checks[0] < next(i for i, r in enumerate(runs) if "apt-get" in r), "TORCH_INDEX checked after apt-get"
+    for value, accepted in (("cpu", True), ("cu128", True), ("cu126", True), ("cu130", True), ("", False),
+                            ("cuda", False), ("cu12.8", False), ("CPU", False), ("cu1288", False), ("rocm6.4", False),
+                            ("cpu; true", False)):
+        result = _bash(runs[checks[0]], {"TORCH_INDEX": value})
+        assert (result.returncode == 0) == accepted, f"TORCH_INDEX={value!r}: exit {result.returncode}"
+        if not accepted:
+            assert f"TORCH_INDEX='{value}'" in result.stderr and "cu128" in result.stderr, result.stderr
+
+
+def test_robot_image_checks_the_installed_torch_against_the_build_args() -> None:
+    import torch
+
+    here_version = torch.__version__.split("+")[0]
+    here_index = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
+    other_index = "cu128" if here_index == "cpu" else "cpu"
+    # the check runs with this interpreter and its torch in place of the image's
+    check = _robot_step("import sys, torch").replace("/opt/wmpo/venv/bin/python", sys.executable)
+    ok = _bash(check, {"TORCH_INDEX": here_index, "TORCH_VERSION": here_version})
+    assert ok.returncode == 0, ok.stderr
+    for index, version in ((other_index, here_version), (here_index, "0.0.1")):
+        bad = _bash(check, {"TORCH_INDEX": index, "TORCH_VERSION": version})
+        assert bad.returncode != 0 and f"is not torch {version} from the {index} index" in bad.stderr, bad.stderr
 
 
 def docker_engine_missing() -> str | None:

@@ -183,5 +183,6 @@ def test_train_policy_init_with_lora_bf16_resumes_exactly_and_merges(oft_checkpo
     assert set(frozen) == set(base) and all(torch.equal(frozen[k], base[k]) for k in base)  # the base, untouched
     adapters = load_file(str(step1 / "adapters.safetensors"))
     assert adapters and all(".lora_" in k for k in adapters)
+    assert {v.dtype for v in adapters.values()} == {torch.float32}  # trainable in fp32 beside the bf16 base
     moments = load_file(str(step1 / "optimizer.safetensors"))
     assert len(moments) == 3 * len(adapters)  # step, exp_avg, exp_avg_sq of each adapter tensor, nothing else

@@ -158,3 +158,61 @@ def test_train_wmpo_on_two_processes_shards_imagination_and_keeps_one_policy(tmp
     package = load_package(tmp_path / "run" / "policy")
     for name, value in package.state_dict().items():
         assert torch.equal(value, ranks[0][name]), name
+
+
+def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    """In one process group: GRPO in imagination with DDP, with FSDP, and with FSDP stopped after iteration 1 and
+    resumed from its checkpoint; each run's final weights saved by rank 0."""
+    from torch.distributed.tensor import DTensor
+
+    from wmpo_core.rl.config import WMPOConfig
+    from wmpo_core.rl.trainer_imagination import train_wmpo
+
+    accelerator = start_rank(rank, port)
+    config = WMPOConfig(grpo=GRPOConfig(group_size=4, learning_rate=1e-3, minibatch_size=8), iterations=2,
+                        groups_per_batch=2, starts_per_round=4, max_sampling_rounds=3, horizon=K, checkpoint_every=1)
+    sharded_rows = {}
+    for name, fsdp, stop in (("ddp", False, None), ("fsdp", True, None), ("resumed", True, 1), ("resumed", True, None)):
+        policy = tiny_policy()
+        train_wmpo(policy, tiny_world_model(), frame_rule_reward, solid_starts(), os.path.join(out_dir, name), config,
+                   accelerator=accelerator, progress=False, fsdp=fsdp, stop_after=stop)
+        if fsdp:  # after the rollouts and updates the weights are split again, not left gathered
+            weight = policy.language_model.model.embed_tokens.weight
+            assert isinstance(weight, DTensor)
+            sharded_rows[name] = (weight.to_local().shape[0], weight.shape[0])
+        if rank == 0 and stop is None:
+            state = policy.state_dict()
+            if fsdp:
+                state = {k: v.full_tensor() for k, v in state.items()} if rank == 0 else state
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, f"{name}.safetensors"))
+        elif fsdp and stop is None:
+            for v in policy.state_dict().values():  # the collective rank 0 runs above
+                v.full_tensor()
+    with open(os.path.join(out_dir, f"sharded{rank}.json"), "w") as f:
+        json.dump(sharded_rows, f)
+    leave(accelerator)
+
+
+@pytest.mark.timeout(600)
+def test_train_wmpo_fsdp_matches_ddp_and_resumes(tmp_path):
+    """`grpo --fsdp`'s trainer on 2 gloo processes: imagination with the weights gathered, updates on shards;
+    the package equals the DDP run's to float tolerance, a run stopped after iteration 1 and resumed from its
+    gathered checkpoint ends where the uninterrupted FSDP run ends, and the weights are split again after each
+    run."""
+    from wmpo_core.policy.loading import load_package
+
+    mp.spawn(_fsdp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ddp, fsdp, resumed = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("ddp", "fsdp", "resumed"))
+    base = tiny_policy().state_dict()
+    assert sum(not torch.equal(ddp[k], base[k]) for k in base) > 10, "no update happened"
+    for name in base:
+        torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(resumed[name], fsdp[name], rtol=0, atol=1e-6, msg=name)
+    package = load_package(tmp_path / "fsdp" / "policy")  # a plain package of the gathered weights
+    for name, value in package.state_dict().items():
+        assert torch.equal(value, fsdp[name]), name
+    for rank in range(WORLD):
+        rows = json.loads((tmp_path / f"sharded{rank}.json").read_text())
+        assert all(local < full for local, full in rows.values()), rows
+    checkpoint = sorted((tmp_path / "fsdp" / "checkpoints").glob("step-*"))[-1]
+    assert json.loads((checkpoint / "optimizer.json").read_text())["format"] == "fsdp-full"

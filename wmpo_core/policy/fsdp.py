@@ -24,6 +24,8 @@ forward gathers the root weights: pass it as ``root``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,6 +64,33 @@ def shard_policy(policy: nn.Module, root: nn.Module | None = None, mesh: Any = N
     root = policy if root is None else root
     fully_shard(root, mesh=mesh, mp_policy=mp_policy)
     return root
+
+
+@contextlib.contextmanager
+def unsharded(root: nn.Module) -> Iterator[None]:
+    """Full weights on every process while the block runs, for rollouts (a collective on entry and exit).
+
+    Every FSDP unit under ``root`` is all-gathered once and kept gathered (no resharding after each
+    forward), so inside the block the policy is a plain module: any of its methods may be called, and
+    the processes may run different numbers of forward passes (imagined trajectories end at different
+    lengths) without a collective in between. On exit the weights are sharded again. Costs one full copy
+    of the weights per process for the block (the trainable state stays sharded).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]  # root first
+    # FSDP settles which unit is the root on the root's first forward; rollouts call the policy's methods,
+    # not the root's forward, so settle it here (no public call does this; torch's FSDP2 state, 2.6+)
+    root._get_fsdp_state()._lazy_init()  # type: ignore[operator]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ The adapters sit on the Llama decoder's linear layers (attention and MLP project
 OpenVLA-OFT's own LoRA fine-tuning), not on the LM head, so every module path the policy
 uses stays the same. Their ``B`` matrices start at zero: the adapted model computes exactly
 what the base did, so the GRPO ratio is exactly 1 before the first step. The adapter
-weights are kept in float32 (peft's default beside a bf16 base); the base computes in its
-own dtype at rollout and update alike. Adapters are saved and resumed as plain tensors
+weights are kept in float32 (peft would give them the base's dtype); peft casts each layer's input to
+the adapter's dtype and the base computes in its own dtype, at rollout and update alike. Adapters are saved and resumed as plain tensors
 (:func:`lora_state_dict` / :func:`load_lora_state_dict`, safetensors, no pickle).
 """
 
@@ -69,6 +69,10 @@ def apply_lora(policy: nn.Module, settings: LoRASettings | None = None) -> nn.Mo
         raise ValueError(f"LoRA: no module of the language model matches {settings.target_modules}")
     for name, p in policy.named_parameters():
         p.requires_grad_(".lora_" in name)
+        if ".lora_" in name and p.is_floating_point():
+            # peft gives each adapter its base layer's dtype; a bf16 adapter under AdamW loses updates
+            # smaller than its rounding, so the trainable weights stay float32 (the frozen base keeps its dtype)
+            p.data = p.data.float()
     return policy
 
 

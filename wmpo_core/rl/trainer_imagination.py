@@ -18,6 +18,7 @@ groups (the smallest kept by any rank) so that the ranks take the same number of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -185,15 +186,22 @@ def train_wmpo(
     progress: bool = True,
     stop_after: int | None = None,
     data_summary: dict[str, Any] | None = None,
+    fsdp: bool = False,
 ) -> dict[str, Any]:
     """Improve ``policy`` by GRPO in imagination; writes ``out/policy`` (a package whose parent is the base policy).
 
     An ``out`` with checkpoints is resumed. ``stop_after`` ends the run after that many
     iterations in total (for tests and time-sliced runs) without writing the package.
     Returns a summary dict (also written to ``out/result.json``).
+
+    ``fsdp`` (2 or more processes of ``accelerator``): the policy's weights, gradients and AdamW state
+    are sharded over the processes (wmpo_core.policy.fsdp) instead of each holding a full copy (DDP).
+    Imagination runs with the weights gathered (:func:`wmpo_core.policy.fsdp.unsharded`); checkpoints
+    hold the gathered weights and optimizer state and resume onto any number of processes.
     """
     from tqdm.auto import tqdm
 
+    from wmpo_core.policy import fsdp as sharding
     from wmpo_core.registry.package import save_package, summarize_training_data
     from wmpo_core.world_model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -210,17 +218,40 @@ def train_wmpo(
     if (out / POLICY_DIR / "manifest.json").is_file():
         raise FileExistsError(f"{out / POLICY_DIR}: this run already finished; choose another --out")
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=grpo.learning_rate, weight_decay=0.0)
-    raw_optimizer = optimizer
+    checkpoint = latest_checkpoint(out / CHECKPOINTS_DIR)
+    checkpoint_state = _checkpoint_state(checkpoint, fsdp) if checkpoint is not None else None
     module: nn.Module = PolicyLogProbs(policy)
-    if accelerator is not None:
-        module, optimizer = accelerator.prepare(module, optimizer)
+    if fsdp:
+        from safetensors.torch import load_file
+
+        from wmpo_core.policy.lora import has_lora
+
+        if accelerator is None or accelerator.num_processes < 2:
+            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
+        if has_lora(policy):
+            raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
+                             "state are small: train the adapters with DDP)")
+        if checkpoint is not None:  # the gathered weights, before they are split
+            policy.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+        sharding.shard_policy(policy, root=module)  # before the optimizer: it sees only this process's shards
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=grpo.learning_rate,
+                                      weight_decay=0.0)
+        raw_optimizer = optimizer
+        if checkpoint is not None:
+            sharding.load_full_optimizer(policy, optimizer, checkpoint)
+    else:
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=grpo.learning_rate, weight_decay=0.0)
+        raw_optimizer = optimizer
+        if accelerator is not None:
+            module, optimizer = accelerator.prepare(module, optimizer)
     grpo_policy = GRPOPolicy(module)
 
     start_iteration, history = 0, []
-    checkpoint = latest_checkpoint(out / CHECKPOINTS_DIR)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=policy, optimizer=raw_optimizer, generators={})
+        if fsdp:
+            state = checkpoint_state or {}
+        else:
+            state = load_checkpoint(checkpoint, model=policy, optimizer=raw_optimizer, generators={})
         start_iteration, history = int(state["step"]), list(state.get("history", []))
         base_version = state.get("base_version", base_version)
         log.info("resuming %s from iteration %d", out, start_iteration)
@@ -254,8 +285,9 @@ def train_wmpo(
             return batch.groups()
 
         # ---- 4: dynamic sampling keeps only groups whose rewards differ
-        sampling = dynamic_sampling(sample_groups, lambda group: group.reward, groups_per_rank,
-                                    config.max_sampling_rounds)
+        with sharding.unsharded(module) if fsdp else contextlib.nullcontext():
+            sampling = dynamic_sampling(sample_groups, lambda group: group.reward, groups_per_rank,
+                                        config.max_sampling_rounds)
         t_imagined = time.perf_counter()
         n_groups = _agree_min(accelerator, len(sampling.groups))
         rewards_all = torch.cat(sampled_rewards)
@@ -289,34 +321,84 @@ def train_wmpo(
         run_log.write(row, step=iteration + 1)
         bar.set_postfix(success=f"{row['imagination_success_rate']:.2f}", kept=f"{row['kept_fraction']:.2f}")
         done = iteration + 1
-        if config.package_every and done % config.package_every == 0 and done < config.iterations and main_process:
+        if config.package_every and done % config.package_every == 0 and done < config.iterations:
             snapshot = out / PACKAGES_DIR / f"iter_{done:04d}"
-            if not (snapshot / "manifest.json").is_file():
-                save_package(policy, snapshot, parent=base_version, data=summarize_training_data(
+            saved = sharding.gathered_policy(policy) if fsdp else policy  # FSDP: a collective
+            if main_process and saved is not None and not (snapshot / "manifest.json").is_file():
+                save_package(saved, snapshot, parent=base_version, data=summarize_training_data(
                     starts.ids, method="wmpo", iterations=done, group_size=grpo.group_size,
                     horizon=config.horizon, **(data_summary or {})))
         if done % config.checkpoint_every == 0 or done == end:
-            if main_process:
+            state = {"step": done, "history": history, "base_version": base_version}
+            if fsdp:
+                _save_fsdp_checkpoint(out / CHECKPOINTS_DIR, policy, raw_optimizer, state, config.keep_checkpoints,
+                                      main_process)
+            elif main_process:
                 save_checkpoint(out / CHECKPOINTS_DIR, model=policy, optimizer=raw_optimizer, generators={},
-                                state={"step": done, "history": history, "base_version": base_version},
-                                keep=config.keep_checkpoints)
+                                state=state, keep=config.keep_checkpoints)
             if accelerator is not None:
                 accelerator.wait_for_everyone()
     run_log.close()
 
     finished = start_iteration <= end and end == config.iterations
     result: dict[str, Any] = {"iterations": end, "finished": finished, "history": history, "base_version": base_version}
+    final = sharding.gathered_policy(policy) if fsdp and finished else policy  # FSDP: a collective
     if finished and main_process:
         summary = summarize_training_data(
             starts.ids, method="wmpo", iterations=config.iterations, group_size=grpo.group_size,
             horizon=config.horizon, **(data_summary or {}),
         )
-        package = save_package(policy, out / POLICY_DIR, parent=base_version, data=summary)
-        result.update({"package": str(package), "version": policy.version})
+        package = save_package(final, out / POLICY_DIR, parent=base_version, data=summary)
+        result.update({"package": str(package), "version": final.version})
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return result
+
+
+def _checkpoint_state(checkpoint: Path, fsdp: bool) -> dict[str, Any]:
+    """A checkpoint's JSON state; a ValueError when it was written with the other parallelism."""
+    from wmpo_core.world_model.checkpoint import STATE_FILE
+
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{checkpoint / STATE_FILE}: unreadable checkpoint state: {exc}") from exc
+    if bool(state.get("fsdp", False)) != fsdp:
+        raise ValueError(f"{checkpoint}: written {'with' if state.get('fsdp') else 'without'} --fsdp; resume it "
+                         f"{'with' if state.get('fsdp') else 'without'} --fsdp")
+    return state
+
+
+def _save_fsdp_checkpoint(directory: Path, policy: nn.Module, optimizer: torch.optim.Optimizer,
+                          state: dict[str, Any], keep: int, main_process: bool) -> None:
+    """Gather the sharded weights and optimizer state (collectives: every process calls this) and write them
+    on the main process as ``step-NNNNNN`` (the gathered weights under the policy's own names, the optimizer
+    state by weight name, ``state.json``), atomically, keeping the newest ``keep``."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from wmpo_core.policy import fsdp as sharding
+    from wmpo_core.world_model.checkpoint import STATE_FILE
+
+    weights = sharding.full_state_dict(policy)
+    final = directory / f"step-{int(state['step']):06d}"
+    tmp = directory / f".tmp-step-{int(state['step']):06d}-{os.getpid()}"
+    if main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    sharding.save_full_optimizer(policy, optimizer, tmp if main_process else None)
+    if not main_process:
+        return
+    (tmp / STATE_FILE).write_text(json.dumps(dict(state, fsdp=True), indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(directory.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def start_states_from_frames(frames: Sequence[np.ndarray], instruction: str) -> StartStates:

@@ -50,6 +50,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder(s) of recorded episodes: their first frames start imagination")
     parser.add_argument("--iterations", type=int, help="override config.iterations")
     parser.add_argument("--budget", type=int, help="real trajectories behind the world and reward models (recorded in the manifest)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="shard the policy's weights, gradients and optimizer state over the processes of "
+                             "`accelerate launch --multi_gpu --num_processes N` (FSDP) instead of a full copy on each "
+                             "(DDP); imagination runs with the weights gathered")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         extra["budget"] = args.budget
     try:
         result = train_wmpo(policy, world_model, reward, starts, args.out, config, accelerator=accelerator,
-                            progress=not args.quiet, data_summary=extra)
+                            progress=not args.quiet, data_summary=extra, fsdp=args.fsdp)
     except (FileExistsError, ValueError) as exc:
         return error("grpo", str(exc))
     return finish("grpo", result, args.sign) if accelerator.is_main_process else 0

@@ -216,3 +216,65 @@ def test_train_wmpo_fsdp_matches_ddp_and_resumes(tmp_path):
         assert all(local < full for local, full in rows.values()), rows
     checkpoint = sorted((tmp_path / "fsdp" / "checkpoints").glob("step-*"))[-1]
     assert json.loads((checkpoint / "optimizer.json").read_text())["format"] == "fsdp-full"
+
+
+def _dpo_episodes(root) -> None:
+    from test_rl_trainers_imagination import SIZE
+
+    from wmpo_core.world_model.synthetic import moving_square_episode, write_episode_bag
+
+    for i in range(4):
+        write_episode_bag(root, moving_square_episode(10, seed=i, image_size=SIZE, success=i % 2 == 0))
+
+
+def _dpo_config():
+    from wmpo_core.rl.config import DPOTrainConfig
+    from wmpo_core.rl.dpo import DPOConfig
+
+    # 4 pairs in steps of 3: the first step splits 2 / 1 over the processes, the second leaves one process none
+    return DPOTrainConfig(dpo=DPOConfig(beta=0.1, learning_rate=3e-3, max_grad_norm=1e6), budget=4, group_size=1,
+                          epochs=2, pairs_per_step=3)
+
+
+def _dpo_worker(rank: int, port: int, out_dir: str) -> None:
+    from wmpo_core.data.bag import episode_dirs
+    from wmpo_core.rl.rollouts import trajectories_from_episodes
+    from wmpo_core.rl.trainer_dpo import train_dpo
+
+    accelerator = start_rank(rank, port)
+    for name, fsdp in (("ddp", False), ("fsdp", True)):
+        policy = tiny_policy()
+        trajectories, ids = trajectories_from_episodes(episode_dirs(os.path.join(out_dir, "episodes")), policy)
+        result = train_dpo(policy, trajectories, os.path.join(out_dir, name), _dpo_config(), episode_ids=ids,
+                           progress=False, accelerator=accelerator, fsdp=fsdp)
+        if rank == 0:
+            with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+                json.dump(result, f)
+    leave(accelerator)
+
+
+@pytest.mark.timeout(600)
+def test_dpo_on_two_processes_ddp_and_fsdp_equal_one_process(tmp_path):
+    """`dpo` under `accelerate launch` on 2 gloo processes, with DDP and with FSDP: each process scores its slice
+    of every step's pairs (uneven, and one step with no pair for one process), and the package is the one a
+    single process writes on all the pairs."""
+    from wmpo_core.data.bag import episode_dirs
+    from wmpo_core.rl.rollouts import trajectories_from_episodes
+    from wmpo_core.rl.trainer_dpo import train_dpo
+
+    _dpo_episodes(tmp_path / "episodes")
+    policy = tiny_policy()
+    trajectories, ids = trajectories_from_episodes(episode_dirs(tmp_path / "episodes"), policy)
+    single = train_dpo(policy, trajectories, tmp_path / "single", _dpo_config(), episode_ids=ids, progress=False)
+    assert single["pairs"] == 4 and single["steps"] == 4
+    mp.spawn(_dpo_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    reference = load_file(str(tmp_path / "single" / "policy" / "model.safetensors"))
+    base = tiny_policy().state_dict()
+    assert sum(not torch.equal(reference[k], base[k]) for k in base) > 10, "no update happened"
+    for name in ("ddp", "fsdp"):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["pairs"] == 4 and result["steps"] == 4
+        assert result["final_margin"] == pytest.approx(single["final_margin"], rel=1e-3, abs=1e-5)
+        weights = load_file(str(tmp_path / name / "policy" / "model.safetensors"))
+        for key, value in reference.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")

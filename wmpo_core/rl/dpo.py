@@ -130,12 +130,15 @@ def dpo_update(
     reference_chosen_logps: Tensor,
     reference_rejected_logps: Tensor,
     config: DPOConfig,
+    share: float = 1.0,
 ) -> dict[str, float]:
     """One gradient step of DPO; ``policy_sequence_logps(batch) -> (P,)`` runs the trainable
     policy, the reference log-probs were computed once with the frozen reference.
 
     ``config.micro_batch`` pairs at a time: each part's mean loss is weighted by its share of the
-    pairs and the gradients add up, so the step is the full-batch step (statistics over all pairs)."""
+    pairs and the gradients add up, so the step is the full-batch step (statistics over all pairs).
+    ``share``: with several processes whose gradients are averaged (DDP, FSDP), this process's
+    ``world * local pairs / all pairs``, so the averaged step is the mean over every process's pairs."""
     from wmpo_core.policy.training_options import micro_slices
 
     n_pairs = int(reference_chosen_logps.shape[0])
@@ -147,7 +150,7 @@ def dpo_update(
         rejected_logps = policy_sequence_logps(rejected if whole else rejected[part])
         loss, _ = dpo_loss(chosen_logps, rejected_logps, reference_chosen_logps[part], reference_rejected_logps[part],
                            config.beta)
-        (loss * ((part.stop - part.start) / n_pairs)).backward()
+        (loss * ((part.stop - part.start) / n_pairs) * share).backward()
         chosen_parts.append(chosen_logps.detach())
         rejected_parts.append(rejected_logps.detach())
     _, stats = dpo_loss(torch.cat(chosen_parts), torch.cat(rejected_parts), reference_chosen_logps,

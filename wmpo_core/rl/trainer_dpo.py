@@ -14,7 +14,7 @@ policy's own distribution).
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import time
@@ -81,28 +81,51 @@ def train_dpo(
     data_summary: dict[str, Any] | None = None,
     episode_ids: list[str] | None = None,
     progress: bool = True,
+    accelerator: Any = None,
+    fsdp: bool = False,
 ) -> dict[str, Any]:
-    """DPO of ``policy`` against a frozen copy of itself on the trajectories' preference pairs.
+    """DPO of ``policy`` against its own starting weights on the trajectories' preference pairs.
 
     Writes ``out/policy`` (parent = the base version), ``out/log.jsonl`` and TensorBoard logs.
     With no (success, failure) pair the policy is packaged unchanged and a warning says why.
+
+    The reference log-probs are computed once, by the policy itself before its first step, so no
+    frozen copy of the weights is kept. With an ``accelerator`` of several processes every process
+    holds the same trajectories and pairs and takes its slice of each step's pairs; gradients are
+    averaged (DDP), or with ``fsdp`` the weights, gradients and AdamW state are sharded over the
+    processes (wmpo_core.policy.fsdp). The main process writes the log and the package.
     """
     from tqdm.auto import tqdm
 
+    from wmpo_core.policy import fsdp as sharding
     from wmpo_core.registry.package import save_package, summarize_training_data
+    from wmpo_core.rl.trainer_imagination import PolicyLogProbs
 
     config = config or DPOTrainConfig()
     out = Path(out)
+    world = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    main_process = rank == 0
+    if fsdp:
+        from wmpo_core.policy.lora import has_lora
+
+        if world < 2:
+            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
+        if has_lora(policy):
+            raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
+                             "state are small: train the adapters with DDP)")
     if (out / POLICY_DIR).exists():
         raise FileExistsError(f"{out / POLICY_DIR}: exists; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # every process has seen that the package is not there yet
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
     base_version = policy.version
     dpo = config.dpo
 
-    reference = copy.deepcopy(policy).eval()
-    reference.requires_grad_(False)
-    reference_logps = _sequence_logps(trajectories, reference)
+    policy.eval()
+    reference_logps = _sequence_logps(trajectories, policy)  # the starting weights are the reference
     pairs = build_preference_pairs(
         list(range(trajectories.num_trajectories)),
         success=lambda i: bool(trajectories.reward[i] > 0),
@@ -114,28 +137,39 @@ def train_dpo(
     successes = int((trajectories.reward > 0).sum())
     result: dict[str, Any] = {"base_version": base_version, "trajectories": trajectories.num_trajectories,
                               "successes": successes, "pairs": len(pairs), "steps": 0}
-    run_log = RunLog(out, "dpo")
+    run_log = RunLog(out, "dpo", enabled=main_process)
     if not pairs:
         log.warning("DPO: %d successes among %d trajectories give no (success, failure) pair; "
                     "the policy is packaged unchanged", successes, trajectories.num_trajectories)
     else:
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=dpo.learning_rate, weight_decay=0.0)
         result["initial_margin"] = preference_margin(policy, trajectories, reference_logps, pairs, dpo.beta)
+        module: torch.nn.Module = PolicyLogProbs(policy)
+        if fsdp:
+            sharding.shard_policy(policy, root=module)  # before the optimizer: it sees only this process's shards
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=dpo.learning_rate,
+                                      weight_decay=0.0)
+        if world > 1 and not fsdp:
+            module, optimizer = accelerator.prepare(module, optimizer)
+        # multi-process runs go through the (wrapped) module's forward, so DDP / FSDP see every pass
+        scorer = policy if world == 1 else _ModuleLogProbs(policy, module)
         generator = torch.Generator().manual_seed(config.seed)
         step = 0
         total = config.epochs * -(-len(pairs) // config.pairs_per_step)
-        bar = tqdm(total=total, desc="dpo", disable=not progress)
+        bar = tqdm(total=total, desc="dpo", disable=not (progress and main_process))
         policy.train()
         for epoch in range(config.epochs):
             order = torch.randperm(len(pairs), generator=generator).tolist()
             for first in range(0, len(pairs), config.pairs_per_step):
                 t0 = time.perf_counter()
-                chosen = torch.tensor([pairs[i][0] for i in order[first : first + config.pairs_per_step]])
-                rejected = torch.tensor([pairs[i][1] for i in order[first : first + config.pairs_per_step]])
+                step_pairs = [pairs[i] for i in order[first : first + config.pairs_per_step]]
+                mine, share = _rank_slice(step_pairs, rank, world)
+                chosen = torch.tensor([w for w, _ in mine])
+                rejected = torch.tensor([lo for _, lo in mine])
                 stats = dpo_update(
-                    lambda idx: trajectories.select(idx).sequence_log_probs(policy, 1.0),
+                    lambda idx: trajectories.select(idx).sequence_log_probs(scorer, 1.0),
                     optimizer, chosen, rejected,
                     reference_logps[chosen].to(policy.device), reference_logps[rejected].to(policy.device), dpo,
+                    share=share,
                 )
                 step += 1
                 run_log.write({"step": step, "epoch": epoch + 1, **stats, "seconds": time.perf_counter() - t0}, step)
@@ -143,12 +177,45 @@ def train_dpo(
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['reward_margin']:.3f}")
         bar.close()
         policy.eval()
-        result["final_margin"] = preference_margin(policy, trajectories, reference_logps, pairs, dpo.beta)
+        with sharding.unsharded(module) if fsdp else contextlib.nullcontext():
+            result["final_margin"] = preference_margin(policy, trajectories, reference_logps, pairs, dpo.beta)
         result["steps"] = step
+        if fsdp:
+            policy = sharding.gathered_policy(policy)  # a collective; rank 0 gets the full weights
     run_log.close()
-    summary = summarize_training_data(episode_ids or [], method="dpo", budget=config.budget, pairs=len(pairs),
-                                      trajectories=trajectories.num_trajectories, **(data_summary or {}))
-    package = save_package(policy, out / POLICY_DIR, parent=base_version, data=summary)
-    result.update({"package": str(package), "version": policy.version})
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    if main_process:
+        summary = summarize_training_data(episode_ids or [], method="dpo", budget=config.budget, pairs=len(pairs),
+                                          trajectories=trajectories.num_trajectories, **(data_summary or {}))
+        package = save_package(policy, out / POLICY_DIR, parent=base_version, data=summary)
+        result.update({"package": str(package), "version": policy.version})
+        (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return result
+
+
+class _ModuleLogProbs:
+    """The policy as ``sequence_log_probs`` uses it, with ``log_prob`` run through the (DDP / FSDP) module."""
+
+    def __init__(self, policy: Any, module: torch.nn.Module):
+        self._policy = policy
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def log_prob(self, observations: Any, action_tokens: Tensor, temperature: float = 1.0) -> Tensor:
+        """(B, T) log-probs of ``action_tokens``: the same numbers as the policy's own ``log_prob``."""
+        return self._module(observations, action_tokens, temperature)[0]
+
+
+def _rank_slice(step_pairs: list[tuple[int, int]], rank: int, world: int) -> tuple[list[tuple[int, int]], float]:
+    """This process's contiguous slice of one step's pairs and its gradient share ``world * mine / all``.
+
+    A process whose slice would be empty (fewer pairs than processes) takes the step's first pair with share
+    0: it still runs the forward and backward passes the other processes' gradient averaging waits for."""
+    bounds = [round(i * len(step_pairs) / world) for i in range(world + 1)]
+    mine = step_pairs[bounds[rank] : bounds[rank + 1]]
+    if not mine:
+        return step_pairs[:1], 0.0
+    return mine, world * len(mine) / len(step_pairs)

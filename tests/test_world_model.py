@@ -381,3 +381,165 @@ def test_a_checkpoint_write_that_fails_half_way_leaves_nothing_behind(tmp_path):
         save_checkpoint(tmp_path, model=model, optimizer=opt, generators={}, state={"step": 2, "bad": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]
     assert latest_checkpoint(tmp_path) == first
+
+
+# ------------------------------------------------------------------------ mixed precision, gradient checkpointing
+class _TrainingWatch:
+    """Global hooks on every module and optimizer while a trainer runs: the gradients and parameters each
+    optimizer step saw, the dtypes of trainable Linear / Conv2d outputs, how often blocks were entered with
+    gradients on (forward and backward recomputation), and each ``torch.utils.checkpoint.checkpoint`` call's
+    ``use_reentrant``."""
+
+    def __init__(self, block_types: tuple[type, ...]):
+        import torch.utils.checkpoint as checkpoint_module
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self.grads: list[list[torch.Tensor]] = []
+        self.param_dtypes: set[torch.dtype] = set()
+        self.state_dtypes: set[torch.dtype] = set()
+        self.output_dtypes: dict[str, set[torch.dtype]] = {"Linear": set(), "Conv2d": set()}
+        self.block_calls = 0
+        self.reentrant: list[object] = []
+        self._block_types = block_types
+        self._handles = [register_module_forward_pre_hook(self._pre), register_module_forward_hook(self._post),
+                         register_optimizer_step_pre_hook(self._before_step),
+                         register_optimizer_step_post_hook(self._after_step)]
+        self._checkpoint_module, self._checkpoint = checkpoint_module, checkpoint_module.checkpoint
+
+        def spy(function, *args, **kwargs):
+            self.reentrant.append(kwargs.get("use_reentrant"))
+            return self._checkpoint(function, *args, **kwargs)
+
+        checkpoint_module.checkpoint = spy
+
+    def _pre(self, module, args):
+        # a pre-hook: a recomputation may stop early inside the block (checkpoint early stop), never at its entry
+        if isinstance(module, self._block_types) and torch.is_grad_enabled():
+            self.block_calls += 1
+
+    def _post(self, module, args, output):
+        kind = "Linear" if isinstance(module, torch.nn.Linear) else "Conv2d" if isinstance(module, torch.nn.Conv2d) else None
+        if kind and module.weight.requires_grad and torch.is_grad_enabled():  # the module being trained
+            self.output_dtypes[kind].add(output.dtype)
+
+    def _before_step(self, optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.grads.append([p.grad.detach().clone() for p in params])
+        self.param_dtypes |= {p.dtype for p in params} | {p.grad.dtype for p in params}
+
+    def _after_step(self, optimizer, args, kwargs):
+        self.state_dtypes |= {v.dtype for state in optimizer.state.values() for v in state.values()
+                              if torch.is_tensor(v) and v.is_floating_point()}
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._checkpoint_module.checkpoint = self._checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory, episodes):
+    path = tmp_path_factory.mktemp("vae")
+    train_vae(episodes, path, steps=2, batch_size=4, image_size=SIZE, tiny=TINY_VAE, progress=False)
+    return path
+
+
+def _train(tmp_path, episodes, vae_dir, **fields) -> tuple[dict, _TrainingWatch]:
+    """Three world-model training steps (two blocks) with ``fields``, watched."""
+    from wmpo_core.world_model.transformer import SpatioTemporalBlock
+
+    cfg = WorldModelTrainConfig(steps=3, batch_size=2, checkpoint_every=3, image_size=SIZE, num_inference_steps=2,
+                                transformer={**TINY_TRANSFORMER, "depth": 2}, **fields)
+    watch = _TrainingWatch((SpatioTemporalBlock,))
+    try:
+        result = train_world_model(episodes, tmp_path, cfg, vae_path=vae_dir, progress=False)
+    finally:
+        watch.close()
+    return result, watch
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_and_keeps_the_gradients(tmp_path, episodes, tiny_vae_dir):
+    """``grad_checkpointing``: every block runs again in the backward pass (non-reentrant checkpoint), and the
+    gradients AdamW steps with are those of the plain run, step for step (step 3: every weight has a gradient,
+    past the adaLN-Zero start)."""
+    plain, plain_watch = _train(tmp_path / "plain", episodes, tiny_vae_dir)
+    ckpt, ckpt_watch = _train(tmp_path / "ckpt", episodes, tiny_vae_dir, grad_checkpointing=True)
+    assert plain_watch.block_calls == 2 * 3 and not plain_watch.reentrant  # depth 2, 3 steps, nothing recomputed
+    assert ckpt_watch.block_calls == 2 * 2 * 3, "the blocks were not recomputed in the backward pass"
+    assert ckpt_watch.reentrant == [False] * (2 * 3)
+    assert len(plain_watch.grads) == len(ckpt_watch.grads) == 3
+    for step, (a, b) in enumerate(zip(plain_watch.grads, ckpt_watch.grads, strict=True)):
+        for i, (ga, gb) in enumerate(zip(a, b, strict=True)):
+            torch.testing.assert_close(gb, ga, atol=1e-6, rtol=0, msg=f"step {step + 1}, parameter {i}")
+    assert sum(bool(g.abs().sum() > 0) for g in plain_watch.grads[-1]) > 0.9 * len(plain_watch.grads[-1])
+    assert ckpt["losses"] == pytest.approx(plain["losses"], abs=1e-6)
+    # A training-time switch: the saved model is the plain transformer, and evaluation never recomputes.
+    assert "gradient_checkpointing" not in json.loads((tmp_path / "ckpt" / "transformer" / "config.json").read_text())
+
+
+def test_bf16_mixed_precision_autocasts_the_transformer_and_keeps_fp32_state(tmp_path, episodes, tiny_vae_dir):
+    """``mixed_precision = "bf16"``: the transformer's Linear layers compute in bfloat16, while its weights, their
+    gradients, the AdamW moments, the EMA and the loss stay fp32; the weights move. "no" stays fp32 throughout."""
+    from safetensors.torch import load_file
+
+    from wmpo_core.world_model.train import build_world_model
+
+    fp32, fp32_watch = _train(tmp_path / "fp32", episodes, tiny_vae_dir)
+    bf16, bf16_watch = _train(tmp_path / "bf16", episodes, tiny_vae_dir, mixed_precision="bf16")
+    assert fp32_watch.output_dtypes["Linear"] == {torch.float32}
+    assert bf16_watch.output_dtypes["Linear"] == {torch.bfloat16}, "the transformer did not run under bf16 autocast"
+    assert bf16_watch.param_dtypes == bf16_watch.state_dtypes == {torch.float32}
+    assert all(np.isfinite(bf16["losses"]))
+    assert bf16["losses"][0] == fp32["losses"][0]  # a fresh transformer outputs zero in any precision
+    assert bf16["losses"][1:] != fp32["losses"][1:]  # later steps saw bf16 rounding
+    assert bf16["losses"] == pytest.approx(fp32["losses"], rel=0.05)
+    wm = tiny_world_model()
+    latents, actions = LatentWindows(wm, episodes).batch(torch.arange(2))
+    assert wm.training_loss(latents, actions, torch.Generator(), autocast_dtype=torch.bfloat16).dtype == torch.float32
+    checkpoint = tmp_path / "bf16" / "checkpoints" / "step-000003"
+    for name in ("model", "optimizer", "ema"):
+        tensors = load_file(str(checkpoint / f"{name}.safetensors"))
+        assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float32}, name
+    init = build_world_model(WorldModelTrainConfig(image_size=SIZE, transformer={**TINY_TRANSFORMER, "depth": 2}),
+                             vae_path=tiny_vae_dir)  # the same seeded initialisation the run started from
+    trained = load_file(str(checkpoint / "model.safetensors"))
+    moved = [n for n, w in init.transformer.state_dict().items() if not torch.equal(w, trained[n])]
+    assert any(n.startswith("blocks.1.mlp") for n in moved), f"the blocks' weights did not move: {moved}"
+
+
+def test_vae_training_in_bf16_with_checkpointing(tmp_path, episodes):
+    """The tiny VAE trained before the world model: its convolutions compute in bfloat16 with fp32 weights, and
+    with checkpointing its encoder and decoder blocks run again in the backward pass with the same gradients."""
+    from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UpDecoderBlock2D
+    from safetensors.torch import load_file
+
+    def run(name: str, **options) -> _TrainingWatch:
+        watch = _TrainingWatch((DownEncoderBlock2D, UpDecoderBlock2D))
+        try:
+            train_vae(episodes, tmp_path / name, steps=2, batch_size=2, image_size=SIZE, tiny=TINY_VAE,
+                      progress=False, **options)
+        finally:
+            watch.close()
+        return watch
+
+    plain, ckpt = run("plain"), run("ckpt", grad_checkpointing=True)
+    assert plain.block_calls == 2 * 6 and not plain.reentrant  # 2 steps, 3 encoder + 3 decoder blocks
+    assert ckpt.block_calls == 2 * plain.block_calls and set(ckpt.reentrant) == {False}
+    for a, b in zip(plain.grads, ckpt.grads, strict=True):
+        for ga, gb in zip(a, b, strict=True):
+            torch.testing.assert_close(gb, ga, atol=1e-6, rtol=0)
+    assert plain.output_dtypes["Conv2d"] == {torch.float32}
+    bf16 = run("bf16", mixed_precision="bf16")
+    assert bf16.output_dtypes["Conv2d"] == {torch.bfloat16}, "the VAE did not train under bf16 autocast"
+    assert bf16.param_dtypes == bf16.state_dtypes == {torch.float32}
+    saved = load_file(str(tmp_path / "bf16" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert np.isfinite(json.loads((tmp_path / "bf16" / "vae_training.json").read_text())["final_loss"])
+
+
+@pytest.mark.parametrize("bad", [{"mixed_precision": "fp16"}, {"mixed_precision": None}, {"mixed_precision": ["bf16"]},
+                                 {"grad_checkpointing": "yes"}, {"grad_checkpointing": 1}])
+def test_a_bad_precision_setting_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        WorldModelTrainConfig(**bad)

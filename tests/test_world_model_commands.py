@@ -129,3 +129,52 @@ def test_imagine_with_a_policy_checkpoint(bags, tmp_path, capsys):
     assert wmpo(["imagine", "--model", str(run), "--episode", str(bags / "heldout" / "square-0021"),
                  "--out", str(tmp_path / "x.mp4")]) == 2
     assert "--policy" in capsys.readouterr().err
+
+
+def test_precision_flags_reach_the_trainers(bags, tmp_path, capsys):
+    """``--mixed-precision`` and ``--[no-]grad-checkpointing`` override the config in `train-vae` and
+    `train-world-model`: the trainers then compute in bf16 and recompute their blocks (or not), and the run
+    records the values it used. An unknown value, on the command line or in the config file, stops the command
+    with the field named before anything is written."""
+    from test_world_model import _TrainingWatch
+
+    from wmpo_core.world_model.transformer import SpatioTemporalBlock
+
+    cfg = str(bags / "config.json")
+    run = tmp_path / "refused"
+    assert wmpo(["train-world-model", "--episodes", str(bags / "demos"), "--out", str(run), "--config", cfg,
+                 "--mixed-precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "--mixed-precision" in err and "'bf16'" in err and "'fp16'" in err
+    (tmp_path / "fp16.json").write_text(json.dumps({**CONFIG, "mixed_precision": "fp16"}))
+    assert wmpo(["train-vae", "--episodes", str(bags / "demos"), "--out", str(run), "--config",
+                 str(tmp_path / "fp16.json")]) == 2
+    assert "fp16.json" in capsys.readouterr().err
+    assert not run.exists()
+
+    def watched(argv: list[str], block_types: tuple[type, ...]) -> _TrainingWatch:
+        watch = _TrainingWatch(block_types)
+        try:
+            assert wmpo(argv) == 0
+        finally:
+            watch.close()
+        capsys.readouterr()
+        return watch
+
+    vae = watched(["train-vae", "--episodes", str(bags / "demos"), "--out", str(tmp_path / "vae"), "--config", cfg,
+                   "--steps", "1", "--mixed-precision", "bf16", "--grad-checkpointing"], ())
+    assert vae.output_dtypes["Conv2d"] == {torch.bfloat16} and vae.reentrant and set(vae.reentrant) == {False}
+
+    common = ["train-world-model", "--episodes", str(bags / "demos"), "--vae", str(tmp_path / "vae"), "--steps", "1"]
+    on = watched([*common, "--out", str(tmp_path / "on"), "--config", cfg, "--mixed-precision", "bf16",
+                  "--grad-checkpointing"], (SpatioTemporalBlock,))
+    assert on.output_dtypes["Linear"] == {torch.bfloat16} and on.block_calls == 2  # depth 1: forward + recompute
+    recorded = json.loads((tmp_path / "on" / "train_config.json").read_text())
+    assert (recorded["mixed_precision"], recorded["grad_checkpointing"]) == ("bf16", True)
+
+    (tmp_path / "on.json").write_text(json.dumps({**CONFIG, "mixed_precision": "bf16", "grad_checkpointing": True}))
+    off = watched([*common, "--out", str(tmp_path / "off"), "--config", str(tmp_path / "on.json"),
+                   "--mixed-precision", "no", "--no-grad-checkpointing"], (SpatioTemporalBlock,))
+    assert off.output_dtypes["Linear"] == {torch.float32} and off.block_calls == 1 and not off.reentrant
+    recorded = json.loads((tmp_path / "off" / "train_config.json").read_text())
+    assert (recorded["mixed_precision"], recorded["grad_checkpointing"]) == ("no", False)

@@ -1,6 +1,7 @@
 """The 256 px world-model recipe (`wmpo_core/world_model/configs/sim256.json`): the paper's settings, and a
 pretrained AutoencoderKL directory in the diffusers layout (4 latent channels, 8x downsampling, as
-the SDXL VAE) as its frozen autoencoder, through one real training step on the CPU (transformer shrunk)."""
+the SDXL VAE) as its frozen autoencoder, through one real training step on the CPU (transformer shrunk)
+in the recipe's bf16 mixed precision with gradient checkpointing turned on from the command line."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
+from test_world_model import _TrainingWatch
 
 from wmpo_core.cli import main as wmpo
 from wmpo_core.world_model.imagine import ReplayPolicy, imagine
 from wmpo_core.world_model.model import WorldModel
 from wmpo_core.world_model.synthetic import moving_square_episode, write_episode_bag
 from wmpo_core.world_model.train import WorldModelTrainConfig
+from wmpo_core.world_model.transformer import SpatioTemporalBlock
 
 CONFIG = Path(__file__).resolve().parents[1] / "wmpo_core" / "world_model" / "configs" / "sim256.json"
 SDXL_SCALING = 0.13025
@@ -40,6 +43,9 @@ def test_the_recipe_holds_the_papers_settings():
     t = cfg.transformer
     assert (t["patch_size"], t["context_frames"], t["chunk_size"]) == (2, 4, 8)
     assert len(cfg.tiny_vae["block_out_channels"]) == 4  # without --vae: an 8x autoencoder is trained first
+    # bf16 as the paper's OpenSora training; with checkpointing, unlike the paper's batch of 4 per GPU: the
+    # batch of 8 would keep an estimated 60+ GiB of activations beside 17 GiB of fp32 weights, AdamW and EMA
+    assert cfg.mixed_precision == "bf16" and cfg.grad_checkpointing
 
 
 def test_a_pretrained_autoencoder_directory_starts_a_256_px_world_model(tmp_path):
@@ -54,8 +60,15 @@ def test_a_pretrained_autoencoder_directory_starts_a_256_px_world_model(tmp_path
     (tmp_path / "config.json").write_text(json.dumps(recipe))
 
     run = tmp_path / "wm"
-    assert wmpo(["train-world-model", "--episodes", str(tmp_path / "episodes"), "--out", str(run),
-                 "--config", str(tmp_path / "config.json"), "--vae", str(vae_dir), "--steps", "1"]) == 0
+    watch = _TrainingWatch((SpatioTemporalBlock,))
+    try:
+        assert wmpo(["train-world-model", "--episodes", str(tmp_path / "episodes"), "--out", str(run),
+                     "--config", str(tmp_path / "config.json"), "--vae", str(vae_dir), "--steps", "1"]) == 0
+    finally:
+        watch.close()
+    # the step ran in bf16 with fp32 weights and AdamW state, its one block recomputed in the backward pass
+    assert watch.output_dtypes["Linear"] == {torch.bfloat16} and watch.block_calls == 2
+    assert watch.param_dtypes == watch.state_dtypes == {torch.float32}
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["step"] == 1 and state["finished"] and np.isfinite(state["final_loss"])
     assert not (run / "vae_trained").exists()  # the given autoencoder was used, none trained

@@ -14,6 +14,7 @@ new latents; training and imagination share ``noise_context``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -135,7 +136,8 @@ class WorldModel:
         return context[:, -1:]
 
     def training_loss(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator,
-                      transformer: torch.nn.Module | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+                      transformer: torch.nn.Module | None = None, weights: torch.Tensor | None = None,
+                      autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Denoising MSE on the K predicted frames of windows (B, c+K, C, h, w) with actions (B, K, 7).
 
         One diffusion step per window for its predicted frames; context frames at ``context_noise_step``.
@@ -143,6 +145,9 @@ class WorldModel:
         ``transformer``: the module to run instead of ``self.transformer``, e.g. its DDP wrapper
         (which all-reduces the gradients but has no ``config``). ``weights``: (h, w) weights of the latent
         positions; the loss is then their weighted mean (equal weights give the plain MSE).
+        ``autocast_dtype`` (e.g. ``torch.bfloat16``): mixed precision; the transformer's forward (and so its
+        backward) runs under ``torch.autocast`` to that dtype on the latents' device type, its output is cast
+        back to the latents' dtype, and the noising, targets and loss stay in that (fp32) precision.
         """
         b, c, k = latents.shape[0], self.context_frames, self.chunk_size
         context, target = latents[:, :c], latents[:, c:]
@@ -161,7 +166,11 @@ class WorldModel:
             dim=1,
         )
         inputs = torch.cat([self.noise_context(context, ctx_noise), noisy_target], dim=1)
-        out = (transformer or self.transformer)(inputs, timesteps, actions.to(latents))[:, c:]
+        precision = (torch.autocast(latents.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            out = (transformer or self.transformer)(inputs, timesteps, actions.to(latents))[:, c:]
+        out = out.to(latents.dtype)
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
             goal = noise

@@ -7,6 +7,15 @@ the transformer trains, so every episode is encoded once up front.
 Runs are resumable: every ``checkpoint_every`` steps the weights, AdamW moments, EMA
 and the training generator are written (safetensors + JSON); starting the same command
 again continues from the newest checkpoint and reproduces the uninterrupted loss curve.
+
+Memory and speed for large configs, both off by default (``configs/sim256.json`` sets bf16, as the paper
+trained): ``mixed_precision = "bf16"`` runs the forward and backward passes of the transformer (and of the
+tiny VAE trained first) under ``torch.autocast`` to bfloat16 on the training device, while the weights, the
+AdamW moments, the EMA and the loss stay fp32 (bf16 needs no loss scaling); the latents the frozen VAE
+encodes up front and the no-gradient imagined context (``rollout_fraction``) are computed in fp32.
+``grad_checkpointing = true`` keeps only each transformer block's input (and each VAE encoder and decoder
+block's) for the backward pass, which recomputes the rest (non-reentrant ``torch.utils.checkpoint``): the
+same gradients for about one more forward pass per step.
 """
 
 from __future__ import annotations
@@ -46,6 +55,14 @@ log = logging.getLogger(__name__)
 # so that transformer configs saved before they existed load unchanged. Without them a model trained for
 # the same budget predicted the same frames with shuffled actions as with its own.
 NEW_TRANSFORMER_DEFAULTS: dict[str, Any] = {"action_in_tokens": True, "cumulative_actions": True}
+
+# ``mixed_precision`` values and the dtype each autocasts to (None: no autocast, fp32 throughout).
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16}
+
+
+def _check_mixed_precision(value: Any) -> None:
+    if not (isinstance(value, str) and value in MIXED_PRECISION):
+        raise ValueError(f"mixed_precision: expected one of {list(MIXED_PRECISION)}, got {value!r}")
 
 
 @dataclass
@@ -88,8 +105,17 @@ class WorldModelTrainConfig:
     # (no gradient, ``num_inference_steps`` sampler steps) from the real frames one chunk earlier, so the
     # model sees its own errors in its context as it will in a long imagined replay. 0 (default): real context.
     rollout_fraction: float = 0.0
+    # "no" (fp32) or "bf16": the transformer's (and the tiny VAE's) forward and backward under torch.autocast to
+    # bfloat16 on the training device; weights, optimizer state, EMA and loss stay fp32 (module docstring).
+    mixed_precision: str = "no"
+    # Recompute every transformer block's (and VAE block's) activations in the backward pass instead of keeping
+    # them: the same gradients for about one more forward pass per step.
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        _check_mixed_precision(self.mixed_precision)
+        if not isinstance(self.grad_checkpointing, bool):
+            raise ValueError(f"grad_checkpointing: expected true or false, got {self.grad_checkpointing!r}")
         if not (isinstance(self.rollout_fraction, int | float) and not isinstance(self.rollout_fraction, bool)
                 and 0 <= self.rollout_fraction <= 1):
             raise ValueError(f"rollout_fraction: expected a number in [0, 1], got {self.rollout_fraction!r}")
@@ -124,6 +150,16 @@ def loss_weights(config: WorldModelTrainConfig, latent_size: int) -> torch.Tenso
     return weights
 
 
+def _autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype ``mixed_precision`` autocasts to on ``device`` (None for "no"); an error naming the field when
+    the device cannot compute in it."""
+    _check_mixed_precision(mixed_precision)
+    dtype = MIXED_PRECISION[mixed_precision]
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"mixed_precision: {device} has no bfloat16 support; use \"no\"")
+    return dtype
+
+
 # ------------------------------------------------------------------------------------------- VAE
 def train_vae(
     episodes: Sequence[EpisodeFrames],
@@ -138,10 +174,14 @@ def train_vae(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    mixed_precision: str = "no",
+    grad_checkpointing: bool = False,
 ) -> dict[str, float]:
     """Train the tiny AutoencoderKL on all frames, measure its latent scaling factor, save to ``out``.
 
     ``device``: where the autoencoder and its batches live (the random draws stay on the CPU generator).
+    ``mixed_precision`` and ``grad_checkpointing``: as the :class:`WorldModelTrainConfig` fields of those names
+    (bf16 autocast of the encoder and decoder with fp32 weights, AdamW state and loss; recomputed block activations).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -153,6 +193,9 @@ def train_vae(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     vae = make_tiny_vae(tiny or TinyVAEConfig(image_size=image_size)).to(device)
+    autocast_dtype = _autocast_dtype(mixed_precision, torch.device(device))
+    if grad_checkpointing:
+        vae.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     writer = SummaryWriter(str(out / "tb"))
     data = frames_to_tensor(frames)
@@ -160,7 +203,7 @@ def train_vae(
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="train-vae", disable=not progress):
         idx = torch.randint(0, len(data), (batch_size,), generator=generator)
-        loss = vae_loss(vae, data[idx].to(device), kl_weight, generator)
+        loss = vae_loss(vae, data[idx].to(device), kl_weight, generator, autocast_dtype=autocast_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -295,8 +338,8 @@ def build_world_model(
     return WorldModel(vae, transformer, noise, sampler, settings)
 
 
-# Fields that may change between an interrupted run and its continuation.
-_RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "log_every"}
+# Fields that may change between an interrupted run and its continuation (checkpointing: same gradients).
+_RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "log_every", "grad_checkpointing"}
 
 
 def _check_resumable(checkpoint: Path, config: WorldModelTrainConfig) -> None:
@@ -328,7 +371,9 @@ def train_world_model(
     """Train (or resume, or align from ``init``) a world model into ``out``.
 
     ``device``: cpu, cuda, cuda:N or auto (:func:`wmpo_core.policy.training_options.training_device`);
-    the autoencoder, the transformer and every batch live there.
+    the autoencoder, the transformer and every batch live there. ``config.mixed_precision`` and
+    ``config.grad_checkpointing`` apply to the transformer's training steps and to the tiny VAE trained first;
+    the precision is this config's, not ``accelerate launch --mixed_precision``'s (a warning says when both are set).
 
     ``stop_after`` ends this invocation after that global step (with a checkpoint), as an
     interruption would; calling again resumes. Returns the losses of this invocation and timings.
@@ -347,6 +392,11 @@ def train_world_model(
     accelerator = make_accelerator(device)
     train_on = training_device(device, accelerator)
     main_process, rank = accelerator.is_main_process, accelerator.process_index
+    autocast_dtype = _autocast_dtype(config.mixed_precision, train_on)
+    if accelerator.mixed_precision != "no":  # accelerate would autocast the prepared transformer as well
+        log.warning("accelerate's mixed_precision=%s also autocasts the world model's transformer; set the "
+                    "precision with the training config's mixed_precision (%s) instead",
+                    accelerator.mixed_precision, config.mixed_precision)
 
     if init is None and vae_path is None:
         vae_path = out / "vae_trained"
@@ -355,7 +405,8 @@ def train_world_model(
                 episodes, vae_path, steps=config.vae_steps, batch_size=config.vae_batch_size, lr=config.vae_lr,
                 kl_weight=config.vae_kl_weight, image_size=config.image_size,
                 tiny=TinyVAEConfig(image_size=config.image_size, **config.tiny_vae), seed=config.seed,
-                progress=progress, device=train_on,
+                progress=progress, device=train_on, mixed_precision=config.mixed_precision,
+                grad_checkpointing=config.grad_checkpointing,
             )
         accelerator.wait_for_everyone()  # the other ranks load the autoencoder the main process trained
     wm = build_world_model(config, vae_path=vae_path, init=init).to(train_on)
@@ -367,6 +418,8 @@ def train_world_model(
     windows = LatentWindows(wm, episodes)
     transformer = wm.transformer.train()
     transformer.requires_grad_(True)
+    if config.grad_checkpointing:  # before DDP wraps it; the EMA copy saved at the end is built without it
+        transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMAModel(transformer.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
     # The windows and noise of a step are a pure function of (seed, step, rank): ranks draw
@@ -406,7 +459,7 @@ def train_world_model(
             latents = torch.cat([imagined_context(wm, windows, latents[:n_rollout], idx[:n_rollout], generator),
                                  latents[n_rollout:]])
         loss = wm.training_loss(latents.to(train_on), actions.to(train_on), generator,
-                                transformer=transformer, weights=weights)
+                                transformer=transformer, weights=weights, autocast_dtype=autocast_dtype)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), config.grad_clip)

@@ -14,6 +14,12 @@ Context frames carry a learned "observed frame" vector in place of an action. Wi
 frame, a direct path that does not compete with the timestep inside the AdaLN input. The
 output is the scheduler's prediction target (epsilon, v or x0) for every frame; training
 scores only predicted frames.
+
+Memory for large configs: ``enable_gradient_checkpointing()`` (diffusers' switch) makes each block keep
+only its inputs in the forward pass and recompute the rest in the backward pass (non-reentrant
+``torch.utils.checkpoint``), in train mode with gradients on only; the gradients are the same. Mixed
+precision is the caller's ``torch.autocast`` (see ``WorldModel.training_loss``): nothing here is
+tied to fp32, the buffers and weights stay as loaded.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
     """
 
     config_name = "config.json"
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -144,6 +151,8 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final_modulation[1].bias)
         nn.init.zeros_(self.final_proj.weight)
         nn.init.zeros_(self.final_proj.bias)
+        # Not part of the config: a training-time memory switch (``enable_gradient_checkpointing``).
+        self.gradient_checkpointing = False
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """latents (B, c+K, C, h, w); timesteps (B, c+K); actions (B, K, action_dim) in physical units -> eps, same shape as latents."""
@@ -175,8 +184,9 @@ class VideoDiffusionTransformer(ModelMixin, ConfigMixin):
         context_emb = self.observed_frame_embed.expand(batch, c, -1)
         cond = t_emb + torch.cat([context_emb, a_emb], dim=1)
 
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cond)
+            x = self._gradient_checkpointing_func(block, x, cond) if checkpointing else block(x, cond)
 
         shift, scale = self.final_modulation(cond).unsqueeze(2).chunk(2, dim=-1)
         x = self.final_proj(_modulate(self.final_norm(x), shift, scale))  # (B, T, N, p*p*C)

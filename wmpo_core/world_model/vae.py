@@ -7,12 +7,14 @@ noise schedule assumes. For the tiny VAE the factor is measured on training fram
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 
 @dataclass
@@ -95,9 +97,20 @@ def measure_scaling_factor(vae: AutoencoderKL, frames: np.ndarray) -> float:
     return 1.0 / max(std, 1e-6)
 
 
-def vae_loss(vae: AutoencoderKL, frames_batch: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
-    """Reconstruction MSE + small KL on a float batch (N, 3, H, W) in [-1, 1]."""
-    posterior = vae.encode(frames_batch).latent_dist
+def vae_loss(vae: AutoencoderKL, frames_batch: torch.Tensor, kl_weight: float, generator: torch.Generator,
+             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Reconstruction MSE + small KL on a float batch (N, 3, H, W) in [-1, 1].
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``): the encoder and decoder run under ``torch.autocast`` to it;
+    the posterior, its sample, the KL and the MSE are computed in the batch's (fp32) precision.
+    """
+    precision = (torch.autocast(frames_batch.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                 else contextlib.nullcontext())
+    with precision:
+        moments = vae.encode(frames_batch).latent_dist.parameters
+    posterior = DiagonalGaussianDistribution(moments.to(frames_batch.dtype))
     z = posterior.sample(generator=generator)
-    recon = vae.decode(z).sample
+    with precision:
+        recon = vae.decode(z).sample
+    recon = recon.to(frames_batch.dtype)
     return torch.nn.functional.mse_loss(recon, frames_batch) + kl_weight * posterior.kl().mean() / frames_batch[0].numel()

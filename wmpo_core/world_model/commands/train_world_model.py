@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from wmpo_core.policy.training_options import TRAIN_DEVICE_HELP
-from wmpo_core.world_model.commands.common import error, load_config
+from wmpo_core.world_model.commands.common import (
+    add_precision_options,
+    apply_precision_options,
+    error,
+    load_config,
+)
 
 HELP = "train / align the video world model"
 
@@ -26,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-noisy-context", action="store_true",
                         help="ablation: clean context frames (context_noise_step = 0) in training and imagination")
     parser.add_argument("--device", default="cpu", help=TRAIN_DEVICE_HELP)
+    add_precision_options(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
             check_config(cfg, "training config (with --steps)")
         if args.no_noisy_context:
             cfg.context_noise_step = 0
+        cfg = apply_precision_options(cfg, args)
         episodes = load_episodes(args.episodes, cfg.camera, cfg.image_size)
         if args.init and not (Path(args.init) / "world_model.json").is_file():
             return error(f"{args.init}: not a finished world-model run (no world_model.json)")

@@ -13,6 +13,10 @@ Steps, each timed:
   5. imagination on the GPU: a world model of the embedded size (random weights: 64 px frames, c = 4, K = 8)
      and the LoRA policy imagine --batch trajectories of --horizon frames (decoded frames stay on the GPU,
      the policy resizes them there to its 224 px); then a reward model of the embedded size scores them
+  6. the policy node's inference loop: the robot's PolicyNode (wmpo_ros, rclpy; skipped with the reason when
+     they are not installed) loads the signed package with `vla.device` = the device and `vla.dtype`
+     bfloat16, a camera publisher in the same process sends 224 px frames at --node-rate-hz for
+     --node-seconds over DDS (localhost), and the chunks and the node's ~/latency_ms are collected
 Exit 0: every step ran and the checks held; 1: a check failed; 2: no usable CUDA device (nothing ran).
 ``--device cpu`` rehearses every step on the CPU (no peak GPU memory), so the script itself is tested
 without a GPU.
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--predictions", type=int, default=20, help="timed predictions (default 20)")
     parser.add_argument("--horizon", type=int, default=16, help="imagined frames per trajectory (default 16)")
+    parser.add_argument("--node-seconds", type=float, default=10.0, help="how long the policy node runs (default 10)")
+    parser.add_argument("--node-rate-hz", type=float, default=10.0, help="camera and control rate of the node step")
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args(argv)
     device = _cuda_or_exit(args.device)
@@ -199,12 +205,100 @@ def main(argv: list[str] | None = None) -> int:
         result["reward_scoring"] = {"trajectories": len(scores), "seconds": seconds}
         if not np.isfinite(scores).all():
             failures.append(f"reward scoring: scores {scores}")
+
+        # ---- the policy node's inference loop, through DDS
+        policy = world_model = reward = optimizer = None  # the node loads its own copy  # type: ignore[assignment]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _reset_peak(device)
+        node = _policy_node_loop(root / "pkg", keys.public_key, device, args.node_seconds, args.node_rate_hz)
+        node["peak_mb"] = _peak_mb(device)
+        result["policy_node"] = node
+        if "skipped" not in node and (node["chunks"] < 2 or not node["finite"] or node["chunk_shape"] != [8, 7]):
+            failures.append(f"policy node: {node}")
     result["failures"] = failures
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     return 1 if failures else 0
+
+
+def _policy_node_loop(package: Path, public_key: Path, device, seconds: float, rate_hz: float) -> dict:
+    """Run the robot's policy node on ``package`` at ``device`` in this process, feed it camera frames for
+    ``seconds`` and return what it published: chunk count and shape, and its latency (camera stamp to
+    published chunk) in ms. ``{"skipped": reason}`` without rclpy / wmpo_ros."""
+    import os
+    import threading
+
+    import numpy as np
+
+    try:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64, String
+        from trajectory_msgs.msg import JointTrajectory
+        from wmpo_ros.common import (
+            ACTION_CHUNK_TOPIC,
+            COMMAND_QOS,
+            IMAGE_QOS,
+            INSTRUCTION_TOPIC,
+            LATCHED_QOS,
+            image_topic,
+            ns_to_stamp,
+            numpy_to_image,
+            trajectory_to_chunk,
+        )
+        from wmpo_ros.policy_node import PolicyNode
+    except ImportError as exc:
+        return {"skipped": f"needs rclpy and the wmpo_ros package (the robot's environment): {exc}"}
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    context = Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    chunks: list = []
+    latencies: list[float] = []
+    params = [Parameter("backend", value="vla"), Parameter("policy_path", value=str(package)),
+              Parameter("policy_root", value=str(package.parent)), Parameter("trusted_keys", value=str(public_key)),
+              Parameter("cameras", value=["agentview"]), Parameter("control_rate_hz", value=float(rate_hz)),
+              Parameter("vla.device", value=str(device)), Parameter("vla.dtype", value="bfloat16")]
+    t0 = time.perf_counter()
+    node = PolicyNode(context=context, parameter_overrides=params)
+    load_s = time.perf_counter() - t0
+    probe = rclpy.create_node("gpu_check_camera", context=context)
+    try:
+        probe.create_subscription(JointTrajectory, ACTION_CHUNK_TOPIC, chunks.append, COMMAND_QOS)
+        probe.create_subscription(Float64, "/policy_node/latency_ms", lambda m: latencies.append(m.data), COMMAND_QOS)
+        camera = probe.create_publisher(Image, image_topic("agentview"), IMAGE_QOS)
+        probe.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS).publish(String(data="lift the cube"))
+        executor.add_node(node)
+        executor.add_node(probe)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        size = int(node.backend.image_size[0]) if node.backend.image_size else 224
+        frames = np.random.default_rng(1).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        period = 1.0 / rate_hz
+        end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < end:
+            camera.publish(numpy_to_image(frames[i % len(frames)], ns_to_stamp(time.time_ns()), "agentview"))
+            i += 1
+            time.sleep(period)
+        time.sleep(0.5)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        probe.destroy_node()
+        rclpy.shutdown(context=context)
+    arrays = [trajectory_to_chunk(m, allow_nonfinite=True) for m in chunks]
+    return {"seconds": seconds, "frames_sent": i, "load_s": load_s, "chunks": len(arrays),
+            "chunk_shape": list(arrays[0].shape) if arrays else None,
+            "finite": bool(arrays) and all(np.isfinite(a).all() for a in arrays),
+            "latency_ms": ({"median": statistics.median(latencies), "max": max(latencies)} if latencies else None)}
 
 
 if __name__ == "__main__":

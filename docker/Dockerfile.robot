@@ -17,7 +17,7 @@
 # The policy node's `vla.device` (default auto: the first CUDA GPU when there is one) then finds cuda:0; to pin
 # it, set `vla: {device: "cuda:0"}` under nodes.policy.parameters in a copy of config/robot.yaml, mount it and
 # add `ros2 launch wmpo robot.launch.py config:=/etc/wmpo/robot.yaml` to the run command. The workstation
-# image takes its CUDA torch from its base image instead (docker/Dockerfile.workstation).
+# image (docker/Dockerfile.workstation) installs the same torch, from the cu128 index by default.
 FROM ros:kilted-ros-base-noble
 
 ARG TORCH_VERSION=2.13.0

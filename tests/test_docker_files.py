@@ -1,6 +1,7 @@
 """Lint of the docker recipes: hadolint clean, base images pinned by tag, every COPY source in
-the repository, entry points that exist, the build context trimmed, the robot image's torch wheel chosen by
-its TORCH_INDEX build argument (cpu by default, validated before anything is installed). Building the images needs
+the repository, entry points that exist, the build context trimmed, both images' pinned torch wheel chosen by their
+TORCH_INDEX build argument (robot: cpu by default, workstation: cu128; validated before anything is installed, checked
+after the project install), the workstation's training extras (lora, sim, kinematics). Building the images needs
 a docker engine, which this machine does not have (that test is skipped here)."""
 
 from __future__ import annotations
@@ -156,66 +157,120 @@ def test_robot_image_installs_what_the_bringup_needs() -> None:
     assert "realsense" in text and "kinematics" in text
 
 
-def _robot_args(build_args: dict[str, str] | None = None) -> dict[str, str]:
-    """The robot stage's ARG values as `docker build [--build-arg K=V ...]` sets them."""
-    with open(RECIPES["robot"], "rb") as f:
+# The PyTorch wheel index each recipe installs torch from when no --build-arg TORCH_INDEX is given.
+DEFAULT_TORCH_INDEX = {"robot": "cpu", "workstation": "cu128"}
+# The interpreter that runs each recipe's post-install torch check.
+PYTHON = {"robot": "/opt/wmpo/venv/bin/python", "workstation": "python"}
+
+
+def _args(recipe: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
+    """The recipe's ARG values as `docker build [--build-arg K=V ...]` sets them."""
+    with open(RECIPES[recipe], "rb") as f:
         return dockerfile_parse.DockerfileParser(fileobj=io.BytesIO(f.read()), build_args=build_args or {}).args
 
 
-def _bash(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def _bash(recipe: str, command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``command`` under the recipe's SHELL (bash -o pipefail -c), the stage's ARGs in the environment as in RUN."""
-    shell = _exec_form(_instructions(RECIPES["robot"], "SHELL")[-1])
+    shell = _exec_form(_instructions(RECIPES[recipe], "SHELL")[-1])
     assert shell[0] == "/bin/bash", shell
     return subprocess.run(["bash", *shell[1:], command], capture_output=True, text=True, timeout=120,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
 
 
-def _robot_step(marker: str) -> str:
-    """The one `&&`-joined part of the robot recipe's RUN lines that contains ``marker``."""
-    steps = [s.strip() for run in _instructions(RECIPES["robot"], "RUN") for s in run.split(" && ") if marker in s]
-    assert len(steps) == 1, f"robot: expected one RUN step with {marker!r}, found {steps}"
+def _step(recipe: str, marker: str) -> str:
+    """The one `&&`-joined part of the recipe's RUN lines that contains ``marker``."""
+    steps = [s.strip() for run in _instructions(RECIPES[recipe], "RUN") for s in run.split(" && ") if marker in s]
+    assert len(steps) == 1, f"{recipe}: expected one RUN step with {marker!r}, found {steps}"
     return steps[0]
 
 
-@pytest.mark.parametrize("index", ["cpu", "cu128", "cu126"])
-def test_robot_torch_wheel_comes_from_the_torch_index_build_arg(index: str) -> None:
-    """cpu: the default build (no --build-arg); cuXYZ: `docker build --build-arg TORCH_INDEX=cuXYZ`."""
-    args = _robot_args({} if index == "cpu" else {"TORCH_INDEX": index})
+def test_recipes_pin_the_same_torch() -> None:
+    """Both images bring the one pinned torch; only the wheel index (cpu / cuXYZ) differs by default."""
+    defaults = {recipe: _args(recipe) for recipe in RECIPES}
+    versions = {recipe: args.get("TORCH_VERSION") for recipe, args in defaults.items()}
+    assert len(set(versions.values())) == 1 and None not in versions.values(), versions
+    assert {recipe: args.get("TORCH_INDEX") for recipe, args in defaults.items()} == DEFAULT_TORCH_INDEX
+
+
+@pytest.mark.parametrize(("recipe", "index"), [(r, i) for r in sorted(RECIPES) for i in ("cpu", "cu128", "cu126")])
+def test_torch_wheel_comes_from_the_torch_index_build_arg(recipe: str, index: str) -> None:
+    """The recipe's default index: the default build (no --build-arg); any other: `--build-arg TORCH_INDEX=...`."""
+    args = _args(recipe, {} if index == DEFAULT_TORCH_INDEX[recipe] else {"TORCH_INDEX": index})
+    assert args["TORCH_INDEX"] == index, args
     # the torch install expanded by bash with these ARG values, as the build's RUN expands it
-    install = _robot_step('pip install "torch==')
-    words = _bash(f"set -- {install}; printf '%s\\n' \"$@\"", args).stdout.splitlines()
+    install = _step(recipe, 'pip install "torch==')
+    words = _bash(recipe, f"set -- {install}; printf '%s\\n' \"$@\"", args).stdout.splitlines()
     assert f"torch=={args['TORCH_VERSION']}" in words, words
     assert "--index-url" in words and "--extra-index-url" not in " ".join(words), words
     assert words[words.index("--index-url") + 1] == f"https://download.pytorch.org/whl/{index}", words
 
 
-def test_robot_torch_index_is_checked_before_the_apt_install() -> None:
-    runs = _instructions(RECIPES["robot"], "RUN")
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_torch_index_is_checked_before_the_apt_install(recipe: str) -> None:
+    runs = _instructions(RECIPES[recipe], "RUN")
     checks = [i for i, r in enumerate(runs) if "TORCH_INDEX" in r and "install" not in r]
-    assert checks, "robot: no RUN validates TORCH_INDEX"
-    assert checks[0] < next(i for i, r in enumerate(runs) if "apt-get" in r), "TORCH_INDEX checked after apt-get"
+    assert checks, f"{recipe}: no RUN validates TORCH_INDEX"
+    for step in ("apt-get", "pip install"):
+        first = next(i for i, r in enumerate(runs) if step in r)
+        assert checks[0] < first, f"{recipe}: TORCH_INDEX checked after {step}"
     for value, accepted in (("cpu", True), ("cu128", True), ("cu126", True), ("cu130", True), ("", False),
                             ("cuda", False), ("cu12.8", False), ("CPU", False), ("cu1288", False), ("rocm6.4", False),
                             ("cpu; true", False)):
-        result = _bash(runs[checks[0]], {"TORCH_INDEX": value})
-        assert (result.returncode == 0) == accepted, f"TORCH_INDEX={value!r}: exit {result.returncode}"
+        result = _bash(recipe, runs[checks[0]], {"TORCH_INDEX": value})
+        assert (result.returncode == 0) == accepted, f"{recipe}: TORCH_INDEX={value!r}: exit {result.returncode}"
         if not accepted:
             assert f"TORCH_INDEX='{value}'" in result.stderr and "cu128" in result.stderr, result.stderr
 
 
-def test_robot_image_checks_the_installed_torch_against_the_build_args() -> None:
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_image_checks_the_installed_torch_against_the_build_args(recipe: str) -> None:
     import torch
 
     here_version = torch.__version__.split("+")[0]
     here_index = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
     other_index = "cu128" if here_index == "cpu" else "cpu"
-    # the check runs with this interpreter and its torch in place of the image's
-    check = _robot_step("import sys, torch").replace("/opt/wmpo/venv/bin/python", sys.executable)
-    ok = _bash(check, {"TORCH_INDEX": here_index, "TORCH_VERSION": here_version})
+    # the check runs after the project install, with this interpreter and its torch in place of the image's
+    project_install = next(r for r in _instructions(RECIPES[recipe], "RUN") if 'pip install -e ".[' in r)
+    assert "import sys, torch" in project_install, f"{recipe}: the installed torch is not checked after pip install -e"
+    python, code = _step(recipe, "import sys, torch").split(None, 1)
+    assert python == PYTHON[recipe], f"{recipe}: the torch check runs {python}, not the image's {PYTHON[recipe]}"
+    check = f"{sys.executable} {code}"
+    ok = _bash(recipe, check, {"TORCH_INDEX": here_index, "TORCH_VERSION": here_version})
     assert ok.returncode == 0, ok.stderr
     for index, version in ((other_index, here_version), (here_index, "0.0.1")):
-        bad = _bash(check, {"TORCH_INDEX": index, "TORCH_VERSION": version})
+        bad = _bash(recipe, check, {"TORCH_INDEX": index, "TORCH_VERSION": version})
         assert bad.returncode != 0 and f"is not torch {version} from the {index} index" in bad.stderr, bad.stderr
+
+
+def _installed_extras(recipe: str) -> set[str]:
+    """The extras of the project's `pip install -e ".[...]"` in the recipe."""
+    runs = _instructions(RECIPES[recipe], "RUN")
+    installs = [m for r in runs for m in re.findall(r'pip install -e "\.\[([^\]]*)\]"', r)]
+    assert len(installs) == 1, f"{recipe}: expected one pip install -e of the project, found {installs}"
+    return {e.strip() for e in installs[0].split(",")}
+
+
+def test_workstation_image_installs_the_training_extras() -> None:
+    """lora: peft for --lora-rank; sim: MuJoCo/robosuite for the simulator baselines; kinematics: pinocchio."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    extras = _installed_extras("workstation")
+    assert extras <= declared, f"workstation installs extras pyproject.toml does not declare: {extras - declared}"
+    for needed in ("lora", "sim", "kinematics"):
+        assert needed in extras, f"workstation image misses the {needed} extra: {sorted(extras)}"
+    env = " ".join(_instructions(RECIPES["workstation"], "ENV"))
+    assert "MUJOCO_GL=egl" in env, "workstation: MuJoCo offscreen rendering needs MUJOCO_GL=egl"
+
+
+def test_workstation_base_image_matches_the_project_python() -> None:
+    """The plain Python base image: the CUDA torch wheels bring their CUDA libraries, so no CUDA/PyTorch base."""
+    tomllib = pytest.importorskip("tomllib")
+    (image,) = _instructions(RECIPES["workstation"], "FROM")
+    match = re.fullmatch(r"python:(\d+)\.(\d+)(?:\.\d+)?-slim-\w+", image.split()[0])
+    assert match, f"workstation: base image {image} is not a tag-pinned python:X.Y-slim-<debian> image"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    floor = re.search(r">=\s*(\d+)\.(\d+)", requires)
+    assert floor and tuple(map(int, match.groups())) >= tuple(map(int, floor.groups())), (image, floor)
 
 
 def docker_engine_missing() -> str | None:

@@ -214,6 +214,10 @@ def test_train_wmpo_fsdp_matches_ddp_and_resumes(tmp_path):
     for rank in range(WORLD):
         rows = json.loads((tmp_path / f"sharded{rank}.json").read_text())
         assert all(local < full for local, full in rows.values()), rows
+    from wmpo_core.rl.trainer_imagination import read_log
+
+    first = read_log(tmp_path / "fsdp")[0]  # rollouts on the gathered weights, the update on the shards: same numbers
+    assert first["gradient_steps"] >= 1 and first["ratio_min"] == first["ratio_max"] == 1.0, first
     checkpoint = sorted((tmp_path / "fsdp" / "checkpoints").glob("step-*"))[-1]
     assert json.loads((checkpoint / "optimizer.json").read_text())["format"] == "fsdp-full"
 

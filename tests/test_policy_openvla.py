@@ -180,3 +180,33 @@ def test_predict_command_reads_openvla_checkpoint(checkpoint, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and np.asarray(out["chunk"]).shape == (1, 7)
     assert -0.03 <= out["chunk"][0][0] <= 0.03  # inside bridge_orig's q01..q99 for ee_dx
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_imagination_samples_openvla_token_by_token_with_the_updates_log_probs(checkpoint, dtype):
+    """OpenVLA decodes autoregressively; imagination must sample it that way (not through parallel action slots
+    it was never trained on) and record the log-probs GRPO's update recomputes: ratio exactly 1 at the first
+    step, in bf16 too. Each trajectory draws its own noise: a row samples the same alone as in a batch."""
+    from wmpo_core.policy.placement import place_policy
+    from wmpo_core.rl.trainer_imagination import PolicyLogProbs
+    from wmpo_core.world_model.imagine import VLAImaginationPolicy
+
+    d, _ = checkpoint
+    policy = place_policy(load_openvla(d), "cpu", dtype).eval()
+    adapter = VLAImaginationPolicy(policy, "agentview", temperature=1.6)
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    chunk = adapter.sample_chunk(frames, "pick up the coke can", gens)
+    assert chunk.tokens.shape == (3, 7) and chunk.actions.shape == (3, 1, 7)
+
+    batch = policy.prepare_batch([{"agentview": f} for f in frames], ["pick up the coke can"] * 3)
+    policy.train()  # the update's mode
+    with torch.no_grad():
+        update_logp, _ = PolicyLogProbs(policy)(batch, chunk.tokens, 1.6)
+    assert torch.equal(update_logp, chunk.log_probs)
+    # what the same noise gives token by token, one row at a time (the tokens feed back into the prompt)
+    policy.eval()
+    alone = adapter.sample_chunk(frames[1:2], "pick up the coke can", [torch.Generator().manual_seed(2)])
+    assert torch.equal(alone.tokens[0], chunk.tokens[1])
+    teacher, _ = policy.sample(batch.index(slice(1, 2)), 1.6, generator=[torch.Generator().manual_seed(2)])
+    assert torch.equal(teacher[0], chunk.tokens[1])

@@ -451,7 +451,8 @@ class VLAPolicy(nn.Module):
         return logp.gather(-1, self.action_tokenizer.tokens_to_bins(action_tokens)[..., None])[..., 0]
 
     @torch.no_grad()
-    def sample(self, batch: VLABatch, temperature: float = 0.0, generator: torch.Generator | None = None,
+    def sample(self, batch: VLABatch, temperature: float = 0.0,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None,
                decoding: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample action tokens (B, K*D) (vocabulary ids) and their log-probs (B, K*D); greedy when ``temperature == 0``."""
         decoding = decoding or self.config.decoding
@@ -492,7 +493,11 @@ class VLAPolicy(nn.Module):
             positions = positions[:, -1:] + 1
             out = self._run_lm(embed(tok), step_mask, positions, past_key_values=cache, use_cache=True)
             cache, hidden = out.past_key_values, out.last_hidden_state
-        return torch.cat(tokens, 1), torch.cat(logps, 1)
+        sampled = torch.cat(tokens, 1)
+        # The log-probs come from one teacher-forced pass, the computation GRPO / DPO's update runs, not from
+        # the cached steps that drew the tokens: in bf16 the two differ in the last bits, and the update's
+        # ratio must be exactly 1 before its first step (a second pass over the prefix per sampled chunk).
+        return sampled, self.log_prob(batch, sampled, temperature, decoding="autoregressive")
 
     # ---------------------------------------------------------------- actions
     def tokens_to_actions(self, action_tokens: torch.Tensor, unnorm_key: str | None = None) -> np.ndarray:
@@ -655,11 +660,20 @@ def _effective_temperature(temperature: float) -> float:
     return 1.0 if temperature <= 0 else float(temperature)
 
 
-def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or argmax) bins from logits (..., n_bins); returns bins and their log-probs at the effective temperature."""
+def _draw(logits: torch.Tensor, temperature: float,
+          generator: torch.Generator | Sequence[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (or argmax) bins from logits (..., n_bins); returns bins and their log-probs at the effective temperature.
+
+    ``generator`` may be one CPU generator per row (logits (B, ..., n_bins)): each row then draws its own
+    Gumbel noise, so a row's sample does not depend on the other rows of the batch (imagination's groups)."""
     logp_all = torch.log_softmax(logits / _effective_temperature(temperature), dim=-1)
     if temperature <= 0:
         bins = logits.argmax(-1)
+    elif isinstance(generator, Sequence):
+        if len(generator) != logits.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
+        uniform = torch.stack([torch.rand(logits.shape[1:], generator=g) for g in generator]).to(logits)
+        bins = (logp_all - torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))).argmax(-1)
     else:
         flat = logp_all.reshape(-1, logp_all.shape[-1]).exp()
         bins = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])

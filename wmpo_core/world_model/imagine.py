@@ -113,6 +113,12 @@ class VLAImaginationPolicy:
         policy = self.policy
         frames = torch.as_tensor(frames).to(policy.device)
         batch = policy.prepare_batch([{self.camera: f} for f in frames], [instruction] * len(frames))
+        if getattr(policy.config, "decoding", None) == "autoregressive":
+            # OpenVLA proper: token by token, as on the robot (each trajectory its own noise); the log-probs are
+            # the teacher-forced ones GRPO's update recomputes
+            tokens, logp_tokens = policy.sample(batch, self.temperature, generator=list(generators))
+            actions = torch.as_tensor(np.asarray(policy.tokens_to_actions(tokens), dtype=np.float32))
+            return PolicyChunk(actions, tokens, logp_tokens)
         # OpenVLA-OFT packages decode their own way; GRPO's update recomputes with the same decoding
         decoding = "oft" if getattr(policy.config, "decoding", None) == "oft" else "parallel"
         logits = policy.action_logits(batch, decoding=decoding).float()

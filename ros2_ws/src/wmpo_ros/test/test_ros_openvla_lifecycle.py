@@ -3,7 +3,8 @@ and real processes end to end:
 
     import-openvla -> verify -> predict (equal to a reference forward) -> served by the policy node through the
     ROS 2 graph (`wmpo record --sim --policy PKG`, every recorded chunk equal to the package's own prediction)
-    -> train-policy --init with LoRA + bf16 on the episode just recorded -> grpo-sim with LoRA + bf16 -> export
+    -> train-policy --init with LoRA + bf16 on the episode just recorded -> grpo (GRPO in imagination, a tiny
+    world model and reward model) with LoRA + bf16 -> export
     (re-signed with the robot's key, the imported package as parent) -> push into a running policy node over
     DDS -> the node serves it -> ~/rollback restores the imported package.
 
@@ -52,6 +53,39 @@ VARIANTS = {  # variant -> (ROS domain id, steps recorded, chunk shape)
     "openvla": (87, 6, (1, 7)),
     "oft": (93, 24, (8, 7)),
 }
+# Tiny imagination models (the world model's chunk must be the policy's: 1 for OpenVLA, 8 for OFT)
+TINY_WM = {"steps": 40, "batch_size": 4, "lr": 3e-3, "num_inference_steps": 2, "vae_steps": 2, "vae_batch_size": 4,
+           "tiny_vae": {"block_out_channels": [8, 8, 16]},
+           "transformer": {"patch_size": 2, "hidden_size": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
+                           "context_frames": 2}}
+TINY_REWARD = {"steps": 2, "batch_size": 4, "lr": 1e-3, "val_fraction": 0.5, "score_stride": 4,
+               "model": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+TINY_GRPO = {"iterations": 2, "groups_per_batch": 1, "starts_per_round": 6, "max_sampling_rounds": 4, "horizon": 8,
+             "grpo": {"group_size": 4, "minibatch_size": 4, "learning_rate": 1e-2}}
+
+
+@pytest.fixture(scope="module")
+def imagination(tmp_path_factory) -> Path:
+    """Toy episode bags (half successes), a tiny reward model and a tiny world model per chunk size (1, 8)."""
+    from wmpo_core.world_model.synthetic import moving_square_episode, write_episode_bag
+
+    root = tmp_path_factory.mktemp("imagination")
+    for seed in range(6):
+        write_episode_bag(root / "episodes", moving_square_episode(24, seed, 64, success=seed % 2 == 0))
+    (root / "reward.json").write_text(json.dumps(TINY_REWARD))
+    _ok(_wmpo("train-reward", "--episodes", str(root / "episodes"), "--out", str(root / "reward"),
+              "--config", str(root / "reward.json")))
+    for k in (1, 8):
+        config = json.loads(json.dumps(TINY_WM))
+        config["transformer"]["chunk_size"] = k
+        (root / f"wm{k}.json").write_text(json.dumps(config))
+        _ok(_wmpo("train-world-model", "--episodes", str(root / "episodes"), "--out", str(root / f"wm{k}"),
+                  "--config", str(root / f"wm{k}.json")))
+        # the threshold set on this world model's imagined replays, as the pipeline does: both outcomes occur
+        _ok(_wmpo("calibrate-reward", "--model", str(root / "reward"), "--world-model", str(root / f"wm{k}"),
+                  "--episodes", str(root / "episodes"), "--out", str(root / f"reward{k}")))
+    (root / "grpo.json").write_text(json.dumps(TINY_GRPO))
+    return root
 
 
 def _wmpo(*args: str, env: dict[str, str] | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -91,7 +125,7 @@ def _served_chunks(episode_path: Path) -> tuple[dict, list]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_checkpoint_import_serve_train_grpo_export_push_rollback(variant, checkpoint, oft_checkpoints, keys,  # noqa: F811
-                                                                   tmp_path):
+                                                                   imagination, tmp_path):
     from safetensors import safe_open
 
     from wmpo_core.policy.loading import load_policy
@@ -137,17 +171,20 @@ def test_checkpoint_import_serve_train_grpo_export_push_rollback(variant, checkp
         np.testing.assert_allclose(served, policy_a.predict_chunk({"agentview": images[_stamp(msg)]},
                                                                   meta.instruction), atol=1e-5)
 
-    # --- train-policy --init with LoRA + bf16 on that episode, then GRPO with LoRA + bf16
+    # --- train-policy --init with LoRA + bf16 on that episode, then GRPO in imagination with LoRA + bf16
     tuned_run = tmp_path / "bc"
     done = _ok(_wmpo("train-policy", "--init", str(pkg_a), "--episodes", str(episodes), "--all-episodes",
                      "--out", str(tuned_run), "--lora-rank", "4", "--dtype", "bfloat16", "--steps", "2",
                      "--batch-size", "2", "--lr", "1e-2", "--no-progress"))
     tuned = Path(done.stdout.strip().splitlines()[-1])
-    grpo_config = tmp_path / "grpo.json"
-    grpo_config.write_text(json.dumps({"grpo": {"group_size": 2, "minibatch_size": 2}, "groups_per_iteration": 1}))
-    _ok(_wmpo("grpo-sim", "--policy", str(tuned), "--task", "lift", "--budget", "2", "--max-steps", "8",
-              "--config", str(grpo_config), "--out", str(tmp_path / "grpo"), "--lora-rank", "4",
+    _ok(_wmpo("grpo", "--policy", str(tuned), "--world-model", str(imagination / f"wm{chunk_shape[0]}"),
+              "--reward", str(imagination / f"reward{chunk_shape[0]}"), "--episodes", str(imagination / "episodes"),
+              "--config", str(imagination / "grpo.json"), "--out", str(tmp_path / "grpo"), "--lora-rank", "4",
               "--dtype", "bfloat16", "--quiet"))
+    rows = [json.loads(line) for line in (tmp_path / "grpo" / "log.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if r["gradient_steps"] >= 1]  # an informative group was imagined and trained on
+    assert trained, rows
+    assert all(r["ratio_min"] == r["ratio_max"] == 1.0 for r in trained)  # bf16 rollout and update: same numbers
     improved = tmp_path / "grpo" / "policy"
     with safe_open(str(improved / "model.safetensors"), framework="pt") as f, \
             safe_open(str(pkg_a / "model.safetensors"), framework="pt") as g:

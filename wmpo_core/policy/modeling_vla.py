@@ -453,8 +453,14 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, batch: VLABatch, temperature: float = 0.0,
                generator: torch.Generator | Sequence[torch.Generator] | None = None,
-               decoding: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample action tokens (B, K*D) (vocabulary ids) and their log-probs (B, K*D); greedy when ``temperature == 0``."""
+               decoding: str | None = None, exact_log_probs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample action tokens (B, K*D) (vocabulary ids) and their log-probs (B, K*D); greedy when ``temperature == 0``.
+
+        ``generator``: one generator, or one CPU generator per row (each row its own noise). Autoregressive
+        decoding draws token by token with a key-value cache; with ``exact_log_probs`` (the default, what
+        rollouts for GRPO / DPO need) the log-probs are then recomputed in one teacher-forced pass, the
+        computation the update runs, so the first ratio is exactly 1; inference passes False and skips it.
+        """
         decoding = decoding or self.config.decoding
         if decoding == "parallel":
             logits = self.action_logits(batch, decoding="parallel").float()
@@ -494,6 +500,8 @@ class VLAPolicy(nn.Module):
             out = self._run_lm(embed(tok), step_mask, positions, past_key_values=cache, use_cache=True)
             cache, hidden = out.past_key_values, out.last_hidden_state
         sampled = torch.cat(tokens, 1)
+        if not exact_log_probs:  # inference (the robot): the cached steps' log-probs, no second pass
+            return sampled, torch.cat(logps, 1)
         # The log-probs come from one teacher-forced pass, the computation GRPO / DPO's update runs, not from
         # the cached steps that drew the tokens: in bf16 the two differ in the last bits, and the update's
         # ratio must be exactly 1 before its first step (a second pass over the prefix per sampled chunk).
@@ -519,7 +527,7 @@ class VLAPolicy(nn.Module):
                 normalized = self.action_head(self._oft_hidden(batch)).float().cpu().numpy()
                 stats = self.norm_stats.get(unnorm_key or self.config.unnorm_key, "action")
                 return stats.unnormalize(normalized)[0]
-            tokens, _ = self.sample(batch, temperature)
+            tokens, _ = self.sample(batch, temperature, exact_log_probs=False)
         finally:
             self.train(was_training)
         return self.tokens_to_actions(tokens, unnorm_key)[0]

@@ -209,12 +209,52 @@ def test_grpo_imagination_is_scored_by_the_head_from_the_probabilities_imaginati
     assert batch.reward.tolist() == expected.astype(float).tolist() and batch.length.tolist() == lengths
 
 
-def test_grpo_takes_one_of_reward_or_success_head(tmp_path, capsys):
+def test_grpo_takes_the_reward_the_success_head_or_both(tmp_path, capsys):
     base = ["grpo", "--policy", str(tmp_path / "p"), "--world-model", str(tmp_path / "wm"), "--episodes",
             str(tmp_path), "--out", str(tmp_path / "out")]
-    assert wmpo(base) == 2 and "one of --reward" in capsys.readouterr().err
-    assert wmpo(base + ["--reward", "r", "--success-head", "h"]) == 2 and "one of --reward" in capsys.readouterr().err
+    assert wmpo(base) == 2 and "give --reward (the video classifier), --success-head, or both" in capsys.readouterr().err
+    assert wmpo(base + ["--reward", "r", "--success-head", "h"]) == 2  # the missing policy, not the pair
+    assert "or both" not in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_agreement_reward_is_the_video_reward_and_the_head_both_saying_success():
+    """`grpo --reward RM --success-head HEAD`: on the very same imagined trajectories, success where the video
+    model's last clip and the head's last frame are both above their thresholds, and nowhere else."""
+    from test_rl_trainers_imagination import solid_starts, tiny_policy
+
+    from wmpo_core.data.frames import resize_frames
+    from wmpo_core.rl.rollouts import AgreementReward, HeadReward, VideoReward, imagine_trajectories
+    from wmpo_core.world_model.imagine import VLAImaginationPolicy
+    from wmpo_core.world_model.success_head import SuccessHeadInfo
+
+    wm, policy, starts = tiny_world_model(), tiny_policy(), solid_starts()
+    k, group, chosen = wm.chunk_size, 4, [0, 1, 2]
+    horizon = 2 * k
+    torch.manual_seed(3)
+    head = SuccessHead(latent_channels=4, latent_size=8, context_frames=wm.context_frames, chunk_size=k, channels=8,
+                       hidden_size=16).eval()
+    torch.manual_seed(4)
+    model = RewardModel.tiny(RewardSettings(image_size=SIZE, rule="final"))
+    by_hand = imagine(wm, VLAImaginationPolicy(policy, "agentview", 1.0), np.repeat(starts.frames[chosen], group, 0),
+                      "lift the cube", horizon, [5 + i for i in range(len(chosen) * group)], success_head=head)
+    c = by_hand.context_frames
+    video_final = np.array([model.clip_scores(resize_frames(f[c - 1:], SIZE))[1][-1] for f in by_hand.frames])
+    model.settings.tau = float(np.median(video_final))
+    head_final = by_hand.success_probs[:, -1]
+    info = SuccessHeadInfo(vae_sha256="", camera="agentview", image_size=SIZE, tau=float(np.median(head_final)),
+                           rule="final")
+    video, by_head = VideoReward(model), HeadReward(head, info)
+    expected = (video_final > model.settings.tau) & (head_final > info.tau)
+    assert 0 < expected.sum() < min((video_final > model.settings.tau).sum(), (head_final > info.tau).sum())
+
+    def rewards(reward):
+        return imagine_trajectories(wm, policy, reward, starts, chosen, horizon=horizon, group_size=group,
+                                    temperature=1.0, seed=5).reward.numpy()
+
+    assert rewards(video).tolist() == (video_final > model.settings.tau).astype(float).tolist()
+    assert rewards(by_head).tolist() == (head_final > info.tau).astype(float).tolist()
+    assert rewards(AgreementReward(video, by_head)).tolist() == expected.astype(float).tolist()
 
 
 @pytest.mark.parametrize("rule", ["any", "final"])

@@ -230,6 +230,12 @@ class HeadReward:
     def __call__(self, trajectories: Sequence[np.ndarray]) -> list[tuple[bool, int | None]]:
         raise TypeError("HeadReward scores imagination from its latents: use imagine_trajectories (from_probs)")
 
+    def score(self, trajectories: Sequence[np.ndarray], probs: np.ndarray,
+              offsets: Sequence[int]) -> list[tuple[bool, int | None]]:
+        """What imagination reports: :meth:`from_probs`, success steps moved to frame indices of the scored
+        trajectories (``offsets[i]``: index of the last real frame of trajectory i)."""
+        return [(ok, None if step is None else offsets[i] + step) for i, (ok, step) in enumerate(self.from_probs(probs))]
+
     def from_probs(self, probs: np.ndarray) -> list[tuple[bool, int | None]]:
         """(B, horizon) per imagined frame -> (success, success step counted from the last real frame)."""
         out: list[tuple[bool, int | None]] = []
@@ -239,6 +245,31 @@ class HeadReward:
                 continue
             hits = np.nonzero(p > self.tau)[0]
             out.append((True, int(hits[0]) + 1) if len(hits) else (False, None))
+        return out
+
+
+class AgreementReward:
+    """Success only where the video reward model and the world model's success head both see it (beyond the
+    paper): a policy must fool two differently built judges, one reading decoded frames, the other the
+    latents and actions. The success frame is the later of the two (None, "the whole trajectory", when
+    either rule is "final")."""
+
+    def __init__(self, video: VideoReward, head: HeadReward):
+        self.video = video
+        self.head = head
+        self.success_head = head.success_head  # imagination computes the head's probabilities
+
+    def __call__(self, trajectories: Sequence[np.ndarray]) -> list[tuple[bool, int | None]]:
+        raise TypeError("AgreementReward needs the head's probabilities: use imagine_trajectories")
+
+    def score(self, trajectories: Sequence[np.ndarray], probs: np.ndarray,
+              offsets: Sequence[int]) -> list[tuple[bool, int | None]]:
+        """Both judges' verdicts on the same trajectories, ANDed."""
+        out: list[tuple[bool, int | None]] = []
+        for (ok_v, at_v), (ok_h, at_h) in zip(self.video(trajectories), self.head.score(trajectories, probs, offsets),
+                                              strict=True):
+            both = ok_v and ok_h
+            out.append((both, max(at_v, at_h) if both and at_v is not None and at_h is not None else None))
         return out
 
 
@@ -353,9 +384,8 @@ def imagine_trajectories(
                 prefix = starts.prefixes[chosen[i // group_size]]
                 trajectories.append(np.concatenate([prefix, f[c:]]))
                 offsets.append(len(prefix) - 1)
-        if head is not None:  # steps after the last real frame -> frame indices of the scored trajectory
-            scored = [(ok, None if step is None else offsets[i] + step)
-                      for i, (ok, step) in enumerate(reward.from_probs(imagined.success_probs))]
+        if head is not None:  # the head (alone or with the video model) reads the imagined latents' scores
+            scored = reward.score(trajectories, imagined.success_probs, offsets)
         else:
             scored = reward(trajectories)
         n_chunks = imagined.tokens.shape[1]

@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-model", required=True, help="world-model run directory (world_model.json)")
     parser.add_argument("--reward", help="reward-model directory (reward.json): the video classifier scores imagination")
     parser.add_argument("--success-head", help="success-head directory (wmpo train-success-head, on this world model): "
-                        "it scores imagination from the imagined latents and actions instead of --reward")
+                        "it scores imagination from the imagined latents and actions instead of --reward; with "
+                        "--reward too, a trajectory succeeds only where both say so")
     parser.add_argument("--episodes", required=True, nargs="+",
                         help="folder(s) of recorded episodes: their first frames start imagination")
     parser.add_argument("--iterations", type=int, help="override config.iterations")
@@ -67,13 +68,13 @@ def main(args: argparse.Namespace) -> int:
     from wmpo_core.registry.verify import PackageError
     from wmpo_core.reward.model import RewardModel
     from wmpo_core.rl.config import WMPOConfig, load_config
-    from wmpo_core.rl.rollouts import HeadReward, VideoReward, load_start_states
+    from wmpo_core.rl.rollouts import AgreementReward, HeadReward, VideoReward, load_start_states
     from wmpo_core.rl.trainer_imagination import train_wmpo
     from wmpo_core.world_model.model import WorldModel
 
     setup_logging()
-    if (args.reward is None) == (args.success_head is None):
-        return error("grpo", "give one of --reward (the video classifier) or --success-head")
+    if args.reward is None and args.success_head is None:
+        return error("grpo", "give --reward (the video classifier), --success-head, or both")
     try:
         config = load_config(WMPOConfig, args.config)
         if args.iterations:
@@ -85,20 +86,28 @@ def main(args: argparse.Namespace) -> int:
         device = training_device(args.device, accelerator)
         policy = prepare_policy(load_package(args.policy), args, device)
         world_model = WorldModel.from_pretrained(args.world_model, device=device)
-        if args.success_head:
-            from wmpo_core.world_model.success_head import load_success_head
+        from wmpo_core.world_model.success_head import load_success_head
 
-            reward: HeadReward | VideoReward = HeadReward(*load_success_head(args.success_head, args.world_model,
-                                                                             device=device))
+        head = (HeadReward(*load_success_head(args.success_head, args.world_model, device=device))
+                if args.success_head else None)
+        video = VideoReward(RewardModel.from_pretrained(args.reward, device=device)) if args.reward else None
+        reward: AgreementReward | HeadReward | VideoReward
+        if head is not None and video is not None:
+            reward = AgreementReward(video, head)
+        elif head is not None:
+            reward = head
         else:
-            reward = VideoReward(RewardModel.from_pretrained(args.reward, device=device))
+            assert video is not None  # one of the two was given (checked above)
+            reward = video
         starts = load_start_states(args.episodes, world_model.settings.camera, world_model.settings.image_size,
                                    start=config.start, branch_before=config.branch_before,
                                    context_frames=world_model.context_frames)
     except (OSError, ValueError, PackageError) as exc:
         return error("grpo", str(exc))
     extra: dict[str, Any] = {"world_model": str(args.world_model),
-                             "reward": str(args.reward) if args.reward else f"success head {args.success_head}",
+                             "reward": " and ".join([*([str(args.reward)] if args.reward else []),
+                                                     *([f"success head {args.success_head}"] if args.success_head
+                                                       else [])]),
                              **start_state_seeds(args.episodes)}
     if args.budget is not None:
         extra["budget"] = args.budget

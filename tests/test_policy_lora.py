@@ -140,14 +140,9 @@ def test_train_policy_init_with_lora_bf16_resumes_exactly_and_merges(oft_checkpo
     is what each checkpoint keeps beside them, and only the adapters have optimizer state); a run stopped after
     step 1 and resumed ends bit-exactly where the uninterrupted run ends; the package holds merged bf16 weights
     under the base's names and verifies; a resume with another rank is refused."""
-    from test_policy_oft import _write_bags
+    from test_policy_oft import bf16_package_and_bags
 
-    d, _ = oft_checkpoints
-    pkg = tmp_path / "pkg"
-    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
-                 "--dtype", "bfloat16"]) == 0
-    episodes = tmp_path / "bags"
-    _write_bags(episodes)
+    pkg, episodes = bf16_package_and_bags(oft_checkpoints[0], keys, tmp_path)
     (tmp_path / "tc.json").write_text(json.dumps({"val_fraction": 0.0, "warmup_steps": 1, "lr": 1e-2,
                                                   "keep_checkpoints": 3}))
 

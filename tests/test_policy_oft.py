@@ -321,12 +321,7 @@ def test_train_policy_init_fine_tunes_an_imported_package(oft_checkpoints, keys,
     from wmpo_core.policy.loading import load_package
     from wmpo_core.registry.package import verify_package_contents
 
-    d, _ = oft_checkpoints
-    pkg = tmp_path / "pkg"
-    assert wmpo(["import-openvla", str(d), "--out", str(pkg), "--key", str(keys.private_key), "--variant", "oft",
-                 "--dtype", "bfloat16"]) == 0
-    episodes = tmp_path / "bags"
-    _write_bags(episodes)
+    pkg, episodes = bf16_package_and_bags(oft_checkpoints[0], keys, tmp_path)
     (tmp_path / "tc.json").write_text(json.dumps({"val_fraction": 0.0, "warmup_steps": 1, "log_every": 1, "lr": 1e-3}))
     capsys.readouterr()
     assert wmpo(["train-policy", "--episodes", str(episodes), "--out", str(tmp_path / "run"), "--init", str(pkg),
@@ -347,6 +342,15 @@ def test_train_policy_init_fine_tunes_an_imported_package(oft_checkpoints, keys,
     assert wmpo(["train-policy", "--episodes", str(episodes), "--out", str(tmp_path / "run2"), "--init", str(pkg),
                  "--decoding", "parallel"]) == 2
     assert "--init keeps the package's own config" in capsys.readouterr().err
+
+
+def bf16_package_and_bags(checkpoint_dir, keys, tmp_path):
+    """The OFT miniature imported as a signed bf16 package (tmp_path/pkg) and 3 episode bags (tmp_path/bags)."""
+    pkg, episodes = tmp_path / "pkg", tmp_path / "bags"
+    assert wmpo(["import-openvla", str(checkpoint_dir), "--out", str(pkg), "--key", str(keys.private_key),
+                 "--variant", "oft", "--dtype", "bfloat16"]) == 0
+    _write_bags(episodes)
+    return pkg, episodes
 
 
 def _write_bags(root):

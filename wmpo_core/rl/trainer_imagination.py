@@ -231,8 +231,12 @@ def train_wmpo(
         if has_lora(policy):
             raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
                              "state are small: train the adapters with DDP)")
-        if checkpoint is not None:  # the gathered weights, before they are split
-            policy.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+        if checkpoint is not None:  # the gathered weights, before they are split (names and shapes checked)
+            weights = load_file(str(checkpoint / "model.safetensors"))
+            if hasattr(policy, "load_weights"):
+                policy.load_weights(weights, where=str(checkpoint / "model.safetensors"))
+            else:
+                policy.load_state_dict(weights)
         sharding.shard_policy(policy, root=module)  # before the optimizer: it sees only this process's shards
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=grpo.learning_rate,
                                       weight_decay=0.0)

@@ -200,6 +200,13 @@ def test_imagination_samples_openvla_token_by_token_with_the_updates_log_probs(c
     assert chunk.tokens.shape == (3, 7) and chunk.actions.shape == (3, 1, 7)
 
     batch = policy.prepare_batch([{"agentview": f} for f in frames], ["pick up the coke can"] * 3)
+    # the first token of each row by hand: Gumbel-max with that row's generator's first uniforms
+    with torch.no_grad():
+        first = policy.action_logits(batch, chunk.tokens, decoding="autoregressive")[:, 0].float()
+    uniform = torch.stack([torch.rand(first.shape[1:], generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    gumbel = -torch.log(-torch.log(uniform))
+    by_hand = policy.action_tokenizer.bins_to_tokens((torch.log_softmax(first / 1.6, -1) + gumbel).argmax(-1))
+    assert torch.equal(chunk.tokens[:, 0], by_hand) and len(set(chunk.tokens.flatten().tolist())) > 3
     policy.train()  # the update's mode
     with torch.no_grad():
         update_logp, _ = PolicyLogProbs(policy)(batch, chunk.tokens, 1.6)

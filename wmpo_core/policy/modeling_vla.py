@@ -681,7 +681,8 @@ def _draw(logits: torch.Tensor, temperature: float,
         if len(generator) != logits.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
         uniform = torch.stack([torch.rand(logits.shape[1:], generator=g) for g in generator]).to(logits)
-        bins = (logp_all - torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))).argmax(-1)
+        gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
+        bins = (logp_all + gumbel).argmax(-1)
     else:
         flat = logp_all.reshape(-1, logp_all.shape[-1]).exp()
         bins = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])

@@ -113,26 +113,18 @@ class VLAImaginationPolicy:
         policy = self.policy
         frames = torch.as_tensor(frames).to(policy.device)
         batch = policy.prepare_batch([{self.camera: f} for f in frames], [instruction] * len(frames))
-        if getattr(policy.config, "decoding", None) == "autoregressive":
-            # OpenVLA proper: token by token, as on the robot (each trajectory its own noise); the log-probs are
-            # the teacher-forced ones GRPO's update recomputes
-            tokens, logp_tokens = policy.sample(batch, self.temperature, generator=list(generators))
-            actions = torch.as_tensor(np.asarray(policy.tokens_to_actions(tokens), dtype=np.float32))
-            return PolicyChunk(actions, tokens, logp_tokens)
-        # OpenVLA-OFT packages decode their own way; GRPO's update recomputes with the same decoding
-        decoding = "oft" if getattr(policy.config, "decoding", None) == "oft" else "parallel"
-        logits = policy.action_logits(batch, decoding=decoding).float()
-        temperature = self.temperature if self.temperature > 0 else 1.0
-        logp = torch.log_softmax(logits / temperature, dim=-1)
-        if self.temperature > 0:
-            uniform = torch.stack([torch.rand(logits.shape[1:], generator=g) for g in generators]).to(logits)
-            gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
-            bins = (logp + gumbel).argmax(-1)
-        else:
+        decoding = getattr(policy.config, "decoding", "parallel")
+        if self.temperature > 0 or decoding == "autoregressive":
+            # the policy's own sampling in its own decoding (OpenVLA token by token, OFT in one bidirectional
+            # pass), each trajectory its own noise; the log-probs are the ones GRPO's update recomputes
+            tokens, logp = policy.sample(batch, self.temperature, generator=list(generators))
+        else:  # greedy over the action bins, log-probs at temperature 1
+            logits = policy.action_logits(batch, decoding=decoding).float()
             bins = logits.argmax(-1)
-        tokens = policy.action_tokenizer.bins_to_tokens(bins)
+            tokens = policy.action_tokenizer.bins_to_tokens(bins)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, bins[..., None])[..., 0]
         actions = torch.as_tensor(np.asarray(policy.tokens_to_actions(tokens), dtype=np.float32))
-        return PolicyChunk(actions, tokens, logp.gather(-1, bins[..., None])[..., 0])
+        return PolicyChunk(actions, tokens, logp)
 
 
 def pad_start(frames: np.ndarray, context_frames: int) -> np.ndarray:

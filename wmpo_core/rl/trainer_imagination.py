@@ -226,11 +226,7 @@ def train_wmpo(
 
         from wmpo_core.policy.lora import has_lora
 
-        if accelerator is None or accelerator.num_processes < 2:
-            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
-        if has_lora(policy):
-            raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
-                             "state are small: train the adapters with DDP)")
+        sharding.check_setup(1 if accelerator is None else accelerator.num_processes, has_lora(policy))
         if checkpoint is not None:  # the gathered weights, before they are split (names and shapes checked)
             weights = load_file(str(checkpoint / "model.safetensors"))
             if hasattr(policy, "load_weights"):
@@ -377,32 +373,18 @@ def _checkpoint_state(checkpoint: Path, fsdp: bool) -> dict[str, Any]:
 def _save_fsdp_checkpoint(directory: Path, policy: nn.Module, optimizer: torch.optim.Optimizer,
                           state: dict[str, Any], keep: int, main_process: bool) -> None:
     """Gather the sharded weights and optimizer state (collectives: every process calls this) and write them
-    on the main process as ``step-NNNNNN`` (the gathered weights under the policy's own names, the optimizer
-    state by weight name, ``state.json``), atomically, keeping the newest ``keep``."""
-    import os
-    import shutil
-
-    from safetensors.torch import save_file
-
+    on the main process as a checkpoint (the gathered weights under the policy's own names, the optimizer
+    state by weight name)."""
     from wmpo_core.policy import fsdp as sharding
-    from wmpo_core.world_model.checkpoint import STATE_FILE
+    from wmpo_core.world_model.checkpoint import save_checkpoint
 
     weights = sharding.full_state_dict(policy)
-    final = directory / f"step-{int(state['step']):06d}"
-    tmp = directory / f".tmp-step-{int(state['step']):06d}-{os.getpid()}"
-    if main_process:
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    sharding.save_full_optimizer(policy, optimizer, tmp if main_process else None)
     if not main_process:
+        sharding.save_full_optimizer(policy, optimizer, None)  # its part of the gathering
         return
-    (tmp / STATE_FILE).write_text(json.dumps(dict(state, fsdp=True), indent=1) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(directory.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(directory, model=policy, optimizer=optimizer, generators={}, state=dict(state, fsdp=True),
+                    keep=keep, weights=weights,
+                    write_optimizer=lambda folder: sharding.save_full_optimizer(policy, optimizer, folder))
 
 
 def start_states_from_frames(frames: Sequence[np.ndarray], instruction: str) -> StartStates:

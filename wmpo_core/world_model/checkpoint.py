@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,13 @@ def save_checkpoint(
     state: dict[str, Any],
     ema: Any | None = None,
     keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+    write_optimizer: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``directory/step-NNNNNN`` atomically (temp dir + rename) and keep the newest ``keep`` checkpoints."""
+    """Write ``directory/step-NNNNNN`` atomically (temp dir + rename) and keep the newest ``keep`` checkpoints.
+
+    ``weights`` replaces ``model.state_dict()`` and ``write_optimizer(folder)`` writes the optimizer state
+    instead of :func:`optimizer_to_flat` (a sharded run's gathered weights and optimizer state)."""
     step = int(state["step"])
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
@@ -71,11 +77,16 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        opt_tensors, opt_rest = optimizer_to_flat(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        tensors = model.state_dict() if weights is None else weights
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        if write_optimizer is None:
+            opt_tensors, opt_rest = optimizer_to_flat(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            full_state = dict(state, optimizer=opt_rest)
+        else:
+            write_optimizer(tmp)
+            full_state = dict(state)
         save_file({name: g.get_state() for name, g in generators.items()}, str(tmp / "rng.safetensors"))
-        full_state = dict(state, optimizer=opt_rest)
         if ema is not None:
             ema_sd = ema.state_dict()
             shadow = ema_sd.pop("shadow_params")

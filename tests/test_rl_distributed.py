@@ -282,3 +282,27 @@ def test_dpo_on_two_processes_ddp_and_fsdp_equal_one_process(tmp_path):
         weights = load_file(str(tmp_path / name / "policy" / "model.safetensors"))
         for key, value in reference.items():
             torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+
+
+def test_fsdp_is_refused_in_one_process_and_with_lora(tmp_path):
+    """`grpo --fsdp` / `dpo --fsdp` in one process say how to launch; FSDP with LoRA adapters is refused."""
+    from wmpo_core.data.bag import episode_dirs
+    from wmpo_core.policy.fsdp import check_setup
+    from wmpo_core.rl.config import WMPOConfig
+    from wmpo_core.rl.rollouts import trajectories_from_episodes
+    from wmpo_core.rl.trainer_dpo import train_dpo
+    from wmpo_core.rl.trainer_imagination import train_wmpo
+
+    launch = "--fsdp: needs 2 or more processes (accelerate launch"
+    with pytest.raises(ValueError, match=launch.replace("(", r"\(")):
+        train_wmpo(tiny_policy(), tiny_world_model(), frame_rule_reward, solid_starts(), tmp_path / "grpo",
+                   WMPOConfig(iterations=1, horizon=K), progress=False, fsdp=True)
+    _dpo_episodes(tmp_path / "episodes")
+    policy = tiny_policy()
+    trajectories, ids = trajectories_from_episodes(episode_dirs(tmp_path / "episodes"), policy)
+    with pytest.raises(ValueError, match=launch.replace("(", r"\(")):
+        train_dpo(policy, trajectories, tmp_path / "dpo", _dpo_config(), episode_ids=ids, progress=False, fsdp=True)
+    assert not (tmp_path / "dpo").exists() and not (tmp_path / "grpo" / "checkpoints").exists()
+    with pytest.raises(ValueError, match="--fsdp with --lora-rank is not supported"):
+        check_setup(2, lora=True)
+    check_setup(2)  # several processes, no adapters: fine

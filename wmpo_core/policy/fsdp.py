@@ -32,6 +32,16 @@ import torch
 from torch import nn
 
 
+def check_setup(num_processes: int, lora: bool = False) -> None:
+    """What ``--fsdp`` needs, as a ValueError saying what to do: 2 or more processes, and no LoRA adapters
+    (their trainable weights and optimizer state are small: train them with DDP)."""
+    if num_processes < 2:
+        raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
+    if lora:
+        raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
+                         "state are small: train the adapters with DDP)")
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules sharded on their own: instances of the classes that the transformers models inside
     ``model`` name in ``_no_split_modules`` (their repeated blocks), outermost first."""

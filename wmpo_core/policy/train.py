@@ -400,8 +400,7 @@ def train_policy(
     if tc.fsdp:  # sharded before the optimizer is made, so that it holds only this process's shards
         from wmpo_core.policy import fsdp
 
-        if accelerator.num_processes < 2:
-            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
+        fsdp.check_setup(accelerator.num_processes)
         model = fsdp.shard_policy(policy)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if checkpoint is not None:

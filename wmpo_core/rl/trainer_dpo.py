@@ -109,11 +109,7 @@ def train_dpo(
     if fsdp:
         from wmpo_core.policy.lora import has_lora
 
-        if world < 2:
-            raise ValueError("--fsdp: needs 2 or more processes (accelerate launch --multi_gpu --num_processes N)")
-        if has_lora(policy):
-            raise ValueError("--fsdp with --lora-rank is not supported (LoRA's trainable weights and optimizer "
-                             "state are small: train the adapters with DDP)")
+        sharding.check_setup(world, has_lora(policy))
     if (out / POLICY_DIR).exists():
         raise FileExistsError(f"{out / POLICY_DIR}: exists; choose another --out")
     if accelerator is not None:

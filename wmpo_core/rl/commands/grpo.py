@@ -104,10 +104,10 @@ def main(args: argparse.Namespace) -> int:
                                    context_frames=world_model.context_frames)
     except (OSError, ValueError, PackageError) as exc:
         return error("grpo", str(exc))
-    extra: dict[str, Any] = {"world_model": str(args.world_model),
-                             "reward": " and ".join([*([str(args.reward)] if args.reward else []),
-                                                     *([f"success head {args.success_head}"] if args.success_head
-                                                       else [])]),
+    judges = [str(args.reward)] if args.reward else []
+    if args.success_head:
+        judges.append(f"success head {args.success_head}")
+    extra: dict[str, Any] = {"world_model": str(args.world_model), "reward": " and ".join(judges),
                              **start_state_seeds(args.episodes)}
     if args.budget is not None:
         extra["budget"] = args.budget

@@ -101,3 +101,31 @@ def test_plugin_verbs_from_the_ros_package_are_still_listed():
     assert {"up", "record"} <= plugins
     assert plugins <= set(available) and not plugins & set(cli.BUILTIN_COMMANDS)
     assert all(available[name][1] is None for name in plugins)  # listed as "(ROS 2 command)" without an import
+
+
+def test_ctrl_c_wrapped_by_compiled_code_still_counts_as_an_interrupt():
+    """numba's dispatcher turns a KeyboardInterrupt raised in its Python callback into a chained SystemError."""
+    def numba_like():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            try:
+                raise SystemError("_numba_unpickle returned a result with an exception set") from inner
+            except SystemError as middle:
+                raise SystemError("CPUDispatcher returned a result with an exception set") from middle
+
+    with pytest.raises(SystemError) as wrapped:
+        numba_like()
+    assert cli.caused_by_interrupt(wrapped.value)
+    assert cli.caused_by_interrupt(KeyboardInterrupt())
+    try:
+        try:
+            raise ValueError("bad bag")
+        except ValueError as cause:
+            raise RuntimeError("read failed") from cause
+    except RuntimeError as plain:
+        assert not cli.caused_by_interrupt(plain)
+    looped = RuntimeError("a cycle")
+    looped.__context__ = RuntimeError("back")
+    looped.__context__.__context__ = looped
+    assert not cli.caused_by_interrupt(looped)

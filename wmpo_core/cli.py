@@ -92,6 +92,21 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, a KeyboardInterrupt.
+
+    Ctrl-C that lands while compiled code calls back into Python (numba's dispatcher in robosuite's
+    controller) surfaces as a SystemError whose cause is the KeyboardInterrupt; it is still Ctrl-C.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
@@ -108,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        if not caused_by_interrupt(exc):
+            raise
     # Out of the except block the interrupted frames are freed: their progress bars close before the
     # message below, which so stays the last line on the terminal.
     gc.collect()

@@ -99,11 +99,12 @@ def caused_by_interrupt(exc: BaseException) -> bool:
     controller) surfaces as a SystemError whose cause is the KeyboardInterrupt; it is still Ctrl-C.
     """
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
             return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

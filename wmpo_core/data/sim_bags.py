@@ -153,6 +153,7 @@ def collect_sim_episodes(
     temperature: float = 0.0,
     repeats: int = 1,
     progress: bool = True,
+    jobs: int = 1,
 ) -> list[Path]:
     """Run ``n`` episodes and write one bag each into ``out_dir``.
 
@@ -161,6 +162,10 @@ def collect_sim_episodes(
     (the task's demonstrator with ``noise`` in [0, 1]; its per-episode noise is seeded by the episode
     seed) or a policy package / model directory, greedy at ``temperature`` 0 and sampled otherwise
     (torch seeded with the episode seed, and the repeat index, as ``wmpo eval`` does). Returns the bag paths.
+
+    With ``jobs`` > 1 the start states are split into that many contiguous ranges, each collected in a
+    spawned process with its own simulator and one torch thread: the same episodes as with one job,
+    since each depends on its seed (and repeat) only. Each process prints a line per finished episode.
     """
     if n <= 0:
         raise ValueError(f"n: expected a positive number of episodes, got {n!r}")
@@ -168,22 +173,60 @@ def collect_sim_episodes(
         raise ValueError(f"repeats: expected a positive divisor of the {n} episodes, got {repeats!r}")
     if repeats > 1 and policy == "scripted" and noise == 0:
         raise ValueError("repeats: a noise-free scripted demonstrator repeats the same episode; give --noise")
-    from tqdm import tqdm
-
-    from wmpo_core.sim import make_env, run_episode
-
     if temperature < 0:
         raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
     if steps_after_success < 0:
         raise ValueError(f"steps_after_success: expected >= 0, got {steps_after_success!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive number of processes, got {jobs!r}")
+    kwargs: dict[str, Any] = {"noise": noise, "policy": policy, "cameras": tuple(cameras), "image_size": image_size,
+              "max_steps": max_steps, "steps_after_success": steps_after_success, "temperature": temperature,
+              "repeats": repeats}
+    jobs = min(jobs, n // repeats)
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        bounds = np.linspace(0, n // repeats, jobs + 1).round().astype(int)
+        # spawn, not fork: the parent may hold torch's thread pool; a worker's failure is raised here.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
+            futures = [executor.submit(_collect_in_process, task, int(b - a) * repeats, str(out_dir),
+                                       seed + int(a), seed, progress, kwargs)
+                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            parts = [f.result() for f in futures]
+        return [path for part in parts for path in part]
+    return _collect(task, n, out_dir, seed, seed, progress=progress, lines=False, **kwargs)
+
+
+def _collect_in_process(task: str, n: int, out_dir: str, seed: int, first_seed: int, progress: bool,
+                        kwargs: dict[str, Any]) -> list[Path]:
+    """Worker of :func:`collect_sim_episodes` with ``jobs`` > 1: one torch thread, a line per episode."""
     import torch
 
-    fn, version, reset = _policy_source(policy, task, noise, seed, temperature)
+    torch.set_num_threads(1)
+    return _collect(task, n, out_dir, seed, first_seed, progress=progress, lines=True, **kwargs)
+
+
+def _collect(task: str, n: int, out_dir: str | os.PathLike[str], seed: int, first_seed: int, *, noise: float, policy: str,
+             cameras: tuple[str, ...], image_size: int, max_steps: int | None, steps_after_success: int,
+             temperature: float, repeats: int, progress: bool, lines: bool) -> list[Path]:
+    """The episodes of seeds ``seed ..`` of :func:`collect_sim_episodes` (checked arguments) in this process.
+
+    ``first_seed`` is the whole collection's: the scripted demonstrator's noise streams derive from it.
+    """
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from wmpo_core.sim import make_env, run_episode
+
+    fn, version, reset = _policy_source(policy, task, noise, first_seed, temperature)
     env = make_env(task, image_size=image_size, cameras=tuple(cameras), max_steps=max_steps)
     paths: list[Path] = []
     successes = 0
     try:
-        bar = tqdm(range(n), desc=f"collect {task}", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(n), desc=f"collect {task}", disable=not progress or lines, dynamic_ncols=True)
         for i in bar:
             s, repeat = seed + i // repeats, i % repeats
             reset(s + repeat * SEED_REPEAT_STRIDE)  # the demonstrator's noise differs between repeats
@@ -205,6 +248,10 @@ def collect_sim_episodes(
                                            fovy_deg={c: env.camera_fovy(c) for c in env.cameras}))
             successes += int(result.success)
             bar.set_postfix(success=f"{successes}/{i + 1}")
+            if progress and lines:
+                print(f"collect {task}: seed {s} {'success' if result.success else 'failure'} after "
+                      f"{result.length} steps ({i + 1}/{n} of seeds {seed}-{seed + (n - 1) // repeats})",
+                      file=sys.stderr, flush=True)
     finally:
         env.close()
     log.info("collected %d %s episodes into %s: %d successful", n, task, out_dir, successes)

@@ -39,11 +39,13 @@ def list_complete_episodes(folder: Path) -> list[dict[str, Any]]:
 
 def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path, *,
                   max_steps: int | None = None, noise: float = 0.0, temperature: float = 0.0,
-                  steps_after_success: int = 0, cameras: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  steps_after_success: int = 0, cameras: Sequence[str] | None = None,
+                  jobs: int = 1) -> list[dict[str, Any]]:
     """Episodes of ``policy`` (package dir or ``scripted``) straight from the simulator, one bag each.
 
     The bags follow the recorder's schema (wmpo_core.data.sim_bags), without ROS in the loop.
-    Seeds ``first_seed .. first_seed + count - 1``; ``cameras`` rendered (None: agentview).
+    Seeds ``first_seed .. first_seed + count - 1``; ``cameras`` rendered (None: agentview); ``jobs``
+    simulator processes.
     Returns one row per episode.
     """
     from wmpo_core.data.bag import read_metadata
@@ -52,7 +54,8 @@ def record_in_sim(policy: str, task: str, count: int, first_seed: int, out: Path
     check_simulator("recording in the simulator")
     paths = collect_sim_episodes(task, count, out, seed=first_seed, noise=noise, policy=policy, max_steps=max_steps,
                                  temperature=temperature if policy != "scripted" else 0.0,
-                                 steps_after_success=steps_after_success, cameras=tuple(cameras or ("agentview",)))
+                                 steps_after_success=steps_after_success, cameras=tuple(cameras or ("agentview",)),
+                                 jobs=jobs)
     rows = []
     for path in paths:
         meta = read_metadata(path)
@@ -107,6 +110,7 @@ class Collection:
     noise: float | None = None  # scripted demonstrator noise
     public_key: Path | None = None  # the key the graph's policy node trusts
     cameras: tuple[str, ...] | None = None  # rendered and recorded (None: the graph file's; direct: agentview)
+    jobs: int = 1  # simulator processes (direct only)
 
 
 def collect(c: Collection, folder: Path) -> dict[str, Any]:
@@ -115,10 +119,11 @@ def collect(c: Collection, folder: Path) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)  # a half-finished earlier attempt: record the step afresh
     if c.direct:
-        print(f"    collecting {c.count} episodes directly in the simulator (no ROS graph)", flush=True)
+        print(f"    collecting {c.count} episodes directly in the simulator (no ROS graph"
+              f"{f', {c.jobs} processes' if c.jobs > 1 else ''})", flush=True)
         rows = record_in_sim(c.policy, c.task, c.count, c.first_seed, out, max_steps=c.max_steps,
                              noise=c.noise or 0.0, temperature=c.temperature,
-                             steps_after_success=c.steps_after_success or 0, cameras=c.cameras)
+                             steps_after_success=c.steps_after_success or 0, cameras=c.cameras, jobs=c.jobs)
     else:
         print(f"    collecting {c.count} episodes through the ROS 2 graph (wmpo record --sim)", flush=True)
         rows = record_through_ros(c.policy, c.task, c.count, c.first_seed, out, max_steps=c.max_steps,

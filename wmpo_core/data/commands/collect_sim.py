@@ -27,6 +27,9 @@ def configure(parser: Any) -> None:
                         help="episodes per start state (a group of sampled rollouts; default 1)")
     parser.add_argument("--steps-after-success", type=int, default=0,
                         help="keep recording this many steps after the task succeeds (default 0: stop at success)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="simulator processes, each on a contiguous range of start states (default 1; "
+                        "the same episodes whatever the number)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,7 +42,7 @@ def main(args: Any) -> int:
                                      policy=args.policy, cameras=tuple(args.cameras), image_size=args.image_size,
                                      max_steps=args.max_steps, steps_after_success=args.steps_after_success,
                                      temperature=args.temperature, repeats=args.repeats,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, jobs=args.jobs)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wmpo collect-sim: {exc}", file=sys.stderr)
         return 2

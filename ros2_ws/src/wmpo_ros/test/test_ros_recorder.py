@@ -102,9 +102,15 @@ def test_recorder_writes_latched_state_labels_and_finalizes(tmp_path: Path) -> N
             for key in ("msgs/s", "bytes/s", "dropped"):
                 assert f"/camera/agentview/image_raw {key}" in values
             assert values["recording"] == "True" and values["queue_dropped"] == "0"
+            # ~/status counts what this episode received (what `wmpo record` waits on before ~/stop).
+            live = json.loads(call_ok(probe, Trigger, "/recorder/status").message)
+            assert live["recording"] is True and live["episode_id"] == started["episode_id"]
+            assert live["received"]["/camera/agentview/image_raw"] == 10 and live["received"]["/wmpo/success"] == 10
             call_ok(probe, SetBool, "/recorder/label", SetBool.Request(data=True))
             stopped = json.loads(call_ok(probe, Trigger, "/recorder/stop").message)
             assert not probe.call(Trigger, "/recorder/stop").success  # nothing left to stop
+            done = json.loads(call_ok(probe, Trigger, "/recorder/status").message)
+            assert done["recording"] is False and done["received"] == live["received"]
             assert rec.alive()
     path = out / stopped["episode_id"]
     assert bag.bag_status(path) == "ok"

@@ -133,4 +133,11 @@ def test_sim_robot_reset_step_stamps_and_bad_commands(tmp_path: Path) -> None:
         assert np.allclose(again["state"]["cube_pos"], first["state"]["cube_pos"])
         cmd.publish(chunk_to_trajectory(np.zeros((1, 7)), probe.now_msg(), 0.1))
         probe.wait_for(lambda: json.loads(states.last().data)["step"] == 1, 20, "step after reset unpauses", sim)
+
+        # ~/pause freezes the scene between two steps and says how far the episode got.
+        resp = probe.call(Trigger, "/sim/pause")
+        assert resp.success and json.loads(resp.message) == {"seed": 11, "step": 1, "observations": 2}
+        cmd.publish(chunk_to_trajectory(np.zeros((1, 7)), probe.now_msg(), 0.1))
+        time.sleep(0.5)
+        assert json.loads(states.last().data)["step"] == 1
     assert sim.returncode == 0, sim.output()[-3000:]

@@ -6,7 +6,9 @@ before an episode starts and is written at its start. Callbacks only enqueue; on
 thread owns the open bag, so services and callbacks never race on it.
 
 Services: `~/start` (Trigger: open a new episode in `output_dir`), `~/label`
-(SetBool: success label), `~/stop` (Trigger: close the bag). At startup, bags left by a
+(SetBool: success label), `~/stop` (Trigger: close the bag), `~/status` (Trigger: JSON of the
+episode being recorded and the messages received per topic; every message it counts is in the
+bag once `~/stop` returns). At startup, bags left by a
 crash in `output_dir` are repaired (marked incomplete). A write error (disk full, ...)
 ends that episode with an error on the log and on /diagnostics; the node keeps running.
 
@@ -144,6 +146,7 @@ class EpisodeRecorderNode(Node):
         self.create_service(Trigger, "~/start", self._on_start, callback_group=services)
         self.create_service(Trigger, "~/stop", self._on_stop, callback_group=services)
         self.create_service(SetBool, "~/label", self._on_label, callback_group=services)
+        self.create_service(Trigger, "~/status", self._on_status, callback_group=ReentrantCallbackGroup())
         self.create_timer(1.0, self._update_diagnostics)
 
         self._writer_thread = threading.Thread(target=self._writer_loop, name="bag_writer", daemon=True)
@@ -213,12 +216,12 @@ class EpisodeRecorderNode(Node):
                 stats.period_bytes += len(data)
                 if topic.latched:
                     self._latched[topic.name] = (topic, data)
-                recording = self._recording and record
-            if recording:
-                try:
-                    self._queue.put_nowait(("msg", topic, t_ns, data))
-                except queue.Full:
-                    with self._lock:
+                # Enqueued under the lock that counts it: a message ~/status counts is written before a
+                # later ~/stop closes the bag (the close is queued behind it).
+                if self._recording and record:
+                    try:
+                        self._queue.put_nowait(("msg", topic, t_ns, data))
+                    except queue.Full:
                         self._queue_dropped += 1
                         stats.dropped += 1
 
@@ -371,6 +374,16 @@ class EpisodeRecorderNode(Node):
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+
+    def _on_status(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """JSON: whether an episode is open, its id, and messages received / dropped per topic in it."""
+        with self._lock:
+            counts = self._episode_counts_locked() if self._recording else getattr(self, "_last_episode_counts", None)
+            recording = self._recording
+        response.success = True
+        response.message = json.dumps({"recording": recording, "episode_id": self._episode_id,
+                                       "error": self._episode_error, **(counts or {"received": {}, "dropped": {}})})
+        return response
 
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self._writer is None:

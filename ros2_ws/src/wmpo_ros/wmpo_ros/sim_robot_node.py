@@ -10,7 +10,8 @@ action). A malformed or non-finite command is ignored with a warning and counted
 `~/reset` (std_srvs/Trigger) resets with the `seed` parameter, then increments it, so a
 caller either sets the seed (standard SetParameters service) before each reset or lets it
 count up. Setting the `paused` parameter freezes the scene between episodes (the arm
-keeps sending hold steps); a reset clears it.
+keeps sending hold steps); a reset clears it. `~/pause` (Trigger) does the same between two
+steps and answers with the episode's last step, so a recorder can be waited on for all of it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class SimRobotNode(Node):
         self.create_subscription(JointTrajectory, SIM_ARM_COMMAND_TOPIC, self._on_command, COMMAND_QOS,
                                  callback_group=group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        self.create_service(Trigger, "~/pause", self._on_pause, callback_group=group)
         self.diag = Diagnostics(self, "simulator", hardware_id=f"sim:{self.task}")
         self.diag.update({"task": self.task, "cameras": self.cameras, "image_size": self.image_size})
         if self.reset_on_start:
@@ -155,6 +157,17 @@ class SimRobotNode(Node):
             self.get_logger().error(f"reset failed: {exc}")
             self.diag.set_status(ERROR, f"reset failed: {exc}")
             response.success, response.message = False, f"reset failed: {exc}"
+        return response
+
+    def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Freeze the scene between two steps; JSON: the episode's seed, its last step, observations published.
+
+        Runs in the commands' callback group, so no step is under way: every observation of the episode
+        has been published when this returns (the reset's and one per step, ``step + 1``).
+        """
+        self.set_parameters([Parameter("paused", Parameter.Type.BOOL, True)])
+        response.success = True
+        response.message = json.dumps({"seed": self._seed, "step": self._step, "observations": self._step + 1})
         return response
 
     def _on_command(self, msg: JointTrajectory) -> None:

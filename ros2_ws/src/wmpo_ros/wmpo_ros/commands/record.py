@@ -194,6 +194,27 @@ class GraphClient:
                 finally:
                     self._cond.acquire()
 
+    def wait_recorded(self, observations: int, timeout: float = 10.0) -> None:
+        """Wait until the recorder has received ``observations`` messages on each lockstep topic.
+
+        The lockstep topics are those the simulator publishes once per observation (camera images
+        and infos, joint states, success). A message lost on the way never arrives: after
+        ``timeout`` the episode goes on with a warning rather than hanging.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = json.loads(self.trigger(f"{self.rec}/status"))
+            short = {t: n for t, n in status.get("received", {}).items()
+                     if is_lockstep_topic(t) and n < observations}
+            if not short:
+                return
+            if time.monotonic() > deadline:
+                print(f"wmpo record: episode {status.get('episode_id')}: the recorder holds fewer than "
+                      f"{observations} observations on {sorted(short)} after {timeout:g} s; stopping anyway",
+                      file=sys.stderr)
+                return
+            time.sleep(0.02)
+
     def close(self) -> None:
         """Stop spinning and shut the client context down."""
         self._running = False
@@ -202,6 +223,14 @@ class GraphClient:
             self.node.destroy_node()
         finally:
             self.context.try_shutdown()
+
+
+def is_lockstep_topic(topic: str) -> bool:
+    """Whether the simulator publishes ``topic`` (a bag topic name) exactly once per observation."""
+    from wmpo_core.data import topics as T
+
+    return topic in (T.JOINT_STATES, T.SUCCESS) or (
+        topic.startswith(T.CAMERA_PREFIX) and topic.endswith((T.IMAGE_SUFFIX, T.CAMERA_INFO_SUFFIX)))
 
 
 def record_episode(client: GraphClient, seed: int, max_steps: int | None, extra_steps: int,
@@ -225,10 +254,10 @@ def record_episode(client: GraphClient, seed: int, max_steps: int | None, extra_
 
     # Generous wall-clock bound: lockstep stepping runs at the arm's rate when the machine keeps up.
     state = client.wait_state(done, timeout=3.0 * limit / control_hz + 30.0)
-    client.set_params(client.sim, paused=True)  # freeze the scene: nothing after the label belongs to it
-    # Long enough for a step already under way to publish its observation, short enough that
-    # few hold ticks the frozen scene ignored end up in the bag.
-    time.sleep(0.15)
+    # Freeze the scene between two steps (nothing after the label belongs to the episode), then
+    # wait until the recorder holds every observation the simulator published in it.
+    paused = json.loads(client.trigger(f"{client.sim}/pause"))
+    client.wait_recorded(int(paused["observations"]))
     success = bool(first_success)
     client.label(success)
     client.trigger(f"{client.rec}/stop")

@@ -67,6 +67,10 @@ def test_report_json_fields_and_self_contained_html(tmp_path: Path) -> None:
                  paired={"pairs": 10, "wins": 4, "losses": 0, "p_one_sided": 0.0625})
     assert json.loads((tmp_path / "paired" / "report.json").read_text())["paired"]["wins"] == 4
     assert "paired on 10 start states" in (tmp_path / "paired" / "report.html").read_text()
+    assert "no difference shown (one-sided p = 0.0625" in (tmp_path / "paired" / "report.html").read_text()
+    write_report(tmp_path / "worse", title="t", task="lift", versions=rows,
+                 paired={"pairs": 250, "wins": 19, "losses": 36, "p_one_sided": 0.993, "p_worse": 0.015})
+    assert "the newer version is worse (one-sided p = 0.015" in (tmp_path / "worse" / "report.html").read_text()
     with pytest.raises(ValueError, match=r"versions\[0\].*ci95"):
         write_report(tmp_path / "bad", title="t", task="lift", versions=[{"success_rate": 0.5, "episodes": 2}])
 

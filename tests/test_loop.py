@@ -21,7 +21,7 @@ from wmpo_core.loop import (
     record_in_sim,
     sign_test_p_value,
 )
-from wmpo_core.stats import paired_outcomes
+from wmpo_core.stats import paired_outcomes, paired_verdict
 
 pytestmark = pytest.mark.sim
 WMPO = [sys.executable, "-m", "wmpo_core.cli"]
@@ -83,8 +83,14 @@ def test_gate_rule_paired_sign_test() -> None:
     # The same counts from the one paired helper the gate, compare and the demo's report share.
     base = {s: s < 6 for s in seeds}
     mixed = {s: s < 3 or s >= 7 for s in seeds}  # loses states 3-5, wins 7-9
-    assert paired_outcomes(base, mixed) == {"pairs": 10, "wins": 3, "losses": 3, "p_one_sided": pytest.approx(21 / 32)}
+    assert paired_outcomes(base, mixed) == {"pairs": 10, "wins": 3, "losses": 3, "p_one_sided": pytest.approx(21 / 32),
+                                            "p_worse": pytest.approx(21 / 32)}
     assert paired_outcomes(base, {s: True for s in seeds})["p_one_sided"] == pytest.approx(1 / 16)
+    # The verdict a report prints: better, worse, or neither, each one-sided at 5%.
+    wins_19_losses_36 = {"p_one_sided": sign_test_p_value(19, 36), "p_worse": sign_test_p_value(36, 19)}
+    assert paired_verdict(wins_19_losses_36).startswith("worse (one-sided p = 0.015")
+    assert paired_verdict({"p_one_sided": sign_test_p_value(68, 41), "p_worse": 0.99}).startswith("better (")
+    assert paired_verdict(paired_outcomes(base, mixed)).startswith("no difference shown")
     with pytest.raises(ValueError, match="same start states"):
         paired_outcomes(base, {s: True for s in range(1, 11)})
     with pytest.raises(ValueError, match="same start states"):

@@ -65,7 +65,7 @@ from wmpo_core.pipeline.steps import (
     reward_step,
     train_world_model,
 )
-from wmpo_core.stats import paired_outcomes
+from wmpo_core.stats import paired_outcomes, paired_verdict
 
 # Time model of the stages (seconds on a 2-core CPU running the demo alone): fixed + per unit x size.
 # Measured on this kind of machine in the demo of docs/results.md (lift_workspace recipe), torch's
@@ -394,8 +394,7 @@ def _stage_report(args: argparse.Namespace, out: Path) -> dict:
     print_table(rows)
     if paired is not None:
         print(f"  paired on {paired['pairs']} held-out start states ({paired['evaluated_via']}): after WMPO solves "
-              f"{paired['wins']} the base fails, fails {paired['losses']} it solves (one-sided sign test "
-              f"p = {paired['p_one_sided']:.3g})")
+              f"{paired['wins']} the base fails, fails {paired['losses']} it solves: {paired_verdict(paired)}")
     return {"report_html": str(html_path), "report_json": str(json_path)}
 
 

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.stats import paired_verdict
+
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 VERSION_FIELDS = ("label", "version", "parent", "success_rate", "ci95", "episodes", "successes", "seeds",
@@ -179,8 +181,8 @@ def _paired_html(paired: Mapping[str, Any] | None) -> str:
     if paired is None:
         return ""
     return (f"<p>paired on {int(paired['pairs'])} start states: the newer version solves {int(paired['wins'])} "
-            f"the older one fails and fails {int(paired['losses'])} it solves; one-sided sign test "
-            f"p = {float(paired['p_one_sided']):.3g}</p>")
+            f"the older one fails and fails {int(paired['losses'])} it solves; the newer version is "
+            f"{html.escape(paired_verdict(paired))}</p>")
 
 
 def write_report(out_dir: str | Path, *, title: str, task: str, versions: Sequence[Mapping[str, Any]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +36,24 @@ def sign_test_p_value(b: int, c: int) -> float:
 
 def paired_outcomes(base: Mapping[int, bool], other: Mapping[int, bool]) -> dict[str, float | int]:
     """Two policies' outcomes on the same start states (seed -> success): ``wins`` (states only
-    ``other`` solved), ``losses`` (only ``base`` solved), ``pairs`` and the one-sided exact sign-test
-    p-value that ``other`` is better. A ValueError when the seeds differ or there are none."""
+    ``other`` solved), ``losses`` (only ``base`` solved), ``pairs``, the one-sided exact sign-test
+    p-value that ``other`` is better (``p_one_sided``) and that it is worse (``p_worse``). A
+    ValueError when the seeds differ or there are none."""
     if set(base) != set(other) or not base:
         raise ValueError(f"paired outcomes need the same start states; got seeds {sorted(base)} and {sorted(other)}")
     wins = sum(1 for s in base if other[s] and not base[s])
     losses = sum(1 for s in base if base[s] and not other[s])
-    return {"pairs": len(base), "wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses)}
+    return {"pairs": len(base), "wins": wins, "losses": losses, "p_one_sided": sign_test_p_value(wins, losses),
+            "p_worse": sign_test_p_value(losses, wins)}
+
+
+def paired_verdict(paired: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """A few words on :func:`paired_outcomes`: better, worse (each one-sided at ``alpha``) or neither shown."""
+    if float(paired["p_one_sided"]) < alpha:
+        return f"better (one-sided p = {float(paired['p_one_sided']):.3g})"
+    if "p_worse" in paired and float(paired["p_worse"]) < alpha:
+        return f"worse (one-sided p = {float(paired['p_worse']):.3g} that it is worse)"
+    return f"no difference shown (one-sided p = {float(paired['p_one_sided']):.3g} that it is better)"
 
 
 def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -180,8 +181,8 @@ def collect_sim_episodes(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive number of processes, got {jobs!r}")
     kwargs: dict[str, Any] = {"noise": noise, "policy": policy, "cameras": tuple(cameras), "image_size": image_size,
-              "max_steps": max_steps, "steps_after_success": steps_after_success, "temperature": temperature,
-              "repeats": repeats}
+                              "max_steps": max_steps, "steps_after_success": steps_after_success,
+                              "temperature": temperature, "repeats": repeats}
     jobs = min(jobs, n // repeats)
     if jobs > 1:
         import multiprocessing
@@ -214,8 +215,6 @@ def _collect(task: str, n: int, out_dir: str | os.PathLike[str], seed: int, firs
 
     ``first_seed`` is the whole collection's: the scripted demonstrator's noise streams derive from it.
     """
-    import sys
-
     import torch
     from tqdm import tqdm
 

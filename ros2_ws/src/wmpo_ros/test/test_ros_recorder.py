@@ -180,6 +180,10 @@ def test_write_error_stops_episode_node_keeps_running(tmp_path: Path) -> None:
         assert "disk full" in rec.output() or "EFBIG" in rec.output()
         stop = probe.call(Trigger, "/recorder/stop")
         assert not stop.success and "EFBIG" in stop.message
+        # ~/status reports the failed episode: its error and what it had received when it stopped.
+        failed = json.loads(call_ok(probe, Trigger, "/recorder/status").message)
+        assert failed["recording"] is False and "EFBIG" in failed["error"]
+        assert failed["received"]["/camera/agentview/image_raw"] >= 1
         # Same node, next episode: small messages fit under the limit.
         resp = call_ok(probe, Trigger, "/recorder/start")
         img_pub.publish(numpy_to_image(frame(1), stamp=probe.now_msg()))

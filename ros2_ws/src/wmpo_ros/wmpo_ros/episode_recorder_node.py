@@ -261,6 +261,7 @@ class EpisodeRecorderNode(Node):
     def _fail_episode(self, why: str) -> None:
         with self._lock:
             self._recording = False
+            self._last_episode_counts = self._episode_counts_locked()  # ~/status: this episode's, not the last one's
         self._episode_error = why
         self.get_logger().error(f"episode {self._episode_id}: {why}; episode stopped, the recorder keeps running")
         self.diag.set_status(ERROR, f"episode {self._episode_id} stopped: {why}")

@@ -294,3 +294,67 @@ def test_loop_defaults_are_the_config_defaults(tmp_path: Path) -> None:
     for f in fields(LoopConfig):
         if f.default is not MISSING and f.name != "RESUMABLE":
             assert getattr(cfg, f.name) == f.default, f.name
+
+
+def test_grpo_in_rounds_is_a_recipe_setting_the_demo_runs(tmp_path: Path, capsys) -> None:
+    from wmpo_core import demo
+    from wmpo_core.pipeline.steps import Collection, refresh_steps, split_iterations
+
+    for name in ("grpo_rounds", "refresh_rollouts", "refresh_align_steps"):
+        for bad in (0, -2, True, 1.5, "2", None):
+            with pytest.raises(ValueError, match=f"recipe {name}: expected a positive integer"):
+                load_recipe("lift", _recipe_file(tmp_path, **{name: bad}))
+    assert load_recipe("lift").grpo_rounds == 1  # the paper: one alignment, one GRPO run
+    # the shipped two-round recipe is the demo's recipe with rounds, nothing else changed
+    from wmpo_core.pipeline.recipe import RECIPE_DIR
+
+    shipped = load_recipe("lift", RECIPE_DIR / "lift_workspace_rounds.json").to_dict()
+    single = load_recipe("lift", RECIPE_DIR / "lift_workspace.json").to_dict()
+    assert {k: v for k, v in shipped.items() if single[k] != v} == {"grpo_rounds": 2, "source": shipped["source"]}
+    assert (shipped["refresh_rollouts"], shipped["refresh_align_steps"]) == (48, 800)
+    assert split_iterations(6, 2) == [3, 3] and split_iterations(7, 3) == [3, 2, 2] and split_iterations(4, 1) == [4]
+    with pytest.raises(ValueError, match="1 GRPO iteration.*2 round"):
+        split_iterations(1, 2)
+
+    # The demo's first round gets its share of the iterations; the estimate adds each refresh.
+    rounds = _recipe_file(tmp_path, grpo_rounds=2, refresh_rollouts=8, refresh_align_steps=50)
+    (tmp_path / "one").mkdir()
+    one = _recipe_file(tmp_path / "one", grpo_rounds=1)
+    estimates = {}
+    for label, path in (("rounds", rounds), ("one", one)):
+        args = _args("demo", "--out", str(tmp_path / label), "--recipe", str(path), "--grpo-iterations", "6")
+        grpo = {s.name: s for s in demo.plan(args, tmp_path / label)}["grpo"]
+        assert grpo.inputs["iterations"] == (3 if label == "rounds" else 6), label
+        assert grpo.inputs["rounds"] == (2 if label == "rounds" else 1)
+        estimates[label] = {s.name: s.estimate(args) for s in demo.STAGES}["grpo"]
+    assert estimates["rounds"] > estimates["one"]
+    assert main(["demo", "--out", str(tmp_path / "few"), "--recipe", str(rounds), "--grpo-iterations", "1"]) == 2
+    assert "cannot be split over 2 round" in capsys.readouterr().err and not (tmp_path / "few").exists()
+
+    # A round after the first: rollouts of the previous candidate, the world model aligned on every policy
+    # rollout so far from the previous one, all episodes linked, the reward retrained on them and calibrated
+    # on the policy rollouts, GRPO from the previous candidate with its own sampling seed.
+    recipe = load_recipe("lift", rounds)
+    base_rollouts, demos, wm = tmp_path / "rollouts", tmp_path / "demos", tmp_path / "wm"
+    c = Collection(str(tmp_path / "cand"), "lift", 8, 100_016, direct=True, temperature=1.0, jobs=2)
+    steps = {s.name: s for s in refresh_steps(tmp_path / "r2", str(tmp_path / "cand"), wm, [demos, base_rollouts],
+                                              [base_rollouts], recipe, c, budget=56, iterations=3, round_index=1)}
+    new = tmp_path / "r2" / "collect" / "episodes"
+    assert list(steps) == ["collect", "world_model", "data", "reward", "grpo"]
+    assert steps["collect"].inputs["collection"] == c
+    assert steps["world_model"].inputs["init"] == wm and steps["world_model"].inputs["episodes"] == [base_rollouts, new]
+    assert steps["world_model"].inputs["steps"] == 50
+    assert steps["data"].inputs["sources"] == [demos, base_rollouts, new]
+    assert steps["reward"].inputs["calibrate_on"] == [base_rollouts, new]
+    assert steps["reward"].inputs["world_model"] == tmp_path / "r2" / "world_model" / "run"
+    g = steps["grpo"].inputs
+    assert (g["policy"], g["iterations"], g["seed_offset"], g["budget"]) == (str(tmp_path / "cand"), 3, 1, 64)
+    assert g["world_model"] == tmp_path / "r2" / "world_model" / "run" and g["reward"] == tmp_path / "r2" / "reward"
+
+    # `wmpo loop` and `wmpo compare` run one round and refuse a recipe that asks for more, naming the field.
+    assert main(["loop", "--iterations", "1", "--out", str(tmp_path / "run"), "--policy", str(tmp_path),
+                 "--recipe", str(rounds)]) == 1
+    assert "grpo_rounds 2" in capsys.readouterr().err and not (tmp_path / "run" / "loop.json").exists()
+    assert main(["compare", "--task", "lift", "--budget", "8", "--base", str(tmp_path), "--recipe", str(rounds),
+                 "--work", str(tmp_path / "cmp")]) == 2
+    assert "grpo_rounds 2" in capsys.readouterr().err and not (tmp_path / "cmp").exists()

@@ -50,7 +50,7 @@ from typing import Any
 
 from wmpo_core.io_utils import StageError, read_json, write_json_atomic
 from wmpo_core.pipeline.recipe import RECIPE_DIR, Recipe, recipe_from_args
-from wmpo_core.pipeline.runner import MARKER, Step, run_wmpo, wmpo_command
+from wmpo_core.pipeline.runner import MARKER, Step, run_step, run_wmpo, wmpo_command
 from wmpo_core.pipeline.steps import (
     Collection,
     collect,
@@ -62,7 +62,9 @@ from wmpo_core.pipeline.steps import (
     list_complete_episodes,
     make_keys,
     push_package,
+    refresh_steps,
     reward_step,
+    split_iterations,
     train_world_model,
 )
 from wmpo_core.stats import paired_outcomes, paired_verdict
@@ -217,14 +219,40 @@ def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe) -> d
             "pretrain_final_loss": pre["final_loss"], "aligned_final_loss": aligned["final_loss"]}
 
 
-def _stage_grpo(grpo: Step, out: Path) -> dict:
-    """GRPO in imagination from the base, then its candidate signed with the base as parent."""
+def _stage_grpo(args: argparse.Namespace, grpo: Step, out: Path, recipe: Recipe) -> dict:
+    """GRPO in imagination from the base, in ``recipe.grpo_rounds`` rounds (the later ones after a refresh:
+    :func:`~wmpo_core.pipeline.steps.refresh_steps`, in ``grpo/round_<n>``), then the last candidate signed
+    with the base as parent."""
+    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
+
     result = grpo.run(grpo.folder)
+    rollouts = [out / "record_rollouts" / "episodes"]
+    sources = [out / "record_demos" / "episodes", *rollouts]
+    world_model, budget = out / "world_model" / "aligned", read_json(out / "data" / MARKER)["episodes"]
+    iterations = split_iterations(args.grpo_iterations, recipe.grpo_rounds)
+    rounds = [{"round": 1, "iterations": iterations[0], "log": result["log"], "budget": budget}]
+    for r in range(1, recipe.grpo_rounds):
+        folder, count = out / "grpo" / f"round_{r + 1}", recipe.refresh_rollouts
+        seed = POLICY_ROLLOUT_SEEDS.seeds(count, offset=args.seed + args.rollouts + (r - 1) * count)[0]
+        collection = Collection(result["candidate"], args.task, count, seed, direct=True, max_steps=args.max_steps,
+                                temperature=args.temperature, steps_after_success=args.steps_after_success,
+                                cameras=recipe.cameras, jobs=held_out_jobs(count))
+        done = {s.name: run_step(s, say=lambda text: print(f"    {text.strip()}", flush=True))
+                for s in refresh_steps(folder, result["candidate"], world_model, sources, rollouts, recipe, collection,
+                                       budget=budget, iterations=iterations[r], round_index=r,
+                                       reward_steps=args.reward_steps)}
+        result = done["grpo"]
+        new = Path(done["collect"]["episodes_dir"])
+        rollouts, sources, world_model = [*rollouts, new], [*sources, new], Path(done["world_model"]["run"])
+        budget += done["collect"]["episodes"]
+        rounds.append({"round": r + 1, "iterations": iterations[r], "log": result["log"], "budget": budget,
+                       "rollouts": done["collect"]["episodes"], "rollout_successes": done["collect"]["successes"],
+                       "reward_tau": done["reward"].get("tau"), "world_model": str(world_model)})
     base = _base(out)
     pkg = out / "grpo" / "package"
     m = export_package(result["candidate"], pkg, _private_key(out), parent=base["version"], log=_log(out, "grpo"))
     return {"run": result["run"], "package": str(pkg), "version": m["version"], "parent": m.get("parent"),
-            "log": result["log"]}
+            "log": result["log"], "rounds": rounds}
 
 
 def _eval_seed(args: argparse.Namespace) -> int:
@@ -317,7 +345,7 @@ def _stage_eval_held_out(args: argparse.Namespace, out: Path) -> dict:
 
 
 def _curves(out: Path) -> dict[str, dict[str, Any]]:
-    from wmpo_core.report import read_jsonl_series, read_tensorboard_scalars
+    from wmpo_core.report import read_tensorboard_scalars
 
     def losses(logdir: Path) -> dict[str, Any]:
         scalars = read_tensorboard_scalars(logdir)
@@ -328,10 +356,26 @@ def _curves(out: Path) -> dict[str, dict[str, Any]]:
         "world model (pretrain)": losses(out / "world_model" / "pretrain" / "tb"),
         "world model (aligned)": losses(out / "world_model" / "aligned" / "tb"),
         "reward model": losses(out / "reward" / "run" / "tb"),
-        "GRPO in imagination": read_jsonl_series(out / "grpo" / "run" / "log.jsonl", "iteration",
-                                                 ("imagination_success_rate", "kept_fraction", "loss")),
+        "GRPO in imagination": _grpo_series(out),
     }
     return {k: v for k, v in curves.items() if v}
+
+
+def _grpo_series(out: Path) -> dict[str, list[list[float]]]:
+    """GRPO's per-iteration log, the rounds after the first (``grpo/round_<n>``) continuing its iteration count."""
+    from wmpo_core.report import read_jsonl_series
+
+    keys = ("imagination_success_rate", "kept_fraction", "loss")
+    logs = [out / "grpo" / "run" / "log.jsonl"]
+    logs += sorted(out.glob("grpo/round_*/grpo/run/log.jsonl"), key=lambda p: int(p.parts[-4].split("_")[1]))
+    series: dict[str, list[list[float]]] = {}
+    shift = 0.0
+    for log in logs:
+        part = read_jsonl_series(log, "iteration", keys)
+        for k, points in part.items():
+            series.setdefault(k, []).extend([[x + shift, y] for x, y in points])
+        shift = max((x for pts in series.values() for x, _ in pts), default=shift)
+    return series
 
 
 def _outcomes_by_seed(stage: Path) -> dict[int, bool]:
@@ -427,6 +471,16 @@ def _steps(value: int | None, default: int) -> int:
     return value if value is not None else default
 
 
+def _grpo_estimate(a: argparse.Namespace) -> float:
+    """GRPO's iterations, and for every round after the first its refresh: rollouts straight in the
+    simulator (parallel), the alignment, the reward retrained and its threshold calibrated."""
+    rounds, count, align = getattr(a, "refresh", None) or (1, 0, 0)
+    refresh = (4 * COMMAND_START_S + count * _task_steps(a) * HELD_OUT_STEP_S / held_out_jobs(max(count, 1))
+               + align * WM_STEP_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
+               + (a.rollouts + count) * _task_steps(a) * REPLAY_FRAME_S)
+    return 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S + (rounds - 1) * refresh
+
+
 STAGES: list[Stage] = [
     Stage("keys", "Make a signing key pair", lambda a: 3.0),
     Stage("record_demos", "Record scripted demonstrations (straight in the simulator; --ros-demos: through ROS 2)",
@@ -443,8 +497,7 @@ STAGES: list[Stage] = [
     Stage("reward", "Reward model on demonstrations and rollouts, threshold calibrated in imagination",
           lambda a: COMMAND_START_S + _steps(a.reward_steps, 1500) * REWARD_STEP_S
           + a.rollouts * _task_steps(a) * REPLAY_FRAME_S),
-    Stage("grpo", "GRPO in imagination (signed, parent = base)",
-          lambda a: 2 * COMMAND_START_S + _steps(a.grpo_iterations, 20) * GRPO_ITER_S),
+    Stage("grpo", "GRPO in imagination (signed, parent = base)", lambda a: _grpo_estimate(a)),
     Stage("eval_before", "Evaluate the base policy through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.eval_episodes)),
     Stage("push", "Push the improved policy to the running policy node",
@@ -476,8 +529,11 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
     def budget() -> int:
         return read_json(out / "data" / MARKER)["episodes"]
 
+    # The GRPO stage's estimate reads the recipe's rounds (_grpo_estimate).
+    args.refresh = (recipe.grpo_rounds, recipe.refresh_rollouts, recipe.refresh_align_steps)
+    iterations = split_iterations(args.grpo_iterations, recipe.grpo_rounds)
     grpo = grpo_step(out / "grpo", base_package, aligned, out / "reward", [data], recipe, budget=budget,
-                     iterations=args.grpo_iterations)
+                     iterations=iterations[0])
     steps = {
         "keys": (lambda d: _stage_keys(out), {}),
         "record_demos": (None, _collection(args, out, recipe, "scripted", args.demos, demo_seed, noise=args.noise,
@@ -489,7 +545,7 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
                         {"recipe": recipe, "config": recipe.world_model_config, "camera": recipe.camera}),
         "data": link_step(out / "data", [demos, rollouts]),
         "reward": reward_step(out / "reward", data, aligned, recipe, steps=args.reward_steps, calibrate_on=[rollouts]),
-        "grpo": (lambda d: _stage_grpo(grpo, out), grpo.inputs),
+        "grpo": (lambda d: _stage_grpo(args, grpo, out, recipe), {**grpo.inputs, "rounds": recipe.grpo_rounds}),
         "eval_before": (lambda d: _stage_eval_before(args, out, recipe), {"cameras": recipe.cameras}),
         "push": (lambda d: _stage_push(args, out, recipe), {"cameras": recipe.cameras}),
         "eval_after": (lambda d: _stage_eval_after(args, out, recipe), {"cameras": recipe.cameras}),

@@ -225,7 +225,8 @@ class Loop:
     @property
     def recipe(self) -> Recipe:
         """The task's recipe with this run's --recipe / --wm-config / --reward-config / --grpo-config applied."""
-        return recipe_from_args(self.config)
+        return recipe_from_args(self.config).require_one_round(
+            "loop", "each iteration collects, aligns, retrains the reward and runs GRPO: the iterations are its rounds")
 
     # -- setup ---------------------------------------------------------------------------
     def prepare(self) -> None:

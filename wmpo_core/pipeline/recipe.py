@@ -47,9 +47,21 @@ class Recipe:
     cameras: tuple[str, ...] | None = None
     reward_on_imagined: bool = False  # also train the reward model on imagined replays of its episodes
     calibrate_on: str = "policy"  # threshold re-chosen on imagined replays of: "policy" episodes, or "all"
+    # GRPO in rounds (the paper's lifelong loop in small; its single alignment is 1 round). Between two
+    # rounds: ``refresh_rollouts`` rollouts of the round's policy straight in the simulator, the world
+    # model aligned further on every policy rollout so far (``refresh_align_steps``), the reward model
+    # retrained on all episodes and its threshold re-chosen on those rollouts' imagined replays; the next
+    # round continues from the round's policy. The GRPO iterations are split evenly over the rounds.
+    grpo_rounds: int = 1
+    refresh_rollouts: int = 48
+    refresh_align_steps: int = 800
     source: str | None = None  # the recipe file read (None: the defaults)
 
     def __post_init__(self) -> None:
+        for name in ("grpo_rounds", "refresh_rollouts", "refresh_align_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"recipe {name}: expected a positive integer, got {value!r}")
         if self.calibrate_on not in CALIBRATE_ON:
             raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
         if self.cameras is not None:
@@ -59,6 +71,13 @@ class Recipe:
             object.__setattr__(self, "cameras", tuple(self.cameras))
             if self.camera and self.camera not in self.cameras:
                 raise ValueError(f"recipe cameras {list(self.cameras)} lack the recipe's camera {self.camera!r}")
+
+    def require_one_round(self, command: str, why: str) -> Recipe:
+        """This recipe, or a ValueError when it asks for GRPO in rounds, which ``command`` does not run."""
+        if self.grpo_rounds > 1:
+            raise ValueError(f"recipe grpo_rounds {self.grpo_rounds} ({self.source or 'defaults'}): `wmpo {command}` "
+                             f"runs GRPO in one round ({why}); `wmpo demo` runs rounds")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON data (stored beside a run's settings)."""

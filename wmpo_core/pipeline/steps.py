@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmpo_core.io_utils import StageError, read_json
+from wmpo_core.io_utils import StageError, read_json, write_json_atomic
 from wmpo_core.pipeline.guard import check_simulator
 from wmpo_core.pipeline.recipe import Recipe
 from wmpo_core.pipeline.runner import MARKER, Step, last_json_line, run_wmpo
@@ -335,11 +335,13 @@ def reward_args_of(path: Path | str) -> list[str]:
 
 # ============================================================================ GRPO
 def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episodes: Sequence[Path], recipe: Recipe,
-              *, budget: int | Callable[[], int], iterations: int | None = None, run: Path | None = None) -> Step:
+              *, budget: int | Callable[[], int], iterations: int | None = None, run: Path | None = None,
+              seed_offset: int = 0) -> Step:
     """`wmpo grpo` in imagination from ``policy``: the candidate is ``run/policy`` (``run``: default
     ``folder/run``). ``reward``: a reward step's folder (its chosen model) or a reward-model directory.
     ``budget``: the real trajectories behind the models (recorded in the manifest), or a function that
-    reads it once earlier steps ran."""
+    reads it once earlier steps ran. ``seed_offset`` is added to the config's sampling seed (a later
+    round of :func:`refresh_steps` does not repeat the first round's draws)."""
     target = run or folder / "run"
 
     def go(d: Path) -> dict[str, Any]:
@@ -347,7 +349,12 @@ def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episod
 
         args = ["grpo", "--policy", str(policy), "--world-model", str(world_model), *reward_args_of(reward),
                 "--episodes", *map(str, episodes), "--out", str(target), "--budget", str(budget() if callable(budget) else budget), "--quiet"]
-        if recipe.grpo_config:
+        if seed_offset:
+            config = _read_config(recipe.grpo_config)
+            config["seed"] = int(config.get("seed", 0)) + seed_offset
+            write_json_atomic(d / "grpo_config.json", config)
+            args += ["--config", str(d / "grpo_config.json")]
+        elif recipe.grpo_config:
             args += ["--config", recipe.grpo_config]
         if iterations:
             args += ["--iterations", str(iterations)]
@@ -360,8 +367,52 @@ def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episod
 
     return Step("grpo", "GRPO in imagination", folder, go,
                 inputs={"policy": policy, "world_model": world_model, "reward": reward, "episodes": list(episodes),
-                        "budget": budget, "iterations": iterations, "recipe": recipe, "config": recipe.grpo_config},
+                        "budget": budget, "iterations": iterations, "recipe": recipe, "config": recipe.grpo_config,
+                        "seed_offset": seed_offset},
                 outputs=("run", "candidate", "version", "parent", "log"))
+
+
+def _read_config(path: str | None) -> dict[str, Any]:
+    """A JSON trainer config as a dict ({} for None: the command's defaults)."""
+    if not path:
+        return {}
+    data = read_json(Path(path))
+    if not isinstance(data, dict):
+        raise StageError(f"{path}: expected a JSON object")
+    return data
+
+
+def split_iterations(iterations: int, rounds: int) -> list[int]:
+    """GRPO iterations per round, as even as they go (the first rounds take the remainder); a ValueError when
+    there are fewer iterations than rounds."""
+    if rounds < 1 or iterations < rounds:
+        raise ValueError(f"{iterations} GRPO iteration(s) cannot be split over {rounds} round(s)")
+    return [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
+
+
+def refresh_steps(folder: Path, policy: str, world_model: Path, data_sources: Sequence[Path],
+                  policy_rollouts: Sequence[Path], recipe: Recipe, collection: Collection, *,
+                  budget: int, iterations: int, round_index: int, reward_steps: int | None = None) -> list[Step]:
+    """One later round of GRPO in rounds (``recipe.grpo_rounds``), in ``folder``: ``collection`` (rollouts of
+    ``policy``, the previous round's candidate) into ``folder/collect``; the world model aligned from
+    ``world_model`` on ``policy_rollouts`` and the new ones (``recipe.refresh_align_steps``); every episode
+    (``data_sources`` and the new ones) linked into ``folder/data``; the reward model retrained on them and
+    its threshold re-chosen on imagined replays of all policy rollouts; GRPO from ``policy`` for
+    ``iterations`` with the sampling seed moved by ``round_index``. ``budget``: the real trajectories
+    before this round (the new rollouts are added)."""
+    new = folder / "collect" / "episodes"
+    rollouts = [*policy_rollouts, new]
+    wm = folder / "world_model"
+    data = data_dir(folder / "data")
+    return [
+        collect_step("collect", f"round {round_index + 1}: rollouts of the round-{round_index} policy",
+                     folder / "collect", collection),
+        world_model_step(wm, rollouts, recipe, init=world_model, steps=recipe.refresh_align_steps, run=wm / "run"),
+        link_step(folder / "data", [*data_sources, new]),
+        reward_step(folder / "reward", data, wm / "run", recipe, steps=reward_steps, calibrate_on=rollouts),
+        grpo_step(folder / "grpo", policy, wm / "run", folder / "reward", [data], recipe,
+                  budget=budget + collection.count, iterations=iterations, seed_offset=round_index),
+    ]
 
 
 # ============================================================================ keys, export, push

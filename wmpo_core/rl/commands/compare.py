@@ -74,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
             if path:
                 configs[method] = load_config(cls, path)
         # WMPO's world-model, reward and GRPO settings: the task's recipe, as in `wmpo loop` and `wmpo demo`.
-        recipe = recipe_from_args(args)
+        recipe = recipe_from_args(args).require_one_round(
+            "compare", "the budget's rollouts are all the base policy's, collected once")
         if args.temperature < 0:
             raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
         packages = train_missing(

@@ -338,7 +338,7 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     def episode_ids(path):
         return sorted(ep.episode_id for ep in load_episodes(path, "agentview", SIZE))
 
-    recipe = Recipe(task="lift", reward_config=str(config))
+    recipe = Recipe(task="lift", reward_config=str(config), calibration_min_outcomes=1)
 
     def train(episodes, out, calibrate_on=()):
         inputs = {"episodes": episodes, "world_model": tmp_path / "wm", "calibrate_on": list(calibrate_on),
@@ -352,9 +352,17 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     assert "calibrating on all training episodes" not in capsys.readouterr().out
 
     r = train(data, tmp_path / "b", calibrate_on=[own_failures])
-    assert "0 of 2 of the policy's episodes succeeded; calibrating on all training episodes" in capsys.readouterr().out
+    assert "0 of 2 of the policy's episodes succeeded (fewer than 1 of each outcome); calibrating on all training" \
+        in capsys.readouterr().out
     assert r["run"] == str(tmp_path / "b" / "calibrated") and r["calibrated_on"] == [str(data)], r
     assert r["calibration_episodes"] == 4 and ids(tmp_path / "b" / "calibrated") == episode_ids(data)
+
+    # With the default minimum (5 of each outcome), one success and one failure are too few to choose on.
+    recipe = Recipe(task="lift", reward_config=str(config))
+    r = train(data, tmp_path / "d", calibrate_on=[own])
+    assert ("1 of 2 of the policy's episodes succeeded (fewer than 5 of each outcome); calibrating on all "
+            "training episodes") in capsys.readouterr().out
+    assert r["calibrated_on"] == [str(data)] and r["calibration_episodes"] == 4, r
 
     r = train(successes, tmp_path / "c")
     assert r["run"] == str(tmp_path / "c" / "run") and "calibration needs both outcomes" in r["calibration_skipped"]

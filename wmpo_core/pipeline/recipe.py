@@ -47,6 +47,10 @@ class Recipe:
     cameras: tuple[str, ...] | None = None
     reward_on_imagined: bool = False  # also train the reward model on imagined replays of its episodes
     calibrate_on: str = "policy"  # threshold re-chosen on imagined replays of: "policy" episodes, or "all"
+    # "policy" calibrates on the policy's own episodes only when they hold at least this many of each outcome
+    # (else on all training episodes): a threshold that maximizes F1 over 1 or 2 successes is noise (one demo
+    # run chose 0.0014 from 1 success among 16 rollouts, another 0.022 from 5; docs/results.md).
+    calibration_min_outcomes: int = 5
     # GRPO in rounds (the paper's lifelong loop in small; its single alignment is 1 round). Between two
     # rounds: ``refresh_rollouts`` rollouts of the round's policy straight in the simulator, the world
     # model aligned further on every policy rollout so far (``refresh_align_steps``), the reward model
@@ -58,7 +62,7 @@ class Recipe:
     source: str | None = None  # the recipe file read (None: the defaults)
 
     def __post_init__(self) -> None:
-        for name in ("grpo_rounds", "refresh_rollouts", "refresh_align_steps"):
+        for name in ("grpo_rounds", "refresh_rollouts", "refresh_align_steps", "calibration_min_outcomes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"recipe {name}: expected a positive integer, got {value!r}")

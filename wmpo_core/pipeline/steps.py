@@ -285,9 +285,10 @@ def train_reward_and_threshold(inputs: dict[str, Any], out: Path, log: Path | No
     folders = [Path(f) for f in inputs.get("calibrate_on") or []] if recipe.calibrate_on == "policy" else []
     if folders:
         successes, total = outcomes(folders)
-        if not 0 < successes < total:
-            print(f"    calibration: {successes} of {total} of the policy's episodes succeeded; calibrating on all "
-                  "training episodes instead", flush=True)
+        least = recipe.calibration_min_outcomes
+        if min(successes, total - successes) < least:
+            print(f"    calibration: {successes} of {total} of the policy's episodes succeeded (fewer than {least} of "
+                  "each outcome); calibrating on all training episodes instead", flush=True)
             folders = []
     if not folders:  # the counts below always belong to the folders calibrated on
         folders = [data]

@@ -349,7 +349,10 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     assert r["run"] == str(tmp_path / "a" / "calibrated") and r["calibrated_on"] == [str(own)], r
     assert r["calibration_episodes"] == 2 and ids(tmp_path / "a" / "calibrated") == episode_ids(own)
     assert r["imagined_auc"] in (0.0, 0.5, 1.0)  # one success against one failure
-    assert "calibrating on all training episodes" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "calibrating on all training episodes" not in out
+    # a ranking of imagined replays below 0.75 is called out: GRPO's reward would be mostly noise
+    assert ("imagination barely shows the outcome" in out) == (r["imagined_auc"] < 0.75), out
 
     r = train(data, tmp_path / "b", calibrate_on=[own_failures])
     assert "0 of 2 of the policy's episodes succeeded (fewer than 1 of each outcome); calibrating on all training" \

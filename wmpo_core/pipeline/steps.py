@@ -23,6 +23,9 @@ from wmpo_core.pipeline.runner import MARKER, Step, last_json_line, run_wmpo
 from wmpo_core.stats import paired_outcomes
 
 KEY_NAME = "wmpo_policy_signing.pem"
+# Below this AUC on imagined replays the reward step warns that imagination barely carries the outcome (the
+# demo runs that gained calibrated at 1.0; those at 0.6-0.7 did not move the policy; docs/results.md).
+WEAK_IMAGINED_AUC = 0.75
 
 
 # ============================================================================ collect
@@ -304,6 +307,10 @@ def train_reward_and_threshold(inputs: dict[str, Any], out: Path, log: Path | No
     proc = run_wmpo("calibrate-reward", "--model", str(run), "--world-model", str(world_model), "--episodes",
                     *map(str, folders), "--out", str(calibrated), "--json", log=log, capture=True)
     cal = last_json_line(proc.stdout, "wmpo calibrate-reward")
+    if cal["auc"] < WEAK_IMAGINED_AUC:
+        print(f"    warning: the reward ranks the {cal['episodes']} imagined replays at AUC {cal['auc']:.2f} (threshold "
+              f"{cal['tau_before']:.3g} -> {cal['tau']:.3g}): imagination barely shows the outcome, so GRPO's reward "
+              "is mostly noise (docs/results.md, the diagnostic ladder)", flush=True)
     return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"],
                      "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"], "imagined_auc": cal["auc"],
                      "calibration_episodes": cal["episodes"], "calibrated_on": [str(f) for f in folders]}

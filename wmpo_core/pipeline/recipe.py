@@ -96,6 +96,10 @@ class Recipe:
             data["vae_steps"] = vae_steps
         return data
 
+    def grpo_config_data(self) -> dict[str, Any]:
+        """The GRPO config as JSON data ({}: the command's defaults)."""
+        return _read_object(Path(self.grpo_config)) if self.grpo_config else {}
+
     def reward_config_data(self) -> dict[str, Any] | None:
         """The reward training config with the recipe's camera applied (None: the defaults as they are)."""
         data = _read_object(Path(self.reward_config)) if self.reward_config else None

@@ -358,7 +358,7 @@ def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episod
         args = ["grpo", "--policy", str(policy), "--world-model", str(world_model), *reward_args_of(reward),
                 "--episodes", *map(str, episodes), "--out", str(target), "--budget", str(budget() if callable(budget) else budget), "--quiet"]
         if seed_offset:
-            config = _read_config(recipe.grpo_config)
+            config = recipe.grpo_config_data()
             config["seed"] = int(config.get("seed", 0)) + seed_offset
             write_json_atomic(d / "grpo_config.json", config)
             args += ["--config", str(d / "grpo_config.json")]
@@ -378,16 +378,6 @@ def grpo_step(folder: Path, policy: str, world_model: Path, reward: Path, episod
                         "budget": budget, "iterations": iterations, "recipe": recipe, "config": recipe.grpo_config,
                         "seed_offset": seed_offset},
                 outputs=("run", "candidate", "version", "parent", "log"))
-
-
-def _read_config(path: str | None) -> dict[str, Any]:
-    """A JSON trainer config as a dict ({} for None: the command's defaults)."""
-    if not path:
-        return {}
-    data = read_json(Path(path))
-    if not isinstance(data, dict):
-        raise StageError(f"{path}: expected a JSON object")
-    return data
 
 
 def split_iterations(iterations: int, rounds: int) -> list[int]:

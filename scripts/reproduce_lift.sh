@@ -90,8 +90,19 @@ confirm cmp_g8/wmpo/policy wmpo_g8
 # iterations, gates on 40 held-out states, pushes. Then every version on the table's 100 states.
 mkdir -p loop_demos && for d in cmp_lift/rollouts/episodes lift_noisy lift_noisy5; do
   for e in "$R/$d"/*/; do ln -sfn "$e" "loop_demos/$(basename "$e")"; done; done
+# The run aligned on --demos as well as the collections: the lift recipe with "align_on": "all".
+python - "$C/pipeline/recipes/lift.json" loop_recipe.json <<'EOF'
+import json, sys
+from pathlib import Path
+source = Path(sys.argv[1])
+recipe = json.loads(source.read_text())
+for key, value in recipe.items():  # the recipe's config paths are relative to its own file
+    if key.endswith("_config") and isinstance(value, str):
+        recipe[key] = str((source.parent / value).resolve())
+Path(sys.argv[2]).write_text(json.dumps({**recipe, "align_on": "all"}, indent=2))
+EOF
 wmpo loop --iterations 3 --out loop --policy "$BASE" --collect-direct --episodes-per-iter 32 --demos loop_demos \
-  --world-model cmp_lift/world_model --wm-steps 300 --reward-config "$C/reward/configs/lift.json" --reward-steps 1000 \
+  --recipe loop_recipe.json --world-model cmp_lift/world_model --wm-steps 300 --reward-config "$C/reward/configs/lift.json" --reward-steps 1000 \
   --grpo-config "$C/rl/configs/lift_wmpo.json" --grpo-iterations 4 --gate-episodes 40 --gate-alpha 0.2 --temperature 1.0
 wmpo loop-report --out loop --episodes 100
 # The reward in imagination, threshold-free: AUC of the table's reward on real videos and on imagined

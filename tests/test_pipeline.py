@@ -261,6 +261,57 @@ def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> Non
         assert "--world-model" not in cmd, (name, cmd)
 
 
+def test_align_on_chooses_the_alignment_data_of_demo_loop_compare_and_rounds(tmp_path: Path) -> None:
+    # Behaviour alignment trains on the policy's rollouts ("policy") or on them and the demonstrations ("all"),
+    # in each command that aligns: the demo, the loop (from --world-model), compare (--demos) and a later round.
+    from wmpo_core import demo
+    from wmpo_core.loop import Loop, config_from_args
+    from wmpo_core.pipeline.compare import wmpo_plan
+    from wmpo_core.pipeline.steps import Collection, refresh_steps
+
+    with pytest.raises(ValueError, match="recipe align_on: expected one of"):
+        load_recipe("lift", _recipe_file(tmp_path, align_on="demos"))
+    for align_on in ("policy", "all"):
+        folder = tmp_path / align_on
+        folder.mkdir()
+        recipe_path = _recipe_file(folder, align_on=align_on)
+        recipe = load_recipe("lift", recipe_path)
+        out = folder / "demo"
+        demo_steps = {s.name: s for s in demo.plan(_args("demo", "--out", str(out), "--recipe", str(recipe_path)), out)}
+        rollouts, demos = out / "record_rollouts" / "episodes", out / "record_demos" / "episodes"
+        want = [rollouts, demos] if align_on == "all" else [rollouts]
+        assert demo_steps["world_model"].inputs["align_on"] == want, align_on
+
+        loop = Loop(config_from_args(_args("loop", "--iterations", "2", "--out", str(folder / "run"), "--policy",
+                                           str(folder), "--demos", str(folder / "demos"), "--world-model",
+                                           str(folder / "wm"), "--recipe", str(recipe_path))))
+        for i in (0, 1):
+            wm = {s.name: s for s in loop.plan(i, {"version": "v0", "package": str(folder / "base")})}["world_model"]
+            collected = [loop.iter_dir(j) / "collect" / "episodes" for j in range(i + 1)]
+            assert wm.inputs["init"] is not None
+            assert wm.inputs["episodes"] == collected + ([folder / "demos"] if align_on == "all" else []), (i, align_on)
+        # a loop that pretrains from scratch (no --world-model) trains on every episode whatever the setting
+        scratch = Loop(config_from_args(_args("loop", "--iterations", "1", "--out", str(folder / "run0"), "--policy",
+                                              str(folder), "--demos", str(folder / "demos"), "--recipe", str(recipe_path))))
+        wm = {s.name: s for s in scratch.plan(0, {"version": "v0", "package": str(folder / "base")})}["world_model"]
+        assert wm.inputs["init"] is None and wm.inputs["episodes"] == [folder / "run0" / "iter_000" / "data" / "episodes"]
+
+        cmp_rollouts = folder / "cmp" / "rollouts" / "episodes"
+        plan = {s.name: s for s in wmpo_plan(folder / "cmp", recipe, base=folder / "base", budget=8,
+                                              rollouts=cmp_rollouts, world_model=folder / "wm",
+                                              demos=[folder / "d1", folder / "d2"])}
+        assert plan["world_model"].inputs["episodes"] == (
+            [cmp_rollouts, folder / "d1", folder / "d2"] if align_on == "all" else [cmp_rollouts]), align_on
+
+        new = folder / "r2" / "collect" / "episodes"
+        collection = Collection(str(folder / "cand"), "lift", 8, 5, direct=True)
+        steps = {s.name: s for s in refresh_steps(folder / "r2", str(folder / "cand"), folder / "wm", [demos, rollouts],
+                                                  [rollouts], recipe, collection, budget=8, iterations=1,
+                                                  round_index=1)}
+        assert steps["world_model"].inputs["episodes"] == (
+            [rollouts, new, demos] if align_on == "all" else [rollouts, new]), align_on
+
+
 def test_bad_recipe_is_refused_by_each_command_naming_it(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="unknown recipe field.*reward_on_imagned"):
         load_recipe("lift", _recipe_file(tmp_path, reward_on_imagned=True))

@@ -204,8 +204,9 @@ def _vae_steps(args: argparse.Namespace) -> int:
     return DEMO_VAE_STEPS
 
 
-def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe) -> dict:
-    """Pretrain on the demonstrations with the recipe's config, then align on the rollouts."""
+def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe, align_on: list[Path]) -> dict:
+    """Pretrain on the demonstrations with the recipe's config, then align on ``align_on`` (the rollouts, and
+    the demonstrations with the recipe's ``align_on: "all"``)."""
     log = _log(out, "world_model")
     # --vae-steps, else the config's own value, else the demo's default
     has_vae_steps = "vae_steps" in recipe.world_model_config_data()
@@ -213,7 +214,7 @@ def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe) -> d
     pre = train_world_model([out / "record_demos" / "episodes"], out / "world_model" / "pretrain", recipe,
                             steps=args.wm_steps, vae_steps=vae_steps, log=log,
                             config_path=out / "world_model" / "config.json")
-    aligned = train_world_model([out / "record_rollouts" / "episodes"], out / "world_model" / "aligned", recipe,
+    aligned = train_world_model(align_on, out / "world_model" / "aligned", recipe,
                                 init=Path(pre["run"]), steps=args.align_steps, log=log)
     return {"pretrain": pre["run"], "aligned": aligned["run"], "config": pre["config"],
             "pretrain_final_loss": pre["final_loss"], "aligned_final_loss": aligned["final_loss"]}
@@ -521,6 +522,7 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
         recipe = recipe_from_args(argparse.Namespace(**{**vars(args), "recipe": chosen}))
     demos, rollouts = out / "record_demos" / "episodes", out / "record_rollouts" / "episodes"
     aligned = out / "world_model" / "aligned"
+    align_on = recipe.alignment_episodes([rollouts], [demos])
     data = data_dir(out / "data")
     base_package = str(out / "train_bc" / "package")
     demo_seed = DEMONSTRATION_SEEDS.seeds(args.demos, offset=args.seed)[0]
@@ -541,8 +543,9 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
         "train_bc": (lambda d: _stage_train_bc(args, out, recipe), {"recipe": recipe, "bc_recipe": recipe.bc_recipe}),
         "record_rollouts": (None, _collection(args, out, recipe, base_package, args.rollouts, rollout_seed,
                                               training_data=True)),
-        "world_model": (lambda d: _stage_world_model(args, out, recipe),
-                        {"recipe": recipe, "config": recipe.world_model_config, "camera": recipe.camera}),
+        "world_model": (lambda d: _stage_world_model(args, out, recipe, align_on),
+                        {"recipe": recipe, "config": recipe.world_model_config, "camera": recipe.camera,
+                         "align_on": align_on}),
         "data": link_step(out / "data", [demos, rollouts]),
         "reward": reward_step(out / "reward", data, aligned, recipe, steps=args.reward_steps, calibrate_on=[rollouts]),
         "grpo": (lambda d: _stage_grpo(args, grpo, out, recipe), {**grpo.inputs, "rounds": recipe.grpo_rounds}),

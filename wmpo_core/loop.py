@@ -12,7 +12,8 @@ Iteration ``i`` of a run directory ``RUN``:
    into ``RUN/iter_<i>/data/episodes``, the training data of the next three stages.
 2. **world_model**: behavior alignment: `wmpo train-world-model --init` the previous
    iteration's world model (the first iteration starts from ``--world-model`` or pretrains
-   from scratch with the recipe's config) on all episodes so far.
+   from scratch with the recipe's config, on all episodes so far) on the episodes the loop collected so
+   far, and ``--demos`` too with the recipe's ``align_on: "all"``.
 3. **reward**: `wmpo train-reward` on all episodes so far, then `wmpo calibrate-reward`: the
    success threshold re-chosen on imagined replays, in the aligned world model, of the
    episodes the loop collected (all training episodes when those have one outcome only).
@@ -337,6 +338,9 @@ class Loop:
         init = (self.iter_dir(i - 1) / "world_model" / "run") if i > 0 else (
             Path(cfg.world_model) if cfg.world_model else None)
         world_model = it / "world_model" / "run"
+        # pretrained here on every episode; aligned on the policy's own (and the demonstrations: recipe align_on)
+        wm_episodes = [data] if init is None else recipe.alignment_episodes(
+            collected, [Path(cfg.demos)] if cfg.demos else [])
         steps = [
             Step("collect", "collect", it / "collect", lambda d: self.stage_collect(i, current, d),
                  inputs={"policy_version": current["version"], "episodes": cfg.episodes_per_iter},
@@ -345,7 +349,7 @@ class Loop:
         ]
         if not cfg.candidates or (cfg.robot == "ros" and cfg.screen):
             steps += [
-                world_model_step(it / "world_model", [data], recipe, init=init, steps=cfg.wm_steps),
+                world_model_step(it / "world_model", wm_episodes, recipe, init=init, steps=cfg.wm_steps),
                 reward_step(it / "reward", data, world_model, recipe, steps=cfg.reward_steps,
                             # calibrated on the policy's own episodes: GRPO scores imagined trajectories of the policy
                             calibrate_on=collected),

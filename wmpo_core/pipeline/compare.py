@@ -37,7 +37,8 @@ def wmpo_plan(work: Path, recipe: Recipe, *, base: str | Path, budget: int, roll
     plan = [link_step(data, [rollouts, *(Path(d) for d in demos or ())])]
     wm = Path(world_model)
     if align:
-        plan.append(world_model_step(work / "world_model", [rollouts], recipe, init=wm, steps=align_steps,
+        episodes = recipe.alignment_episodes([rollouts], [Path(d) for d in demos or ()])
+        plan.append(world_model_step(work / "world_model", episodes, recipe, init=wm, steps=align_steps,
                                      run=work / "world_model"))
         wm = work / "world_model"
     if reward is None:

@@ -14,11 +14,15 @@ episodes when the policy's own hold one outcome only, or with ``"all"``). ``rewa
 true`` also trains it on the imagined replays of its training episodes (`wmpo train-reward
 --world-model`), the earlier recipe of `wmpo compare`: on lift it lowered the real-video F1
 (0.96 -> 0.79, docs/results.md "Reward model").
+
+Behaviour alignment (``align_on``) continues the pretrained world model on the policy's own rollouts
+(``"policy"``, the paper's) or on every training episode, demonstrations included (``"all"``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from typing import Any
 RECIPE_DIR = Path(__file__).parent / "recipes"
 CORE = Path(__file__).resolve().parents[1]
 CALIBRATE_ON = ("policy", "all")
+ALIGN_ON = ("policy", "all")
 CONFIG_FIELDS = ("world_model_config", "reward_config", "grpo_config", "success_head_config")
 
 
@@ -51,6 +56,12 @@ class Recipe:
     # (else on all training episodes): a threshold that maximizes F1 over 1 or 2 successes is noise (one demo
     # run chose 0.0014 from 1 success among 16 rollouts, another 0.022 from 5; docs/results.md).
     calibration_min_outcomes: int = 5
+    # Behaviour alignment continues the pretrained world model on the policy's own rollouts ("policy", the
+    # paper's) or on those and the other training episodes, the demonstrations it was pretrained on ("all").
+    # Aligned on a weak base's rollouts alone (1 success in 16), one demo's world model stopped imagining the
+    # lift (2 of 40 demonstrations imagined as successes, 36 before alignment); on both, 33 of 40
+    # (docs/results.md, the demo).
+    align_on: str = "policy"
     # GRPO in rounds (the paper's lifelong loop in small; its single alignment is 1 round). Between two
     # rounds: ``refresh_rollouts`` rollouts of the round's policy straight in the simulator, the world
     # model aligned further on every policy rollout so far (``refresh_align_steps``), the reward model
@@ -66,6 +77,8 @@ class Recipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"recipe {name}: expected a positive integer, got {value!r}")
+        if self.align_on not in ALIGN_ON:
+            raise ValueError(f"recipe align_on: expected one of {ALIGN_ON}, got {self.align_on!r}")
         if self.calibrate_on not in CALIBRATE_ON:
             raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
         if self.cameras is not None:
@@ -82,6 +95,11 @@ class Recipe:
             raise ValueError(f"recipe grpo_rounds {self.grpo_rounds} ({self.source or 'defaults'}): `wmpo {command}` "
                              f"runs GRPO in one round ({why}); `wmpo demo` runs rounds")
         return self
+
+    def alignment_episodes(self, policy: Sequence[Path], others: Sequence[Path]) -> list[Path]:
+        """The episode folders behaviour alignment trains on: ``policy`` (the policy's own rollouts), and
+        ``others`` (the demonstrations and other training episodes) when ``align_on`` is "all"."""
+        return [*policy, *others] if self.align_on == "all" else list(policy)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON data (stored beside a run's settings)."""

@@ -393,7 +393,8 @@ def refresh_steps(folder: Path, policy: str, world_model: Path, data_sources: Se
                   budget: int, iterations: int, round_index: int, reward_steps: int | None = None) -> list[Step]:
     """One later round of GRPO in rounds (``recipe.grpo_rounds``), in ``folder``: ``collection`` (rollouts of
     ``policy``, the previous round's candidate) into ``folder/collect``; the world model aligned from
-    ``world_model`` on ``policy_rollouts`` and the new ones (``recipe.refresh_align_steps``); every episode
+    ``world_model`` on ``policy_rollouts`` and the new ones (and the other ``data_sources`` with the recipe's
+    ``align_on: "all"``; ``recipe.refresh_align_steps``); every episode
     (``data_sources`` and the new ones) linked into ``folder/data``; the reward model retrained on them and
     its threshold re-chosen on imagined replays of all policy rollouts; GRPO from ``policy`` for
     ``iterations`` with the sampling seed moved by ``round_index``. ``budget``: the real trajectories
@@ -405,7 +406,8 @@ def refresh_steps(folder: Path, policy: str, world_model: Path, data_sources: Se
     return [
         collect_step("collect", f"round {round_index + 1}: rollouts of the round-{round_index} policy",
                      folder / "collect", collection),
-        world_model_step(wm, rollouts, recipe, init=world_model, steps=recipe.refresh_align_steps, run=wm / "run"),
+        world_model_step(wm, recipe.alignment_episodes(rollouts, [d for d in data_sources if d not in rollouts]),
+                         recipe, init=world_model, steps=recipe.refresh_align_steps, run=wm / "run"),
         link_step(folder / "data", [*data_sources, new]),
         reward_step(folder / "reward", data, wm / "run", recipe, steps=reward_steps, calibrate_on=rollouts),
         grpo_step(folder / "grpo", policy, wm / "run", folder / "reward", [data], recipe,

@@ -19,6 +19,7 @@ from wmpo_core.reward.model import (
 from wmpo_core.reward.train import (
     RewardTrainConfig,
     augment_clips,
+    balanced_accuracy,
     bce_loss,
     calibrate_tau,
     labelled_clip_ends,
@@ -72,6 +73,23 @@ def test_calibrate_tau_on_hand_made_scores():
     assert f1 == 1.0 and tau < 0.3
     with pytest.raises(ValueError, match="scores"):
         calibrate_tau([0.1], [True, False])
+
+
+def test_balanced_threshold_rule_does_not_call_everything_a_success_when_most_succeed():
+    # Most episodes succeed and the scores of four successes sit at the floor with the failures' (an imagined
+    # replay that lost the cube): F1 is best calling everything a success (20/24), balanced accuracy cuts
+    # between the floor and the clear successes (recalls 0.6 and 1.0).
+    successes = [0.001, 0.002, 0.003, 0.004, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    failures = [0.0015, 0.0025, 0.0035, 0.3]
+    scores, labels = successes + failures, [True] * 10 + [False] * 4
+    tau, f1 = calibrate_tau(scores, labels)
+    assert tau < 0.001 and f1 == pytest.approx(20 / 24)
+    tau, value = calibrate_tau(scores, labels, rule="balanced")
+    assert 0.3 < tau < 0.5 and value == pytest.approx(0.8)
+    assert balanced_accuracy(np.array(scores) > tau, np.array(labels)) == pytest.approx(0.8)
+    assert balanced_accuracy(np.ones(14, bool), np.array(labels)) == 0.5  # a constant answer is chance
+    with pytest.raises(ValueError, match="rule must be one of"):
+        calibrate_tau(scores, labels, rule="accuracy")
 
 
 def test_clip_labels_follow_the_rule():
@@ -366,6 +384,15 @@ def test_train_calibrated_reward_calibrates_on_the_policys_episodes_when_they_ho
     assert ("1 of 2 of the policy's episodes succeeded (fewer than 5 of each outcome); calibrating on all "
             "training episodes") in capsys.readouterr().out
     assert r["calibrated_on"] == [str(data)] and r["calibration_episodes"] == 4, r
+
+    # The recipe's calibration rule reaches the threshold: balanced accuracy chooses on the same replay scores.
+    recipe = Recipe(task="lift", reward_config=str(config), calibration_rule="balanced")
+    r = train(data, tmp_path / "e")
+    record = json.loads((tmp_path / "e" / "calibrated" / "calibration.json").read_text())
+    labels = {ep.episode_id: ep.success for ep in load_episodes(data, "agentview", SIZE)}
+    names = sorted(record["scores"])
+    want, _ = calibrate_tau([record["scores"][n] for n in names], [labels[n] for n in names], rule="balanced")
+    assert r["rule"] == record["rule"] == "balanced" and r["tau"] == pytest.approx(want), (r, record)
 
     r = train(successes, tmp_path / "c")
     assert r["run"] == str(tmp_path / "c" / "run") and "calibration needs both outcomes" in r["calibration_skipped"]

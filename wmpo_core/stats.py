@@ -1,5 +1,5 @@
 """Statistics of success counts (the 95% Wilson interval, the exact one-sided sign test) and of scores
-against outcomes (ROC AUC, F1, the F1-maximizing threshold).
+against outcomes (ROC AUC, F1, balanced accuracy, the threshold that maximizes either).
 
 Closed forms in integers and floats: no statistics library is in the stack and each is a few
 lines. Imports nothing from ``wmpo_core``, so evaluation, the results table, the loop's gate
@@ -56,12 +56,20 @@ def paired_verdict(paired: Mapping[str, Any], alpha: float = 0.05) -> str:
     return f"no difference shown (one-sided p = {float(paired['p_one_sided']):.3g} that it is better)"
 
 
-def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
-    """Threshold maximizing F1 of ``score > tau`` -> (tau, f1).
+THRESHOLD_RULES = ("f1", "balanced")
 
-    Candidates are midpoints between consecutive distinct scores (plus both ends); among equally
-    good thresholds the middle of the widest gap is kept, the most robust choice.
+
+def calibrate_tau(scores: Sequence[float], labels: Sequence[bool], rule: str = "f1") -> tuple[float, float]:
+    """Threshold maximizing ``rule`` of ``score > tau`` -> (tau, the rule's value there).
+
+    ``rule``: "f1" (F1 of the successes), or "balanced" (balanced accuracy, the mean of the success and
+    failure recalls: unlike F1 it does not reward calling everything a success when most episodes
+    succeeded). Candidates are midpoints between consecutive distinct scores (plus both ends); among
+    equally good thresholds the middle of the widest gap is kept, the most robust choice.
     """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"calibrate_tau: rule must be one of {THRESHOLD_RULES}, got {rule!r}")
+    measure = f1_score if rule == "f1" else balanced_accuracy
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     if s.shape != y.shape or s.size == 0:
@@ -72,12 +80,20 @@ def calibrate_tau(scores: Sequence[float], labels: Sequence[bool]) -> tuple[floa
     upper = np.concatenate([distinct, [np.inf]])
     best_key, best = None, (0.5, 0.0)
     for tau, lo, hi in zip(candidates, lower, upper, strict=True):
-        f1 = f1_score(s > tau, y)
+        value = measure(s > tau, y)
         gap = min(hi, 1.0) - max(lo, 0.0)
-        key = (round(f1, 12), gap)
+        key = (round(value, 12), gap)
         if best_key is None or key > best_key:
-            best_key, best = key, (float(tau), f1)
+            best_key, best = key, (float(tau), value)
     return best
+
+
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the recall of successes and of failures (a class that is absent counts as recalled)."""
+    p, y = np.asarray(predicted, dtype=bool), np.asarray(labels, dtype=bool)
+    recall_pos = float(np.mean(p[y])) if y.any() else 1.0
+    recall_neg = float(np.mean(~p[~y])) if (~y).any() else 1.0
+    return (recall_pos + recall_neg) / 2
 
 
 def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:

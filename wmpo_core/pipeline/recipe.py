@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.stats import THRESHOLD_RULES
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 CORE = Path(__file__).resolve().parents[1]
 CALIBRATE_ON = ("policy", "all")
@@ -56,6 +58,10 @@ class Recipe:
     # (else on all training episodes): a threshold that maximizes F1 over 1 or 2 successes is noise (one demo
     # run chose 0.0014 from 1 success among 16 rollouts, another 0.022 from 5; docs/results.md).
     calibration_min_outcomes: int = 5
+    # What the threshold maximizes on the imagined replays: "f1", or "balanced" accuracy. Calibrated on a set
+    # where most episodes succeed (the demonstrations among the training episodes), F1 is best calling nearly
+    # everything a success and picks a threshold at the classifier's floor (0.0013 in one demo run).
+    calibration_rule: str = "f1"
     # Behaviour alignment continues the pretrained world model on the policy's own rollouts ("policy", the
     # paper's) or on those and the other training episodes, the demonstrations it was pretrained on ("all").
     # Aligned on a weak base's rollouts alone (1 success in 16), one demo's world model stopped imagining the
@@ -79,6 +85,9 @@ class Recipe:
                 raise ValueError(f"recipe {name}: expected a positive integer, got {value!r}")
         if self.align_on not in ALIGN_ON:
             raise ValueError(f"recipe align_on: expected one of {ALIGN_ON}, got {self.align_on!r}")
+        if self.calibration_rule not in THRESHOLD_RULES:
+            raise ValueError(f"recipe calibration_rule: expected one of {THRESHOLD_RULES}, "
+                             f"got {self.calibration_rule!r}")
         if self.calibrate_on not in CALIBRATE_ON:
             raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
         if self.cameras is not None:

@@ -305,13 +305,14 @@ def train_reward_and_threshold(inputs: dict[str, Any], out: Path, log: Path | No
     if calibrated.exists():
         shutil.rmtree(calibrated)
     proc = run_wmpo("calibrate-reward", "--model", str(run), "--world-model", str(world_model), "--episodes",
-                    *map(str, folders), "--out", str(calibrated), "--json", log=log, capture=True)
+                    *map(str, folders), "--out", str(calibrated), "--rule", recipe.calibration_rule, "--json",
+                    log=log, capture=True)
     cal = last_json_line(proc.stdout, "wmpo calibrate-reward")
     if cal["auc"] < WEAK_IMAGINED_AUC:
         print(f"    warning: the reward ranks the {cal['episodes']} imagined replays at AUC {cal['auc']:.2f} (threshold "
               f"{cal['tau_before']:.3g} -> {cal['tau']:.3g}): imagination barely shows the outcome, so GRPO's reward "
               "is mostly noise (docs/results.md, the diagnostic ladder)", flush=True)
-    return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"],
+    return result | {"run": str(calibrated), "tau_real": cal["tau_before"], "tau": cal["tau"], "rule": cal["rule"],
                      "imagined_f1_before": cal["f1_before"], "imagined_f1": cal["f1"], "imagined_auc": cal["auc"],
                      "calibration_episodes": cal["episodes"], "calibrated_on": [str(f) for f in folders]}
 

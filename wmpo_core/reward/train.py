@@ -43,7 +43,7 @@ from wmpo_core.reward.model import (
     gather_clips,
     load_backbone,
 )
-from wmpo_core.stats import calibrate_tau, f1_score, roc_auc  # noqa: F401  (re-exported)
+from wmpo_core.stats import balanced_accuracy, calibrate_tau, f1_score, roc_auc  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -443,8 +443,9 @@ def evaluate_reward_on_imagination(model: RewardModel, world_model: Any, episode
 
 
 def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Sequence[EpisodeFrames],
-                             seed: int = 0) -> dict[str, Any]:
-    """Set ``model.settings.tau`` to the F1-best threshold on imagined replays of ``episodes``.
+                             seed: int = 0, rule: str = "f1") -> dict[str, Any]:
+    """Set ``model.settings.tau`` to the threshold that maximizes ``rule`` (F1, or "balanced" accuracy:
+    :func:`~wmpo_core.stats.calibrate_tau`) on imagined replays of ``episodes``.
 
     GRPO scores imagined video, whose score distribution differs from real video's; the threshold
     calibrated on real validation clips can call almost every imagined trajectory a failure (or a
@@ -457,8 +458,10 @@ def calibrate_on_imagination(model: RewardModel, world_model: Any, episodes: Seq
                          "successful")
     before = model.settings.tau
     before_f1 = f1_score(scores > before, labels)
-    tau, f1 = calibrate_tau(scores, labels)
+    tau, _ = calibrate_tau(scores, labels, rule)
     model.settings.tau = tau
-    return {"tau": tau, "f1": f1, "tau_before": before, "f1_before": before_f1, "auc": roc_auc(scores, labels),
+    return {"tau": tau, "rule": rule, "f1": f1_score(scores > tau, labels), "tau_before": before,
+            "f1_before": before_f1, "balanced_accuracy": balanced_accuracy(scores > tau, labels),
+            "balanced_accuracy_before": balanced_accuracy(scores > before, labels), "auc": roc_auc(scores, labels),
             "episodes": len(ids), "successes": int(labels.sum()),
             "scores": {i: float(x) for i, x in zip(ids, scores, strict=True)}}

@@ -7,6 +7,7 @@ import json
 
 from wmpo_core.policy.placement import MODELS_DEVICE_HELP
 from wmpo_core.reward.commands.common import auc, error
+from wmpo_core.stats import THRESHOLD_RULES
 
 HELP = "set the reward threshold on imagined replays"
 
@@ -20,6 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="new reward-model directory (the input is left unchanged)")
     parser.add_argument("--max-episodes", type=int, help="use at most this many episodes (evenly spaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the imagined replays (default 0)")
+    parser.add_argument("--rule", choices=THRESHOLD_RULES, default="f1",
+                        help="what the threshold maximizes: F1 of the successes (default) or balanced accuracy "
+                             "(the mean of both outcomes' recall; not fooled by a set where most episodes succeed)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--device", default="cpu", help=MODELS_DEVICE_HELP)
 
@@ -46,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
             keep = sorted({round(i * (len(episodes) - 1) / (args.max_episodes - 1 or 1))
                            for i in range(args.max_episodes)})
             episodes = [episodes[i] for i in keep]
-        result = calibrate_on_imagination(model, wm, episodes, seed=args.seed)
+        result = calibrate_on_imagination(model, wm, episodes, seed=args.seed, rule=args.rule)
     except (OSError, ValueError) as exc:
         return error(f"calibrate-reward: {exc}")
     model.save_pretrained(out)
@@ -57,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2))
     else:
         print(f"tau {result['tau_before']:.3f} -> {result['tau']:.3f} on {result['episodes']} imagined replays "
-              f"({result['successes']} successes): F1 {result['f1_before']:.3f} -> {result['f1']:.3f}, "
+              f"({result['successes']} successes, by {args.rule}): F1 {result['f1_before']:.3f} -> {result['f1']:.3f}, "
+              f"balanced accuracy {result['balanced_accuracy_before']:.3f} -> {result['balanced_accuracy']:.3f}, "
               f"AUC {auc(result['auc'])}; wrote {out}")
     return 0

@@ -381,6 +381,12 @@ def test_grpo_in_rounds_is_a_recipe_setting_the_demo_runs(tmp_path: Path, capsys
     assert estimates["rounds"] > estimates["one"]
     assert main(["demo", "--out", str(tmp_path / "few"), "--recipe", str(rounds), "--grpo-iterations", "1"]) == 2
     assert "cannot be split over 2 round" in capsys.readouterr().err and not (tmp_path / "few").exists()
+    # the base's rollouts fit the policy-rollout seeds, the second round's would not: refused before anything runs
+    (tmp_path / "far_recipe").mkdir()
+    far = _recipe_file(tmp_path / "far_recipe", grpo_rounds=2, refresh_rollouts=99_990)
+    assert main(["demo", "--out", str(tmp_path / "far"), "--recipe", str(far)]) == 2
+    assert "'policy rollouts' [100000, 200000) cannot give 99990 seeds from offset 16" in capsys.readouterr().err
+    assert not (tmp_path / "far").exists()
 
     # A round after the first: rollouts of the previous candidate, the world model aligned on every policy
     # rollout so far from the previous one, all episodes linked, the reward retrained on them and calibrated

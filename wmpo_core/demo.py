@@ -220,12 +220,19 @@ def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe, alig
             "pretrain_final_loss": pre["final_loss"], "aligned_final_loss": aligned["final_loss"]}
 
 
+def _round_seed(args: argparse.Namespace, recipe: Recipe, r: int) -> int:
+    """The first start-state seed of round ``r``'s rollouts (r >= 1), after the base's and earlier rounds'; a
+    ValueError when they would leave the policy-rollout seed range (the plan checks every round up front)."""
+    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
+
+    count = recipe.refresh_rollouts
+    return POLICY_ROLLOUT_SEEDS.seeds(count, offset=args.seed + args.rollouts + (r - 1) * count)[0]
+
+
 def _stage_grpo(args: argparse.Namespace, grpo: Step, out: Path, recipe: Recipe) -> dict:
     """GRPO in imagination from the base, in ``recipe.grpo_rounds`` rounds (the later ones after a refresh:
     :func:`~wmpo_core.pipeline.steps.refresh_steps`, in ``grpo/round_<n>``), then the last candidate signed
     with the base as parent."""
-    from wmpo_core.rl.config import POLICY_ROLLOUT_SEEDS
-
     result = grpo.run(grpo.folder)
     rollouts = [out / "record_rollouts" / "episodes"]
     sources = [out / "record_demos" / "episodes", *rollouts]
@@ -234,7 +241,7 @@ def _stage_grpo(args: argparse.Namespace, grpo: Step, out: Path, recipe: Recipe)
     rounds = [{"round": 1, "iterations": iterations[0], "log": result["log"], "budget": budget}]
     for r in range(1, recipe.grpo_rounds):
         folder, count = out / "grpo" / f"round_{r + 1}", recipe.refresh_rollouts
-        seed = POLICY_ROLLOUT_SEEDS.seeds(count, offset=args.seed + args.rollouts + (r - 1) * count)[0]
+        seed = _round_seed(args, recipe, r)
         collection = Collection(result["candidate"], args.task, count, seed, direct=True, max_steps=args.max_steps,
                                 temperature=args.temperature, steps_after_success=args.steps_after_success,
                                 cameras=recipe.cameras, jobs=held_out_jobs(count))
@@ -531,6 +538,8 @@ def plan(args: argparse.Namespace, out: Path, recipe: Recipe | None = None) -> l
     def budget() -> int:
         return read_json(out / "data" / MARKER)["episodes"]
 
+    for r in range(1, recipe.grpo_rounds):  # a round's rollout seeds out of range: refused now, not hours in
+        _round_seed(args, recipe, r)
     # The GRPO stage's estimate reads the recipe's rounds (_grpo_estimate).
     args.refresh = (recipe.grpo_rounds, recipe.refresh_rollouts, recipe.refresh_align_steps)
     iterations = split_iterations(args.grpo_iterations, recipe.grpo_rounds)

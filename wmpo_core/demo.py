@@ -3,7 +3,8 @@
 1. record scripted demonstrations straight in the simulator (through the ROS 2 graph with ``--ros-demos``)
 2. behavior cloning: the base policy (`wmpo train-policy`), signed (`wmpo export`)
 3. record base-policy rollouts through the ROS 2 graph (`wmpo record --policy BASE`)
-4. world model: pretrain on the demonstrations, align on the rollouts (`wmpo train-world-model [--init]`)
+4. world model: pretrain on the demonstrations, align on the rollouts (and the demonstrations with the
+   recipe's ``align_on: "all"``; `wmpo train-world-model [--init]`)
 5. link demonstrations and rollouts into one folder of training episodes (``DIR/data``)
 6. reward model on demonstrations + rollouts (`wmpo train-reward`), its threshold calibrated on
    imagined replays of the rollouts (`wmpo calibrate-reward`; of all of them when the rollouts
@@ -13,7 +14,7 @@
 9. push the improved policy to a running graph's policy node (`wmpo up` + `wmpo push`)
 10. evaluate the pushed policy through the ROS 2 graph on the same start states
 11. evaluate the base and the pushed policy straight in the simulator on ``--held-out`` start states
-    (100 by default; parallel processes, `wmpo eval --jobs`), the first of them those of 8 and 10:
+    (250 by default; parallel processes, `wmpo eval --jobs`), the first of them those of 8 and 10:
     the count a paired test needs, which the graph's real-time episodes could not give in the budget
 12. report: before/after table, the paired test, DIR/report.html and DIR/report.json (wmpo_core.report)
 
@@ -216,7 +217,8 @@ def _stage_world_model(args: argparse.Namespace, out: Path, recipe: Recipe, alig
                             config_path=out / "world_model" / "config.json")
     aligned = train_world_model(align_on, out / "world_model" / "aligned", recipe,
                                 init=Path(pre["run"]), steps=args.align_steps, log=log)
-    return {"pretrain": pre["run"], "aligned": aligned["run"], "config": pre["config"],
+    return {"pretrain": pre["run"], "aligned": aligned["run"], "aligned_on": [str(e) for e in align_on],
+            "config": pre["config"],
             "pretrain_final_loss": pre["final_loss"], "aligned_final_loss": aligned["final_loss"]}
 
 
@@ -498,7 +500,7 @@ STAGES: list[Stage] = [
           lambda a: 2 * COMMAND_START_S + _steps(a.bc_steps, 600) * BC_STEP_S),
     Stage("record_rollouts", "Record base-policy rollouts through the ROS 2 graph",
           lambda a: _policy_episodes(a, a.rollouts)),
-    Stage("world_model", "World model: pretrain on demonstrations, align on rollouts",
+    Stage("world_model", "World model: pretrain on demonstrations, then behaviour alignment",
           lambda a: 2 * COMMAND_START_S + _vae_steps(a) * VAE_STEP_S
           + (_steps(a.wm_steps, 1200) + _steps(a.align_steps, 300)) * WM_STEP_S),
     Stage("data", "Link demonstrations and rollouts: the training episodes", lambda a: 1.0),

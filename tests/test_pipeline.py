@@ -211,8 +211,9 @@ def test_one_recipe_setting_reaches_demo_loop_and_compare(tmp_path: Path) -> Non
         if name == "demo":
             assert shipped.source.endswith("recipes/lift_workspace.json") and shipped.cameras == ("workspace",)
             assert shipped.reward_config.endswith("reward/configs/lift_final.json")
+            assert shipped.align_on == "all"  # aligned on the rollouts alone, a demo's world model lost the lift
         else:
-            assert shipped.source == str(recipe_file("lift"))
+            assert shipped.source == str(recipe_file("lift")) and shipped.align_on == "policy"
             assert shipped.reward_config.endswith("reward/configs/lift.json")
         cmd = train_reward_command(reward.inputs, tmp_path / "run", None)
         assert "--world-model" not in cmd, (name, cmd)

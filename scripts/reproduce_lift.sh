@@ -91,15 +91,11 @@ confirm cmp_g8/wmpo/policy wmpo_g8
 mkdir -p loop_demos && for d in cmp_lift/rollouts/episodes lift_noisy lift_noisy5; do
   for e in "$R/$d"/*/; do ln -sfn "$e" "loop_demos/$(basename "$e")"; done; done
 # The run aligned on --demos as well as the collections: the lift recipe with "align_on": "all".
-python - "$C/pipeline/recipes/lift.json" loop_recipe.json <<'EOF'
+python - loop_recipe.json <<'EOF'
 import json, sys
-from pathlib import Path
-source = Path(sys.argv[1])
-recipe = json.loads(source.read_text())
-for key, value in recipe.items():  # the recipe's config paths are relative to its own file
-    if key.endswith("_config") and isinstance(value, str):
-        recipe[key] = str((source.parent / value).resolve())
-Path(sys.argv[2]).write_text(json.dumps({**recipe, "align_on": "all"}, indent=2))
+from wmpo_core.pipeline.recipe import load_recipe  # resolves the recipe's config paths
+recipe = load_recipe("lift", align_on="all").to_dict()
+json.dump({k: v for k, v in recipe.items() if k not in ("task", "source")}, open(sys.argv[1], "w"), indent=2)
 EOF
 wmpo loop --iterations 3 --out loop --policy "$BASE" --collect-direct --episodes-per-iter 32 --demos loop_demos \
   --recipe loop_recipe.json --world-model cmp_lift/world_model --wm-steps 300 --reward-config "$C/reward/configs/lift.json" --reward-steps 1000 \

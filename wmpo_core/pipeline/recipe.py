@@ -83,13 +83,10 @@ class Recipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"recipe {name}: expected a positive integer, got {value!r}")
-        if self.align_on not in ALIGN_ON:
-            raise ValueError(f"recipe align_on: expected one of {ALIGN_ON}, got {self.align_on!r}")
-        if self.calibration_rule not in THRESHOLD_RULES:
-            raise ValueError(f"recipe calibration_rule: expected one of {THRESHOLD_RULES}, "
-                             f"got {self.calibration_rule!r}")
-        if self.calibrate_on not in CALIBRATE_ON:
-            raise ValueError(f"recipe calibrate_on: expected one of {CALIBRATE_ON}, got {self.calibrate_on!r}")
+        for name, choices in (("align_on", ALIGN_ON), ("calibration_rule", THRESHOLD_RULES),
+                              ("calibrate_on", CALIBRATE_ON)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"recipe {name}: expected one of {choices}, got {getattr(self, name)!r}")
         if self.cameras is not None:
             if (isinstance(self.cameras, str) or not self.cameras
                     or not all(isinstance(c, str) and c for c in self.cameras)):

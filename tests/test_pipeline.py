@@ -318,6 +318,8 @@ def test_bad_recipe_is_refused_by_each_command_naming_it(tmp_path: Path, capsys)
         load_recipe("lift", _recipe_file(tmp_path, reward_on_imagned=True))
     with pytest.raises(ValueError, match="calibrate_on"):
         load_recipe("lift", _recipe_file(tmp_path, calibrate_on="some"))
+    with pytest.raises(ValueError, match=r"recipe calibration_rule: expected one of \('f1', 'balanced'\)"):
+        load_recipe("lift", _recipe_file(tmp_path, calibration_rule="accuracy"))
     with pytest.raises(ValueError, match="cameras.*lack the recipe's camera 'workspace'"):
         load_recipe("lift", _recipe_file(tmp_path, camera="workspace", cameras=["agentview"]))
     for cameras in ("workspace", [], [""], [3]):

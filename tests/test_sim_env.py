@@ -148,6 +148,29 @@ def test_image_size_and_camera_selection():
         env.close()
 
 
+
+def test_each_environment_renders_in_its_own_gl_context():
+    """Two environments in one process (a test session, an evaluation beside a collection): building or closing
+    one leaves the other's frames exactly as they were (before, closing one freed the other's GL objects and it
+    rendered black); closing twice is harmless and rendering a closed environment is a clear error."""
+    a = make_env("lift", image_size=64, cameras=("agentview",))
+    a.reset(seed=3)
+    before = a.render("agentview")
+    assert before.mean() > 60  # a lit scene, not a black frame
+    b = make_env("lift", image_size=64, cameras=("agentview",))
+    try:
+        b.reset(seed=4)
+        b.render("agentview")
+        assert np.array_equal(a.render("agentview"), before)
+        b.close()
+        assert np.array_equal(a.render("agentview"), before)
+        b.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            b.render("agentview")
+    finally:
+        b.close()
+        a.close()
+
 def _red_pixels(frame: np.ndarray) -> tuple[int, np.ndarray]:
     """Pixel count and centroid (row, col) of the red lift cube."""
     mask = (frame[..., 0].astype(int) - frame[..., 1].astype(int) > 60) & (frame[..., 0] > 90)

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,7 @@ class SimEnv:
         self._setup_indexes()
         self._check_base_frame()
         self._setup_rng_sharing()
+        self._gl: Any = None  # this environment's GL context (set when it renders cameras)
         if self.cameras:
             self._configure_rendering()
         self._fovy = self._camera_fovy()
@@ -225,6 +227,11 @@ class SimEnv:
         ctx = self.raw_env.sim._render_context_offscreen
         if ctx is None:
             raise RuntimeError("rendering: robosuite created no offscreen render context")
+        # Each environment owns a GL context, and GL calls act on whichever context is current in the
+        # thread. robosuite makes its context current only when it builds it, so after a second
+        # environment was built (or one closed: robosuite's free releases the thread's context) this
+        # one would render into, or free the objects of, another context: black frames, or a crash.
+        self._gl = ctx.gl_ctx
         import mujoco
 
         # Shadows, reflections and the skybox cost well over half the frame time on a software GL and
@@ -315,11 +322,14 @@ class SimEnv:
         """One upright HxWx3 uint8 frame of ``camera`` at the current state."""
         if camera not in self.cameras:
             raise ValueError(f"camera: {camera!r} was not requested at make_env (have {list(self.cameras)})")
+        if self._gl is None:
+            raise RuntimeError("render: the environment is closed")
         size = self.image_size
         cam_id, own, fovy = self._fovy[camera]
         model = self.raw_env.sim.model
         model.cam_fovy[cam_id] = fovy  # ``workspace`` shares agentview's camera with a narrower view
         try:
+            self._gl.make_current()
             frame = self.raw_env.sim.render(width=size, height=size, camera_name=CAMERAS[camera])
         finally:
             model.cam_fovy[cam_id] = own
@@ -349,7 +359,10 @@ class SimEnv:
         )
 
     def close(self) -> None:
-        """Release the render context and the simulation."""
+        """Release the render context and the simulation (a second call does nothing)."""
+        gl, self._gl = self._gl, None
+        if gl is not None and self.raw_env.sim is not None:
+            gl.make_current()  # robosuite frees the render context's GL objects in the current context
         self.raw_env.close()
 
     def __enter__(self) -> SimEnv:

@@ -148,7 +148,6 @@ def test_image_size_and_camera_selection():
         env.close()
 
 
-
 def test_each_environment_renders_in_its_own_gl_context():
     """Two environments in one process (a test session, an evaluation beside a collection): building or closing
     one leaves the other's frames exactly as they were (before, closing one freed the other's GL objects and it
@@ -170,6 +169,7 @@ def test_each_environment_renders_in_its_own_gl_context():
     finally:
         b.close()
         a.close()
+
 
 def _red_pixels(frame: np.ndarray) -> tuple[int, np.ndarray]:
     """Pixel count and centroid (row, col) of the red lift cube."""

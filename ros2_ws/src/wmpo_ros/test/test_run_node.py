@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -53,18 +54,26 @@ def _big_trajectory() -> JointTrajectory:
     return msg
 
 
-def _flood(probe: RosProbe, stop: threading.Event) -> threading.Thread:
-    pub = probe.publisher(JointTrajectory, "big", COMMAND_QOS)
-    msg = _big_trajectory()
+@pytest.fixture
+def flooded_probe():
+    """A probe on the test's domain publishing large trajectories on "big" as fast as it can, until the test ends."""
+    stop = threading.Event()
+    with RosProbe(DOMAIN) as probe:
+        pub = probe.publisher(JointTrajectory, "big", COMMAND_QOS)
+        msg = _big_trajectory()
 
-    def run() -> None:
-        while not stop.is_set():
-            pub.publish(msg)
-            time.sleep(0.001)
+        def run() -> None:
+            while not stop.is_set():
+                pub.publish(msg)
+                time.sleep(0.001)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield probe
+        finally:
+            stop.set()
+            thread.join(5)
 
 
 def _start(tmp_path: Path, tag: str, fail: bool) -> NodeProcess:
@@ -73,44 +82,33 @@ def _start(tmp_path: Path, tag: str, fail: bool) -> NodeProcess:
     return NodeProcess([sys.executable, str(script)], ros_env(DOMAIN), tmp_path / f"listener_{tag}.log")
 
 
-def test_a_sigint_while_messages_arrive_is_a_clean_stop(tmp_path: Path) -> None:
+def _exit_code(node: NodeProcess, timeout: float) -> int | None:
+    """The node's exit code, or None if it is still running after ``timeout`` seconds."""
+    try:
+        return node.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_a_sigint_while_messages_arrive_is_a_clean_stop(tmp_path: Path, flooded_probe: RosProbe) -> None:
     # Before run_node waited for the signal's shutdown, 24 of 25 such SIGINTs ended the node with exit code 1
     # and rclpy's "Unable to convert call argument '0' to Python object" from take_message.
     rng = random.Random(0)
-    stop = threading.Event()
-    with RosProbe(DOMAIN) as probe:
-        flooder = _flood(probe, stop)
-        try:
-            for trial in range(5):
-                with _start(tmp_path, str(trial), fail=False) as node:
-                    probe.wait_for(lambda node=node: "received" in node.output(), 60, "the listener's first message", node)
-                    time.sleep(rng.uniform(0.05, 0.4))
-                    node.signal(signal.SIGINT)
-                    try:
-                        code = node.proc.wait(30)
-                    except Exception:  # noqa: BLE001 - reported with the log below
-                        code = None
-                    log = node.output()
-                assert code == 0, f"trial {trial}: exit code {code}\n{log[-3000:]}"
-                assert "Traceback" not in log, log[-3000:]
-        finally:
-            stop.set()
-            flooder.join(5)
+    for trial in range(5):
+        with _start(tmp_path, str(trial), fail=False) as node:
+            flooded_probe.wait_for(lambda node=node: "received" in node.output(), 60, "the listener's first message",
+                                   node)
+            time.sleep(rng.uniform(0.05, 0.4))
+            node.signal(signal.SIGINT)
+            code = _exit_code(node, 30)
+            log = node.output()
+        assert code == 0, f"trial {trial}: exit code {code}\n{log[-3000:]}"
+        assert "Traceback" not in log, log[-3000:]
 
 
-def test_a_failing_callback_still_fails_the_node(tmp_path: Path) -> None:
-    stop = threading.Event()
-    with RosProbe(DOMAIN) as probe:
-        flooder = _flood(probe, stop)
-        try:
-            with _start(tmp_path, "fail", fail=True) as node:
-                try:
-                    code = node.proc.wait(60)
-                except Exception:  # noqa: BLE001 - reported with the log below
-                    code = None
-                log = node.output()
-        finally:
-            stop.set()
-            flooder.join(5)
+def test_a_failing_callback_still_fails_the_node(tmp_path: Path, flooded_probe: RosProbe) -> None:
+    with _start(tmp_path, "fail", fail=True) as node:
+        code = _exit_code(node, 60)
+        log = node.output()
     assert code == 1, f"exit code {code}\n{log[-3000:]}"
     assert "ValueError: the callback's own bug" in log
